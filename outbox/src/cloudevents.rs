@@ -1,0 +1,210 @@
+//! CloudEvents 1.0 rendering of a [`Message`]: structured mode and the binary mode of each protocol binding.
+//!
+//! - **Binary mode** (the default on every broker): the body is the event data as JSON with content type
+//!   `application/json`, and the context attributes travel as headers. FastStream decodes such a body into its
+//!   handler's model, which it would not do for `application/cloudevents+json`.
+//! - **Structured mode**: the whole event is one JSON object (`application/cloudevents+json`) with `data` as JSON.
+//!
+//! The bindings differ in header prefix and value encoding: Kafka `ce_` (raw UTF-8), AMQP `cloudEvents_`
+//! (raw; `ce-` is what Knative and Python's RabbitMQ binding use, select it with [`BinaryMode::with_prefix`]),
+//! NATS and HTTP `ce-` with percent-encoding of space, `"`, `%` and anything outside printable ASCII, so no value
+//! can break a header line.
+//!
+//! Per-instance metadata goes in extension attributes: `dataversion`, `aggregatetype`, `partitionkey` (the
+//! aggregate id; Kafka carries it as the record key instead), `correlationid`, `causationid`, `traceparent`,
+//! `tracestate`, then the type's own extensions.
+//!
+//! ```
+//! # use outbox::{EventEnvelope, OutboxEvent, cloudevents::BinaryMode};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize, OutboxEvent)]
+//! # #[outbox(type = "com.example.user.created", source = "/users")]
+//! # struct UserCreated { #[outbox(aggregate_id)] user_id: u64 }
+//! let message = EventEnvelope::new(UserCreated { user_id: 7 }).to_message()?;
+//! let headers = BinaryMode::KAFKA.headers(&message);
+//! assert!(headers.contains(&("ce_type".into(), "com.example.user.created".into())));
+//! assert!(headers.contains(&("content-type".into(), "application/json".into())));
+//! assert_eq!(message.data.get(), r#"{"user_id":7}"#);
+//! # Ok::<(), outbox::EncodeError>(())
+//! ```
+
+use std::borrow::Cow;
+
+use chrono::SecondsFormat;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::message::Message;
+
+/// The CloudEvents specification version this crate writes.
+pub const SPEC_VERSION: &str = "1.0";
+/// Content type of the body in binary mode.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// Content type of a structured-mode JSON CloudEvent.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// What the HTTP binding (§3.1.3.2), reused by NATS, requires percent-encoded: space, `"`, `%`, and anything
+/// outside printable ASCII (`percent-encoding` always encodes non-ASCII bytes).
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// The context attributes of `message`, in spec order, without `datacontenttype` (each binding places that one
+/// itself) and without `data`.
+pub fn attributes(message: &Message) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut attrs = Vec::with_capacity(12 + message.extensions.len());
+    let mut push = |name: &'static str, value| attrs.push((Cow::Borrowed(name), value));
+    push("specversion", Cow::Borrowed(SPEC_VERSION));
+    push("id", Cow::Owned(message.id.to_string()));
+    push("source", Cow::Borrowed(&message.source));
+    push("type", Cow::Borrowed(&message.event_type));
+    push(
+        "time",
+        Cow::Owned(message.time.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    );
+    if let Some(subject) = &message.subject {
+        push("subject", Cow::Borrowed(subject));
+    }
+    if let Some(schema) = &message.dataschema {
+        push("dataschema", Cow::Borrowed(schema));
+    }
+    push("dataversion", Cow::Borrowed(&message.data_version));
+    push("aggregatetype", Cow::Borrowed(&message.aggregate_type));
+    push("partitionkey", Cow::Borrowed(&message.key));
+    let optional = [
+        ("correlationid", &message.correlation_id),
+        ("causationid", &message.causation_id),
+        ("traceparent", &message.traceparent),
+        ("tracestate", &message.tracestate),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            push(name, Cow::Borrowed(value));
+        }
+    }
+    attrs.extend(
+        message
+            .extensions
+            .iter()
+            .map(|(name, value)| (Cow::Borrowed(name.as_str()), Cow::Borrowed(value.as_str()))),
+    );
+    attrs
+}
+
+/// How one protocol binding maps attributes to headers in binary mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct BinaryMode {
+    prefix: Cow<'static, str>,
+    percent_encode: bool,
+    content_type_header: Option<&'static str>,
+    datacontenttype_attribute: bool,
+    key_is_partitionkey: bool,
+}
+
+impl BinaryMode {
+    /// Kafka: `ce_` headers with raw UTF-8 values, `content-type` header; the aggregate id is the record key, so
+    /// no `ce_partitionkey` header (the Kafka binding maps the key to `partitionkey`).
+    pub const KAFKA: Self = Self {
+        prefix: Cow::Borrowed("ce_"),
+        percent_encode: false,
+        content_type_header: Some("content-type"),
+        datacontenttype_attribute: false,
+        key_is_partitionkey: true,
+    };
+
+    /// AMQP: `cloudEvents_` application properties; the content type is the message's `content_type` property,
+    /// which the publisher sets, so it is not among the headers.
+    pub const AMQP: Self = Self {
+        prefix: Cow::Borrowed("cloudEvents_"),
+        percent_encode: false,
+        content_type_header: None,
+        datacontenttype_attribute: false,
+        key_is_partitionkey: false,
+    };
+
+    /// NATS: `ce-` headers, percent-encoded values, `content-type` (read by FastStream) and
+    /// `ce-datacontenttype` (read by the CloudEvents NATS binding).
+    pub const NATS: Self = Self {
+        prefix: Cow::Borrowed("ce-"),
+        percent_encode: true,
+        content_type_header: Some("content-type"),
+        datacontenttype_attribute: true,
+        key_is_partitionkey: false,
+    };
+
+    /// HTTP: `ce-` headers, percent-encoded values, `content-type`.
+    pub const HTTP: Self = Self {
+        prefix: Cow::Borrowed("ce-"),
+        percent_encode: true,
+        content_type_header: Some("content-type"),
+        datacontenttype_attribute: false,
+        key_is_partitionkey: false,
+    };
+
+    /// Replaces the attribute prefix, e.g. `BinaryMode::AMQP.with_prefix("ce-")` for consumers that use the
+    /// Knative/Python RabbitMQ convention.
+    pub fn with_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The attribute prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The headers of `message` in this binding: the CloudEvents attributes, the content type where the binding
+    /// carries it as a header, then the message's own extra headers.
+    pub fn headers(&self, message: &Message) -> Vec<(String, String)> {
+        let mut headers = Vec::with_capacity(16 + message.headers.len());
+        if let Some(name) = self.content_type_header {
+            headers.push((name.to_owned(), JSON_CONTENT_TYPE.to_owned()));
+        }
+        if self.datacontenttype_attribute {
+            headers.push((self.name("datacontenttype"), JSON_CONTENT_TYPE.to_owned()));
+        }
+        for (name, value) in attributes(message) {
+            if self.key_is_partitionkey && name == "partitionkey" {
+                continue;
+            }
+            headers.push((self.name(&name), self.value(&value)));
+        }
+        headers.extend(message.headers.iter().cloned());
+        headers
+    }
+
+    fn name(&self, attribute: &str) -> String {
+        let mut name = String::with_capacity(self.prefix.len() + attribute.len());
+        name.push_str(&self.prefix);
+        name.push_str(attribute);
+        name
+    }
+
+    fn value(&self, value: &str) -> String {
+        if self.percent_encode {
+            utf8_percent_encode(value, HEADER_VALUE).to_string()
+        } else {
+            value.to_owned()
+        }
+    }
+}
+
+/// The message as one structured-mode CloudEvent (`application/cloudevents+json`), `data` embedded as JSON.
+pub fn to_structured(message: &Message) -> Vec<u8> {
+    serde_json::to_vec(&Structured(message))
+        .expect("string attributes and already-validated raw JSON always serialize")
+}
+
+struct Structured<'a>(&'a Message);
+
+impl Serialize for Structured<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let attrs = attributes(self.0);
+        let mut map = serializer.serialize_map(Some(attrs.len() + 2))?;
+        for (name, value) in &attrs {
+            map.serialize_entry(name, value)?;
+        }
+        map.serialize_entry("datacontenttype", JSON_CONTENT_TYPE)?;
+        map.serialize_entry("data", &self.0.data)?;
+        map.end()
+    }
+}

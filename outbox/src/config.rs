@@ -1,0 +1,433 @@
+//! Relay configuration (the seed's `OutboxConfig`), from code or from `OUTBOX_*` environment variables.
+//!
+//! | variable | field | default | allowed |
+//! |---|---|---|---|
+//! | `OUTBOX_BATCH_SIZE` | [`batch_size`](OutboxConfig::batch_size) | 100 | 1 to 1000 |
+//! | `OUTBOX_POLL_INTERVAL_SECONDS` | [`poll_interval`](OutboxConfig::poll_interval) | 5 | 1 to 3600 (seconds, may be fractional) |
+//! | `OUTBOX_POLL_INTERVAL` | [`poll_interval`](OutboxConfig::poll_interval) | `5s` | `1ms` to `1h`, with unit (`250ms`, `2s`, `1m`) |
+//! | `OUTBOX_MAX_RETRY_COUNT` | [`max_retry_count`](OutboxConfig::max_retry_count) | 3 | 0 to 100 |
+//! | `OUTBOX_RETRY_BACKOFF_MULTIPLIER` | [`retry_backoff_multiplier`](OutboxConfig::retry_backoff_multiplier) | 2.0 | 1.0 to 10.0 |
+//! | `OUTBOX_RETRY_INITIAL_DELAY` | [`retry_initial_delay`](OutboxConfig::retry_initial_delay) | `1s` | `1ms` to `1h` |
+//! | `OUTBOX_RETRY_MAX_DELAY` | [`retry_max_delay`](OutboxConfig::retry_max_delay) | `5m` | `1ms` to `24h`, at least the initial delay |
+//! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
+//! | `OUTBOX_ENABLE_HEALTH_CHECK` | [`enable_health_check`](OutboxConfig::enable_health_check) | true | as above |
+//!
+//! A bad value is an error naming the variable, the value and what is allowed; an `OUTBOX_*` variable this
+//! crate does not know is an error too (with the closest known name), so a typo never passes silently.
+//! Variables of your own that share the prefix are declared with [`ConfigLoader::allow`].
+//!
+//! ```
+//! use outbox::OutboxConfig;
+//! use std::time::Duration;
+//!
+//! let config = OutboxConfig::from_vars([("OUTBOX_BATCH_SIZE", "500"), ("OUTBOX_POLL_INTERVAL", "250ms")])?;
+//! assert_eq!(config.batch_size, 500);
+//! assert_eq!(config.poll_interval, Duration::from_millis(250));
+//!
+//! let err = OutboxConfig::from_vars([("OUTBOX_BATCH_SIZE", "0")]).unwrap_err();
+//! assert_eq!(err.to_string(), "OUTBOX_BATCH_SIZE=0: must be between 1 and 1000");
+//! # Ok::<(), outbox::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+const PREFIX: &str = "OUTBOX_";
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// How a relay batches, polls and retries. Build it with [`Default`] and set fields, or load it with
+/// [`from_env`](Self::from_env); check a hand-built one with [`validate`](Self::validate) (the relay does).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OutboxConfig {
+    /// Events claimed and published per batch. 1 to 1000; default 100.
+    pub batch_size: u32,
+    /// How long an idle relay waits before looking again (a fallback where a notification wakes it sooner).
+    /// 1 ms to 1 h; default 5 s.
+    pub poll_interval: Duration,
+    /// Failed attempts after which an event becomes a dead letter. 0 to 100; default 3.
+    pub max_retry_count: u32,
+    /// Each retry waits this many times longer than the last. 1.0 to 10.0; default 2.0.
+    pub retry_backoff_multiplier: f64,
+    /// Wait before the first retry. 1 ms to 1 h; default 1 s.
+    pub retry_initial_delay: Duration,
+    /// Upper bound of the wait between retries. 1 ms to 24 h, at least `retry_initial_delay`; default 5 min.
+    pub retry_max_delay: Duration,
+    /// Emit metrics through the `metrics` crate. Default true.
+    pub enable_metrics: bool,
+    /// Serve health checks. Default true.
+    pub enable_health_check: bool,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            poll_interval: Duration::from_secs(5),
+            max_retry_count: 3,
+            retry_backoff_multiplier: 2.0,
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(300),
+            enable_metrics: true,
+            enable_health_check: true,
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Loads the configuration from the process environment (`OUTBOX_*`); unset variables keep their defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        ConfigLoader::new().from_env()
+    }
+
+    /// Loads the configuration from key/value pairs, as if they were the environment (handy in tests).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        ConfigLoader::new().from_vars(vars)
+    }
+
+    /// Checks every field against its allowed range; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.range_problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The wait before retry number `attempt` (1 for the first retry): `retry_initial_delay` times
+    /// `retry_backoff_multiplier` to the power `attempt - 1`, capped at `retry_max_delay`. The relay adds jitter.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = outbox::OutboxConfig::default();
+    /// assert_eq!(config.retry_delay(1), Duration::from_secs(1));
+    /// assert_eq!(config.retry_delay(3), Duration::from_secs(4));
+    /// assert_eq!(config.retry_delay(100), Duration::from_secs(300));
+    /// ```
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
+        let factor = self.retry_backoff_multiplier.powi(exponent);
+        let delay = self.retry_initial_delay.as_secs_f64() * factor;
+        if delay.is_finite() && delay < self.retry_max_delay.as_secs_f64() {
+            Duration::from_secs_f64(delay)
+        } else {
+            self.retry_max_delay
+        }
+    }
+
+    fn range_problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut check = |var: &'static str, value: String, result: Result<(), String>| {
+            if let Err(message) = result {
+                problems.push(ConfigProblem::new(var, Some(value), message));
+            }
+        };
+        check(
+            "OUTBOX_BATCH_SIZE",
+            self.batch_size.to_string(),
+            in_range(self.batch_size, 1, 1000),
+        );
+        check(
+            "OUTBOX_POLL_INTERVAL",
+            show(self.poll_interval),
+            duration_in(self.poll_interval, MS, HOUR),
+        );
+        check(
+            "OUTBOX_MAX_RETRY_COUNT",
+            self.max_retry_count.to_string(),
+            in_range(self.max_retry_count, 0, 100),
+        );
+        check(
+            "OUTBOX_RETRY_BACKOFF_MULTIPLIER",
+            self.retry_backoff_multiplier.to_string(),
+            in_range(self.retry_backoff_multiplier, 1.0, 10.0),
+        );
+        check(
+            "OUTBOX_RETRY_INITIAL_DELAY",
+            show(self.retry_initial_delay),
+            duration_in(self.retry_initial_delay, MS, HOUR),
+        );
+        check(
+            "OUTBOX_RETRY_MAX_DELAY",
+            show(self.retry_max_delay),
+            duration_in(
+                self.retry_max_delay,
+                self.retry_initial_delay.max(MS),
+                24 * HOUR,
+            ),
+        );
+        problems
+    }
+}
+
+/// Loads an [`OutboxConfig`] from the environment or from pairs, knowing which extra `OUTBOX_*` variables belong
+/// to the application.
+///
+/// ```
+/// use outbox::config::ConfigLoader;
+///
+/// let vars = [("OUTBOX_BROKER", "nats://127.0.0.1:4222"), ("OUTBOX_BATCH_SIZE", "200")];
+/// let config = ConfigLoader::new().allow("OUTBOX_BROKER").from_vars(vars)?;
+/// assert_eq!(config.batch_size, 200);
+///
+/// let typo = ConfigLoader::new().from_vars([("OUTBOX_BATCH_SIZ", "200")]).unwrap_err();
+/// assert!(typo.to_string().contains("did you mean OUTBOX_BATCH_SIZE?"));
+/// # Ok::<(), outbox::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct ConfigLoader {
+    allowed: Vec<String>,
+}
+
+impl ConfigLoader {
+    /// A loader that knows only the crate's own variables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares an `OUTBOX_*` variable of the application's own, so it is not reported as unknown.
+    pub fn allow(mut self, variable: impl Into<String>) -> Self {
+        self.allowed.push(variable.into());
+        self
+    }
+
+    /// Loads from the process environment. A variable that is not valid Unicode is reported, not skipped.
+    #[allow(clippy::wrong_self_convention)]
+    pub fn from_env(&self) -> Result<OutboxConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut vars = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let Some(key) = key.to_str().filter(|k| k.starts_with(PREFIX)) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((key.to_owned(), value)),
+                Err(raw) => problems.push(ConfigProblem::new(
+                    key,
+                    Some(raw.to_string_lossy().into_owned()),
+                    "is not valid UTF-8".into(),
+                )),
+            }
+        }
+        self.load(vars, problems)
+    }
+
+    /// Loads from key/value pairs; keys without the `OUTBOX_` prefix are ignored.
+    #[allow(clippy::wrong_self_convention)]
+    pub fn from_vars<I, K, V>(&self, vars: I) -> Result<OutboxConfig, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let vars = vars
+            .into_iter()
+            .filter(|(k, _)| k.as_ref().starts_with(PREFIX))
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
+        self.load(vars, Vec::new())
+    }
+
+    fn load(
+        &self,
+        mut vars: Vec<(String, String)>,
+        mut problems: Vec<ConfigProblem>,
+    ) -> Result<OutboxConfig, ConfigError> {
+        // Sorted, so problems are reported in a stable order whatever the environment's order.
+        vars.sort();
+        let mut config = OutboxConfig::default();
+        let is_set = |name: &str| vars.iter().any(|(k, _)| k == name);
+        if is_set("OUTBOX_POLL_INTERVAL") && is_set("OUTBOX_POLL_INTERVAL_SECONDS") {
+            problems.push(ConfigProblem::new(
+                "OUTBOX_POLL_INTERVAL",
+                None,
+                "is set together with OUTBOX_POLL_INTERVAL_SECONDS: set only one of them".into(),
+            ));
+        }
+        for (key, value) in &vars {
+            let raw = value.trim();
+            let result = match SETTINGS.iter().find(|s| s.var == key) {
+                Some(setting) => (setting.set)(&mut config, raw),
+                None if self.allowed.iter().any(|a| a == key) => Ok(()),
+                None => Err(unknown_variable(key, &self.allowed)),
+            };
+            if let Err(message) = result {
+                problems.push(ConfigProblem::new(key, Some(value.clone()), message));
+            }
+        }
+        // Range problems of variables that failed to parse are already reported; defaults are always valid, so
+        // what remains names a variable that was set.
+        let range_problems: Vec<ConfigProblem> = config
+            .range_problems()
+            .into_iter()
+            .filter(|p| !problems.iter().any(|q| q.variable == p.variable))
+            .collect();
+        problems.extend(range_problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+struct Setting {
+    var: &'static str,
+    set: fn(&mut OutboxConfig, &str) -> Result<(), String>,
+}
+
+/// Each variable only parses its type here; ranges are checked once, in `range_problems`, for config built in
+/// code and from the environment alike. The seconds form keeps the seed's own range.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        var: "OUTBOX_BATCH_SIZE",
+        set: |c, v| parse_number(v, "a whole number").map(|x| c.batch_size = x),
+    },
+    Setting {
+        var: "OUTBOX_POLL_INTERVAL_SECONDS",
+        set: |c, v| {
+            let seconds: f64 = parse_number(v, "a number of seconds")?;
+            in_range(seconds, 1.0, 3600.0)?;
+            c.poll_interval = Duration::from_secs_f64(seconds);
+            Ok(())
+        },
+    },
+    Setting {
+        var: "OUTBOX_POLL_INTERVAL",
+        set: |c, v| parse_duration(v).map(|x| c.poll_interval = x),
+    },
+    Setting {
+        var: "OUTBOX_MAX_RETRY_COUNT",
+        set: |c, v| parse_number(v, "a whole number").map(|x| c.max_retry_count = x),
+    },
+    Setting {
+        var: "OUTBOX_RETRY_BACKOFF_MULTIPLIER",
+        set: |c, v| parse_number(v, "a number").map(|x| c.retry_backoff_multiplier = x),
+    },
+    Setting {
+        var: "OUTBOX_RETRY_INITIAL_DELAY",
+        set: |c, v| parse_duration(v).map(|x| c.retry_initial_delay = x),
+    },
+    Setting {
+        var: "OUTBOX_RETRY_MAX_DELAY",
+        set: |c, v| parse_duration(v).map(|x| c.retry_max_delay = x),
+    },
+    Setting {
+        var: "OUTBOX_ENABLE_METRICS",
+        set: |c, v| parse_bool(v).map(|x| c.enable_metrics = x),
+    },
+    Setting {
+        var: "OUTBOX_ENABLE_HEALTH_CHECK",
+        set: |c, v| parse_bool(v).map(|x| c.enable_health_check = x),
+    },
+];
+
+fn unknown_variable(key: &str, allowed: &[String]) -> String {
+    let closest = SETTINGS
+        .iter()
+        .map(|s| s.var)
+        .chain(allowed.iter().map(String::as_str))
+        .map(|known| (strsim::jaro_winkler(key, known), known))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, known)) => format!("unknown setting; did you mean {known}?"),
+        None => "unknown setting (declare variables of your own with ConfigLoader::allow)".into(),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(value: &str, what: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("must be {what}"))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+/// A duration with a unit (`250ms`, `2s`, `1m 30s`); a bare number is seconds, as in the seed's variables.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| "must be a non-negative duration".to_owned());
+    }
+    humantime::parse_duration(value)
+        .map_err(|_| "must be a duration such as 250ms, 5s or 1m".to_owned())
+}
+
+fn in_range<T: PartialOrd + fmt::Display>(value: T, min: T, max: T) -> Result<(), String> {
+    // Written so that NaN is out of range.
+    if value >= min && value <= max {
+        Ok(())
+    } else {
+        Err(format!("must be between {min} and {max}"))
+    }
+}
+
+fn duration_in(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value >= min && value <= max {
+        Ok(())
+    } else {
+        Err(format!("must be between {} and {}", show(min), show(max)))
+    }
+}
+
+fn show(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// One or more invalid settings, each naming its variable, value and what is allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// Every problem found, in variable order.
+    pub problems: Vec<ConfigProblem>,
+}
+
+/// One invalid setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigProblem {
+    /// The environment variable, e.g. `OUTBOX_BATCH_SIZE`.
+    pub variable: String,
+    /// The offending value, if there is one.
+    pub value: Option<String>,
+    /// What is wrong, e.g. `must be between 1 and 1000`.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    fn new(variable: &str, value: Option<String>, message: String) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            value,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(
+                f,
+                "{}={}: {}",
+                self.variable,
+                value.escape_debug(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.variable, self.message),
+        }
+    }
+}

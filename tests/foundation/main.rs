@@ -1,0 +1,7 @@
+//! Event model, registry, CloudEvents rendering and config: everything below the database.
+
+mod cloudevents;
+mod config;
+mod envelope;
+mod events;
+mod registry;

@@ -1,0 +1,11 @@
+use outbox::OutboxEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, OutboxEvent)]
+#[outbox(type = "com.example.user.created", source = "user service")]
+struct UserCreated {
+    #[outbox(aggregate_id)]
+    user_id: u64,
+}
+
+fn main() {}
