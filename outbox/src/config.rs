@@ -9,6 +9,8 @@
 //! | `OUTBOX_RETRY_BACKOFF_MULTIPLIER` | [`retry_backoff_multiplier`](OutboxConfig::retry_backoff_multiplier) | 2.0 | 1.0 to 10.0 |
 //! | `OUTBOX_RETRY_INITIAL_DELAY` | [`retry_initial_delay`](OutboxConfig::retry_initial_delay) | `1s` | `1ms` to `1h` |
 //! | `OUTBOX_RETRY_MAX_DELAY` | [`retry_max_delay`](OutboxConfig::retry_max_delay) | `5m` | `1ms` to `24h`, at least the initial delay |
+//! | `OUTBOX_LEASE_DURATION` | [`lease_duration`](OutboxConfig::lease_duration) | `30s` | `1s` to `1h` |
+//! | `OUTBOX_DELETE_ON_PUBLISH` | [`delete_on_publish`](OutboxConfig::delete_on_publish) | false | `true`/`false` |
 //! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
 //! | `OUTBOX_ENABLE_HEALTH_CHECK` | [`enable_health_check`](OutboxConfig::enable_health_check) | true | as above |
 //!
@@ -54,6 +56,13 @@ pub struct OutboxConfig {
     pub retry_initial_delay: Duration,
     /// Upper bound of the wait between retries. 1 ms to 24 h, at least `retry_initial_delay`; default 5 min.
     pub retry_max_delay: Duration,
+    /// How long a relay owns the events it claimed. A relay that dies mid-batch loses nothing: once the lease
+    /// expires another relay claims the events again (a duplicate publish, never a loss). Choose it well above the
+    /// time a batch takes to publish. 1 s to 1 h; default 30 s.
+    pub lease_duration: Duration,
+    /// Delete events once published instead of marking them (no retention cleanup needed, no history kept).
+    /// Default false.
+    pub delete_on_publish: bool,
     /// Emit metrics through the `metrics` crate. Default true.
     pub enable_metrics: bool,
     /// Serve health checks. Default true.
@@ -69,6 +78,8 @@ impl Default for OutboxConfig {
             retry_backoff_multiplier: 2.0,
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(30),
+            delete_on_publish: false,
             enable_metrics: true,
             enable_health_check: true,
         }
@@ -162,6 +173,11 @@ impl OutboxConfig {
                 self.retry_initial_delay.max(MS),
                 24 * HOUR,
             ),
+        );
+        check(
+            "OUTBOX_LEASE_DURATION",
+            show(self.lease_duration),
+            duration_in(self.lease_duration, Duration::from_secs(1), HOUR),
         );
         problems
     }
@@ -319,6 +335,14 @@ const SETTINGS: &[Setting] = &[
     Setting {
         var: "OUTBOX_RETRY_MAX_DELAY",
         set: |c, v| parse_duration(v).map(|x| c.retry_max_delay = x),
+    },
+    Setting {
+        var: "OUTBOX_LEASE_DURATION",
+        set: |c, v| parse_duration(v).map(|x| c.lease_duration = x),
+    },
+    Setting {
+        var: "OUTBOX_DELETE_ON_PUBLISH",
+        set: |c, v| parse_bool(v).map(|x| c.delete_on_publish = x),
     },
     Setting {
         var: "OUTBOX_ENABLE_METRICS",

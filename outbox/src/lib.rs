@@ -45,13 +45,23 @@ pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod message;
+#[cfg(feature = "sea-orm")]
+pub mod migration;
 pub mod registry;
+#[cfg(feature = "sea-orm")]
+pub mod repository;
 
 pub use config::{ConfigError, OutboxConfig};
 pub use envelope::{EncodeError, EventEnvelope, InvalidTraceparent, TraceContext};
 pub use event::{DynEvent, EventMeta, OutboxEvent};
 pub use message::Message;
 pub use registry::Registry;
+#[cfg(feature = "sea-orm")]
+pub use repository::OutboxRepository;
+#[cfg(feature = "sea-orm")]
+pub use sea_orm;
+#[cfg(feature = "sea-orm")]
+pub use sea_orm_migration;
 
 /// Derives [`OutboxEvent`] for a plain domain struct; see the trait for the attributes it takes.
 #[cfg(feature = "derive")]

@@ -375,6 +375,16 @@ pub enum RegistryError {
         .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
     Conflicts(Vec<Conflict>),
+    /// A row was asked for as a Rust type that is not the one of its type and version.
+    #[error("stored event `{event_type}` version {data_version} is not a `{requested}`")]
+    WrongType {
+        /// The event type of the row.
+        event_type: String,
+        /// The data version of the row.
+        data_version: String,
+        /// The Rust type that was asked for.
+        requested: &'static str,
+    },
     /// The stored JSON does not decode into the registered Rust type.
     #[error(
         "stored event `{event_type}` version {data_version} does not decode into `{rust_type}`: {source}"

@@ -1,0 +1,30 @@
+-- The outbox table for MySQL 8 and MariaDB 10.6+. `outbox_events` is the default name; the library's migration
+-- substitutes the configured one. Every statement is idempotent. See docs/design.md for why each column and index
+-- exists. utf8mb4_bin makes aggregate ids compare exactly (the default collation would merge "A-1" and "a-1").
+CREATE TABLE IF NOT EXISTS outbox_events (
+    id              BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    event_id        CHAR(36)     NOT NULL,
+    event_type      VARCHAR(255) NOT NULL,
+    data_version    VARCHAR(32)  NOT NULL,
+    aggregate_type  VARCHAR(255) NOT NULL,
+    aggregate_id    VARCHAR(255) NOT NULL,
+    payload         LONGTEXT     NOT NULL,
+    correlation_id  VARCHAR(255) NULL,
+    causation_id    VARCHAR(255) NULL,
+    traceparent     VARCHAR(64)  NULL,
+    tracestate      VARCHAR(512) NULL,
+    occurred_at     DATETIME(6)  NOT NULL,
+    status          SMALLINT     NOT NULL DEFAULT 0,
+    attempts        INT          NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT       NULL,
+    locked_until    BIGINT       NULL,
+    claim_token     BIGINT       NULL,
+    last_error      TEXT         NULL,
+    published_at    DATETIME(6)  NULL,
+    UNIQUE KEY outbox_events_event_id_key (event_id),
+    KEY outbox_events_pending_idx (status, id),
+    KEY outbox_events_aggregate_idx (aggregate_type, aggregate_id, status, id),
+    KEY outbox_events_published_idx (status, published_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS outbox_events_lock (id SMALLINT NOT NULL PRIMARY KEY) ENGINE = InnoDB;
+INSERT IGNORE INTO outbox_events_lock (id) VALUES (1);

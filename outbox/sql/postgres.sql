@@ -1,0 +1,31 @@
+-- The outbox table for PostgreSQL. `outbox_events` is the default name; the library's migration substitutes the
+-- configured one. Every statement is idempotent. See docs/design.md for why each column and index exists.
+CREATE TABLE IF NOT EXISTS outbox_events (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        UUID         NOT NULL,
+    event_type      VARCHAR(255) NOT NULL,
+    data_version    VARCHAR(32)  NOT NULL,
+    aggregate_type  VARCHAR(255) NOT NULL,
+    aggregate_id    VARCHAR(255) NOT NULL,
+    payload         TEXT         NOT NULL,
+    correlation_id  VARCHAR(255),
+    causation_id    VARCHAR(255),
+    traceparent     VARCHAR(64),
+    tracestate      VARCHAR(512),
+    occurred_at     TIMESTAMPTZ  NOT NULL,
+    status          SMALLINT     NOT NULL DEFAULT 0,
+    attempts        INTEGER      NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT,
+    locked_until    BIGINT,
+    claim_token     BIGINT,
+    last_error      TEXT,
+    published_at    TIMESTAMPTZ,
+    CONSTRAINT outbox_events_event_id_key UNIQUE (event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_events_pending_idx ON outbox_events (id) WHERE status = 0;
+CREATE INDEX IF NOT EXISTS outbox_events_blocked_idx ON outbox_events (aggregate_type, aggregate_id, id)
+    WHERE status = 0 AND (locked_until IS NOT NULL OR next_attempt_at IS NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_events_dead_idx ON outbox_events (id) WHERE status = 2;
+CREATE INDEX IF NOT EXISTS outbox_events_published_idx ON outbox_events (published_at) WHERE status = 1;
+CREATE TABLE IF NOT EXISTS outbox_events_lock (id SMALLINT PRIMARY KEY);
+INSERT INTO outbox_events_lock (id) VALUES (1) ON CONFLICT DO NOTHING;

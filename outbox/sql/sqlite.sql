@@ -1,0 +1,28 @@
+-- The outbox table for SQLite. `outbox_events` is the default name; the library's migration substitutes the
+-- configured one. Every statement is idempotent. See docs/design.md for why each column and index exists.
+-- SQLite has one writer at a time, so claims need no lock table: each claim is a single UPDATE ... RETURNING.
+CREATE TABLE IF NOT EXISTS outbox_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT    NOT NULL UNIQUE,
+    event_type      TEXT    NOT NULL,
+    data_version    TEXT    NOT NULL,
+    aggregate_type  TEXT    NOT NULL,
+    aggregate_id    TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    correlation_id  TEXT,
+    causation_id    TEXT,
+    traceparent     TEXT,
+    tracestate      TEXT,
+    occurred_at     TEXT    NOT NULL,
+    status          INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    locked_until    INTEGER,
+    claim_token     INTEGER,
+    last_error      TEXT,
+    published_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_events_pending_idx ON outbox_events (id) WHERE status = 0;
+CREATE INDEX IF NOT EXISTS outbox_events_aggregate_idx ON outbox_events (aggregate_type, aggregate_id, id) WHERE status = 0;
+CREATE INDEX IF NOT EXISTS outbox_events_dead_idx ON outbox_events (id) WHERE status = 2;
+CREATE INDEX IF NOT EXISTS outbox_events_published_idx ON outbox_events (published_at) WHERE status = 1;

@@ -1,0 +1,93 @@
+//! Connecting to the database from a URL, with errors that say what is wrong.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use super::error::RepositoryError;
+
+/// Connects to `url` (`postgres://`, `mysql://` or `mariadb://`, `sqlite:`), with statement logging off (the
+/// relay logs what matters) and a 5-second connect timeout (a database that is still starting gets that long).
+///
+/// A scheme whose driver is not compiled in, a malformed URL and a refused connection are each an error that
+/// names the URL (password hidden) and the cause.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, RepositoryError> {
+    let shown = redact(url);
+    let invalid = |reason: String| RepositoryError::InvalidUrl {
+        url: shown.clone(),
+        reason,
+    };
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let (url, feature) = match scheme.as_str() {
+        "postgres" | "postgresql" => (url.to_owned(), "postgres"),
+        "mysql" => (url.to_owned(), "mysql"),
+        // sqlx speaks the MySQL protocol to MariaDB under the `mysql` scheme.
+        "mariadb" => (format!("mysql{}", &url["mariadb".len()..]), "mysql"),
+        "sqlite" => (url.to_owned(), "sqlite"),
+        _ => {
+            return Err(invalid(format!(
+                "unsupported scheme `{scheme}`: expected postgres://, mysql://, mariadb:// or sqlite:"
+            )));
+        }
+    };
+    let compiled = match feature {
+        "postgres" => cfg!(feature = "postgres"),
+        "mysql" => cfg!(feature = "mysql"),
+        _ => cfg!(feature = "sqlite"),
+    };
+    if !compiled {
+        return Err(invalid(format!(
+            "this build has no {feature} driver: enable the `{feature}` feature of the outbox crate"
+        )));
+    }
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    Database::connect(options)
+        .await
+        .map_err(|source| RepositoryError::Connect { url: shown, source })
+}
+
+/// The URL with its password, if any, replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            redact("postgres://a:b@c@host/db"),
+            "postgres://a:***@host/db"
+        );
+    }
+}

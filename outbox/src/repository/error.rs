@@ -1,0 +1,95 @@
+//! What can go wrong in the repository, each error saying what to do about it.
+
+use sea_orm::DbErr;
+
+use crate::envelope::EncodeError;
+
+/// An error from the outbox repository.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepositoryError {
+    /// The outbox table does not exist in the database the repository was given.
+    #[error(
+        "the outbox table `{table}` does not exist: run the outbox migration first \
+         (`outbox::migration::OutboxMigrator::up(&db, None)`, `outbox::migration::create_table`, or the SQL in \
+         outbox/sql/{backend}.sql)"
+    )]
+    MissingTable {
+        /// The table that was looked for.
+        table: String,
+        /// `postgres`, `mysql` or `sqlite`.
+        backend: &'static str,
+    },
+    /// A database operation failed.
+    #[error("outbox database error while {operation} (table `{table}`): {source}")]
+    Database {
+        /// What the repository was doing.
+        operation: &'static str,
+        /// The outbox table.
+        table: String,
+        /// The driver's error.
+        #[source]
+        source: DbErr,
+    },
+    /// An event could not be serialized for storage.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The configured table name cannot be used in SQL.
+    #[error(
+        "invalid outbox table name {0:?}: use 1 to 58 ASCII letters, digits or underscores, not starting with a digit"
+    )]
+    InvalidTableName(String),
+    /// A database URL that cannot be used.
+    #[error("cannot use database URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database could not be reached.
+    #[error("cannot connect to the database at `{url}`: {source}")]
+    Connect {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: DbErr,
+    },
+}
+
+impl RepositoryError {
+    /// Wraps a driver error, recognising a missing outbox table by the backend's message so the error can say to
+    /// run the migration.
+    pub(crate) fn db(
+        operation: &'static str,
+        table: &str,
+        backend: sea_orm::DbBackend,
+        source: DbErr,
+    ) -> Self {
+        let text = source.to_string();
+        let missing = text.contains("does not exist") && text.contains(table) // PostgreSQL, MySQL ("doesn't")
+            || text.contains("doesn't exist") && text.contains(table)
+            || text.contains("no such table"); // SQLite
+        if missing {
+            Self::MissingTable {
+                table: table.to_owned(),
+                backend: backend_name(backend),
+            }
+        } else {
+            Self::Database {
+                operation,
+                table: table.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+pub(crate) fn backend_name(backend: sea_orm::DbBackend) -> &'static str {
+    match backend {
+        sea_orm::DbBackend::Postgres => "postgres",
+        sea_orm::DbBackend::MySql => "mysql",
+        _ => "sqlite",
+    }
+}

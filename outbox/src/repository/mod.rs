@@ -1,0 +1,1010 @@
+//! The sea-orm repository (the seed's `IOutboxRepository`): events stored in the caller's transaction, claimed
+//! by relays under leases, marked in one statement per batch.
+//!
+//! ```no_run
+//! # use outbox::{OutboxEvent, repository::OutboxRepository};
+//! # use sea_orm::TransactionTrait;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize, OutboxEvent)]
+//! # #[outbox(type = "com.example.user.created")]
+//! # struct UserCreated { #[outbox(aggregate_id)] user_id: u64 }
+//! # async fn example(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! let outbox = OutboxRepository::new();
+//! let txn = db.begin().await?;
+//! // ... the domain change, on `txn` ...
+//! outbox.add_event(&txn, UserCreated { user_id: 7 }).await?; // no commit here
+//! txn.commit().await?; // the change and its event are stored together, or neither is
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How claims stay safe with several relays, and why the table looks the way it does, is in `docs/design.md`.
+
+mod connect;
+mod error;
+mod row;
+mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{
+    AccessMode, ConnectionTrait, DbBackend, IsolationLevel, QueryResult, Statement,
+    TransactionTrait, Value,
+};
+use uuid::Uuid;
+
+pub use connect::connect;
+pub use error::RepositoryError;
+pub use row::{EventStatus, StoredEvent};
+pub(crate) use sql::{TableName, schema};
+
+use crate::config::OutboxConfig;
+use crate::envelope::{AsDynEvent, EventEnvelope};
+use crate::event::DynEvent;
+use crate::registry::Registry;
+
+/// Rows per INSERT and per `IN (...)` list: well under every backend's limit on bound parameters.
+const CHUNK: usize = 500;
+/// Longest error text kept per event; the rest is cut so one huge message cannot bloat the table.
+const MAX_ERROR_LEN: usize = 4096;
+
+type Result<T> = std::result::Result<T, RepositoryError>;
+
+/// The outbox table, and every operation on it.
+///
+/// Cheap to clone (one `Arc`). Every method takes the connection or transaction to run on, so events are
+/// written in the caller's transaction and the repository never commits one it did not open.
+#[derive(Clone, Debug)]
+pub struct OutboxRepository {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    table: TableName,
+    config: OutboxConfig,
+    registry: &'static Registry,
+}
+
+impl Default for OutboxRepository {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds an [`OutboxRepository`] with a non-default table, configuration or registry.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct RepositoryBuilder {
+    table: Option<String>,
+    config: Option<OutboxConfig>,
+    registry: Option<&'static Registry>,
+}
+
+impl RepositoryBuilder {
+    /// The table name (default `outbox_events`); the migration must have created it under the same name.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = Some(name.into());
+        self
+    }
+
+    /// Retry, lease and delete-on-publish settings (default [`OutboxConfig::default`]).
+    pub fn config(mut self, config: OutboxConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The registry claimed rows are decoded with (default [`Registry::global`]).
+    pub fn registry(mut self, registry: &'static Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Checks the table name and the configuration.
+    pub fn build(self) -> std::result::Result<OutboxRepository, BuildError> {
+        let table = match self.table {
+            Some(name) => TableName::new(&name)?,
+            None => TableName::default(),
+        };
+        let config = self.config.unwrap_or_default();
+        config.validate()?;
+        Ok(OutboxRepository {
+            inner: Arc::new(Inner {
+                table,
+                config,
+                registry: self.registry.unwrap_or_else(Registry::global),
+            }),
+        })
+    }
+}
+
+/// A repository that could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The table name cannot be used.
+    #[error(transparent)]
+    Table(#[from] RepositoryError),
+    /// The configuration is invalid.
+    #[error("invalid outbox configuration:\n{0}")]
+    Config(#[from] crate::ConfigError),
+}
+
+/// Identifies one claim. Marking requires it, so a relay whose lease expired (and whose events another relay
+/// claimed since) cannot overwrite the other relay's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimToken(i64);
+
+/// Events claimed for publishing: leased to this claim until the lease expires.
+#[derive(Debug)]
+#[must_use = "claimed events are leased: publish and mark them, or release them"]
+#[non_exhaustive]
+pub struct Claim {
+    /// The fence to pass to `mark_published`, `mark_failed` and `release`.
+    pub token: ClaimToken,
+    /// Decoded events, in write order. Events of one aggregate are consecutive in that order and must be
+    /// published one after the other.
+    pub events: Vec<ClaimedEvent>,
+    /// Rows that could not be decoded (unknown type or version, JSON that no longer fits): already dead letters.
+    pub dead_lettered: Vec<DeadLettered>,
+}
+
+/// A claimed, decoded event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ClaimedEvent {
+    /// Row id.
+    pub id: i64,
+    /// Failed attempts before this claim.
+    pub attempts: u32,
+    /// Aggregate type (with the id, the ordering key).
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// The event with its recorded metadata; `to_message()` renders what to publish.
+    pub envelope: EventEnvelope<Box<dyn DynEvent>>,
+}
+
+/// A row the claim turned into a dead letter because it could not be decoded.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DeadLettered {
+    /// Row id.
+    pub id: i64,
+    /// Event type of the row.
+    pub event_type: String,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
+
+/// One event whose publish failed, for [`OutboxRepository::mark_failed`].
+#[derive(Clone, Debug)]
+pub struct Failure {
+    id: i64,
+    attempts: u32,
+    error: String,
+    permanent: bool,
+}
+
+impl Failure {
+    /// A failure worth retrying (after backoff, until the retry budget is spent).
+    pub fn new(event: &ClaimedEvent, error: impl Into<String>) -> Self {
+        Self {
+            id: event.id,
+            attempts: event.attempts,
+            error: error.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that no retry can fix (the broker rejected the message for good): a dead letter at once.
+    pub fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+}
+
+/// What [`OutboxRepository::mark_failed`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureOutcome {
+    /// Events scheduled for another attempt.
+    pub retrying: u64,
+    /// Events that became dead letters.
+    pub dead_lettered: u64,
+    /// Events not marked because the claim no longer owns them (its lease expired and another relay claimed them).
+    pub fenced_out: u64,
+}
+
+/// Which dead letters to replay or purge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterFilter {
+    /// Every dead letter.
+    All,
+    /// One event, by event id.
+    EventId(Uuid),
+    /// One row, by row id.
+    Id(i64),
+    /// Every dead letter of one event type.
+    EventType(String),
+}
+
+/// Lag figures for health checks and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Events not yet published (including those being published now).
+    pub pending: u64,
+    /// When the oldest pending event occurred.
+    pub oldest_pending: Option<chrono::DateTime<Utc>>,
+    /// Dead letters waiting for replay or purge.
+    pub dead_letters: u64,
+}
+
+impl OutboxStats {
+    /// How long the oldest pending event has waited.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        self.oldest_pending
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+    }
+}
+
+impl OutboxRepository {
+    /// A repository on the default table (`outbox_events`) with the default configuration and the global registry.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                table: TableName::default(),
+                config: OutboxConfig::default(),
+                registry: Registry::global(),
+            }),
+        }
+    }
+
+    /// Starts a builder for a custom table, configuration or registry.
+    pub fn builder() -> RepositoryBuilder {
+        RepositoryBuilder::default()
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        self.inner.table.as_str()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OutboxConfig {
+        &self.inner.config
+    }
+
+    /// Stores one event on `db`, which may be the caller's transaction; never commits.
+    ///
+    /// On a transaction, the event is stored if and only if the transaction commits. On a plain connection the
+    /// INSERT is its own transaction. Returns the event id.
+    pub async fn add_event<C, E>(&self, db: &C, event: impl Into<EventEnvelope<E>>) -> Result<Uuid>
+    where
+        C: ConnectionTrait,
+        E: AsDynEvent,
+    {
+        let ids = self.add_events(db, [event.into()]).await?;
+        Ok(ids[0])
+    }
+
+    /// Stores several events on `db` with one INSERT per 500 events; never commits. Returns their ids.
+    ///
+    /// Pass a transaction to store a large batch atomically: on a plain connection each INSERT of 500 is its own
+    /// transaction. Events of mixed types can be passed as `EventEnvelope<Box<dyn DynEvent>>`.
+    pub async fn add_events<C, E, I>(&self, db: &C, events: I) -> Result<Vec<Uuid>>
+    where
+        C: ConnectionTrait,
+        E: AsDynEvent,
+        I: IntoIterator,
+        I::Item: Into<EventEnvelope<E>>,
+    {
+        let backend = db.get_database_backend();
+        let envelopes: Vec<EventEnvelope<E>> = events.into_iter().map(Into::into).collect();
+        let mut ids = Vec::with_capacity(envelopes.len());
+        for chunk in envelopes.chunks(CHUNK) {
+            let mut values = Vec::with_capacity(chunk.len() * 11);
+            for envelope in chunk {
+                let event = envelope.event().as_dyn();
+                let meta = event.meta();
+                let payload = event.to_json().map_err(|source| crate::EncodeError {
+                    event_type: meta.event_type,
+                    source,
+                })?;
+                let trace = envelope.trace_context();
+                values.extend([
+                    row::event_id_value(backend, envelope.event_id()),
+                    meta.event_type.into(),
+                    meta.data_version.into(),
+                    meta.aggregate_type.into(),
+                    event.aggregate_id().into(),
+                    payload.get().to_owned().into(),
+                    envelope.correlation_id().map(str::to_owned).into(),
+                    envelope.causation_id().map(str::to_owned).into(),
+                    trace.map(|t| t.traceparent().to_owned()).into(),
+                    trace.and_then(|t| t.tracestate()).map(str::to_owned).into(),
+                    envelope.occurred_at().into(),
+                ]);
+                ids.push(envelope.event_id());
+            }
+            let rows = vec![format!("({})", sql::placeholders(11)); chunk.len()].join(", ");
+            let insert = format!(
+                "INSERT INTO {{t}} (event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
+                 correlation_id, causation_id, traceparent, tracestate, occurred_at) VALUES {rows}"
+            );
+            self.execute(db, "storing events", &insert, values).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Pending events in write order (the seed's `get_unpublished`). Use [`StoredEvent::decode`] to get the
+    /// typed events; a row that no longer decodes is still listed, so nothing is hidden.
+    pub async fn get_unpublished<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {} ORDER BY id LIMIT ? OFFSET ?",
+            sql::COLUMNS,
+            sql::PENDING
+        );
+        self.select(
+            db,
+            "listing pending events",
+            &query,
+            vec![limit.into(), offset.into()],
+        )
+        .await
+    }
+
+    /// How many events are pending (the seed's `count_unpublished`), including those being published now.
+    pub async fn count_unpublished<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
+        self.count(db, "counting pending events", sql::PENDING)
+            .await
+    }
+
+    /// Claims up to `limit` events for publishing, leased for [`OutboxConfig::lease_duration`].
+    ///
+    /// Safe with any number of relays at once: claims are serialized per table (a row lock on PostgreSQL and
+    /// MySQL, SQLite's single writer), and an event is only handed out when every earlier pending event of its
+    /// aggregate is handed out with it or already done. Rows that cannot be decoded become dead letters here,
+    /// with the reason, and are reported in [`Claim::dead_lettered`]; the other events are not held up.
+    pub async fn claim<C>(&self, db: &C, limit: u32) -> Result<Claim>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let token = ClaimToken(fastrand::i64(..));
+        let now = now_micros();
+        let lease_until = now + micros(self.inner.config.lease_duration);
+        let backend = db.get_database_backend();
+        let rows = match backend {
+            DbBackend::MySql => self.claim_mysql(db, token, now, lease_until, limit).await?,
+            DbBackend::Postgres => {
+                let txn = self.begin(db).await?;
+                self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
+                    .await?;
+                let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
+                let values = vec![
+                    now.into(),
+                    now.into(),
+                    token.0.into(),
+                    lease_until.into(),
+                    now.into(),
+                    now.into(),
+                    limit.into(),
+                ];
+                let rows = self.query(&txn, "claiming events", &claim, values).await?;
+                self.commit(txn).await?;
+                rows
+            }
+            _ => {
+                self.claim_sqlite(db, token, now, lease_until, limit)
+                    .await?
+            }
+        };
+
+        let mut claim = Claim {
+            token,
+            events: Vec::with_capacity(rows.len()),
+            dead_lettered: Vec::new(),
+        };
+        let mut failures = Vec::new();
+        for row in &rows {
+            match self.decode_claimed(backend, row) {
+                Ok(event) => claim.events.push(event),
+                Err(dead) => {
+                    failures.push(Failure {
+                        id: dead.id,
+                        attempts: 0,
+                        error: dead.reason.clone(),
+                        permanent: true,
+                    });
+                    claim.dead_lettered.push(dead);
+                }
+            }
+        }
+        claim.events.sort_by_key(|e| e.id);
+        if !failures.is_empty() {
+            for dead in &claim.dead_lettered {
+                tracing::error!(
+                    target: "outbox.dead_letter",
+                    id = dead.id,
+                    event_type = %dead.event_type,
+                    reason = %dead.reason,
+                    "undecodable event moved to the dead letters"
+                );
+            }
+            self.mark_failed(db, token, &failures).await?;
+        }
+        Ok(claim)
+    }
+
+    /// SQLite: one UPDATE ... RETURNING, atomic under its single writer.
+    async fn claim_sqlite<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>> {
+        let update = format!(
+            "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND id IN (SELECT o.id {}) \
+             RETURNING {}",
+            sql::PENDING,
+            sql::CLAIMABLE,
+            sql::COLUMNS
+        );
+        let mut values: Vec<Value> = vec![token.0.into(), lease_until.into()];
+        values.extend(claimable_values(now, limit));
+        self.query(db, "claiming events", &update, values).await
+    }
+
+    /// MySQL cannot `UPDATE` with a `LIMIT` subquery on the same table, nor return updated rows: select the
+    /// claimable rows under the claim lock, then lease them by id, in one READ COMMITTED transaction.
+    async fn claim_mysql<C>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let txn = self.begin(db).await?;
+        self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
+            .await?;
+        let columns: Vec<String> = sql::COLUMNS.split(", ").map(|c| format!("o.{c}")).collect();
+        let select = format!(
+            "SELECT {} {} FOR UPDATE",
+            columns.join(", "),
+            sql::CLAIMABLE
+        );
+        let rows = self
+            .query(
+                &txn,
+                "claiming events",
+                &select,
+                claimable_values(now, limit),
+            )
+            .await?;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.db_error("claiming events", txn.get_database_backend(), e))?;
+        if !ids.is_empty() {
+            let update = format!(
+                "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND id IN ({})",
+                sql::PENDING,
+                sql::placeholders(ids.len())
+            );
+            let mut values: Vec<Value> = vec![token.0.into(), lease_until.into()];
+            values.extend(ids.iter().map(|&id| Value::from(id)));
+            self.execute(&txn, "claiming events", &update, values)
+                .await?;
+        }
+        self.commit(txn).await?;
+        Ok(rows)
+    }
+
+    fn decode_claimed(
+        &self,
+        backend: DbBackend,
+        row: &QueryResult,
+    ) -> std::result::Result<ClaimedEvent, DeadLettered> {
+        let id: i64 = row.try_get_by_index(0).unwrap_or_default();
+        let stored = StoredEvent::from_row(backend, row).map_err(|e| DeadLettered {
+            id,
+            event_type: row.try_get_by_index::<String>(2).unwrap_or_default(),
+            reason: format!("unreadable row: {e}"),
+        })?;
+        match stored.decode_with(self.inner.registry) {
+            Ok(envelope) => Ok(ClaimedEvent {
+                id: stored.id,
+                attempts: stored.attempts,
+                aggregate_type: stored.aggregate_type,
+                aggregate_id: stored.aggregate_id,
+                envelope,
+            }),
+            Err(error) => Err(DeadLettered {
+                id: stored.id,
+                event_type: stored.event_type,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// Marks claimed events published in one statement per 500 (or deletes them, with
+    /// [`OutboxConfig::delete_on_publish`]). Returns how many were marked: fewer than given means the claim lost
+    /// the others (its lease expired and another relay claimed them, which will publish them again).
+    pub async fn mark_published<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let mut marked = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let (query, mut values) = if self.inner.config.delete_on_publish {
+                (
+                    format!(
+                        "DELETE FROM {{t}} WHERE claim_token = ? AND status = {} AND id IN ({})",
+                        sql::PENDING,
+                        sql::placeholders(chunk.len())
+                    ),
+                    vec![Value::from(token.0)],
+                )
+            } else {
+                (
+                    format!(
+                        "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
+                         WHERE claim_token = ? AND status = {} AND id IN ({})",
+                        sql::PUBLISHED,
+                        sql::PENDING,
+                        sql::placeholders(chunk.len())
+                    ),
+                    vec![Value::from(Utc::now()), Value::from(token.0)],
+                )
+            };
+            values.extend(chunk.iter().map(|&id| Value::from(id)));
+            marked += self
+                .execute(db, "marking events published", &query, values)
+                .await?;
+        }
+        Ok(marked)
+    }
+
+    /// Records failed publishes in one statement per 500: the error text, one more attempt, and the next attempt
+    /// time (exponential backoff from the configuration, with jitter). An event whose attempts exceed
+    /// [`OutboxConfig::max_retry_count`], or whose failure is permanent, becomes a dead letter. Nothing is deleted.
+    pub async fn mark_failed<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        failures: &[Failure],
+    ) -> Result<FailureOutcome> {
+        let config = &self.inner.config;
+        let now = now_micros();
+        let mut outcome = FailureOutcome::default();
+        for chunk in failures.chunks(CHUNK) {
+            let mut status_case = String::from("CASE id");
+            let mut next_case = String::from("CASE id");
+            let mut error_case = String::from("CASE id");
+            let (mut status_values, mut next_values, mut error_values) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let (mut retrying, mut dead) = (0, 0);
+            for failure in chunk {
+                let attempts = failure.attempts.saturating_add(1);
+                let give_up = failure.permanent || attempts > config.max_retry_count;
+                let (status, next_attempt) = if give_up {
+                    dead += 1;
+                    (sql::DEAD, None)
+                } else {
+                    retrying += 1;
+                    let delay = config
+                        .retry_delay(attempts)
+                        .mul_f64(0.5 + fastrand::f64() * 0.5);
+                    (sql::PENDING, Some(now + micros(delay)))
+                };
+                status_case.push_str(" WHEN ? THEN ?");
+                next_case.push_str(" WHEN ? THEN ?");
+                error_case.push_str(" WHEN ? THEN ?");
+                status_values.extend([Value::from(failure.id), Value::from(status)]);
+                next_values.extend([Value::from(failure.id), Value::from(next_attempt)]);
+                error_values.extend([
+                    Value::from(failure.id),
+                    Value::from(truncate(&failure.error)),
+                ]);
+            }
+            let query = format!(
+                "UPDATE {{t}} SET attempts = attempts + 1, status = {status_case} END, \
+                 next_attempt_at = {next_case} END, last_error = {error_case} END, \
+                 locked_until = NULL, claim_token = NULL \
+                 WHERE claim_token = ? AND status = {} AND id IN ({})",
+                sql::PENDING,
+                sql::placeholders(chunk.len())
+            );
+            let mut values = status_values;
+            values.extend(next_values);
+            values.extend(error_values);
+            values.push(token.0.into());
+            values.extend(chunk.iter().map(|f| Value::from(f.id)));
+            let marked = self
+                .execute(db, "recording failed publishes", &query, values)
+                .await?;
+            if marked == chunk.len() as u64 {
+                outcome.retrying += retrying;
+                outcome.dead_lettered += dead;
+            } else {
+                // Some rows were fenced out; which ones is not worth a query: report the shortfall.
+                outcome.fenced_out += chunk.len() as u64 - marked;
+                outcome.retrying += retrying.min(marked);
+                outcome.dead_lettered += marked - retrying.min(marked);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Gives claimed events back without counting an attempt: on shutdown, or for the later events of an
+    /// aggregate whose earlier event failed. Returns how many were released.
+    pub async fn release<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let mut released = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let query = format!(
+                "UPDATE {{t}} SET locked_until = NULL, claim_token = NULL \
+                 WHERE claim_token = ? AND status = {} AND id IN ({})",
+                sql::PENDING,
+                sql::placeholders(chunk.len())
+            );
+            let mut values = vec![Value::from(token.0)];
+            values.extend(chunk.iter().map(|&id| Value::from(id)));
+            released += self.execute(db, "releasing events", &query, values).await?;
+        }
+        Ok(released)
+    }
+
+    /// Marks one event published by row id, whoever holds it (the seed's `mark_published(id)`). Relays use the
+    /// fenced [`mark_published`](Self::mark_published); this is for tools and hand-written schedules.
+    pub async fn mark_event_published<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<bool> {
+        let query = format!(
+            "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
+             WHERE id = ? AND status = {}",
+            sql::PUBLISHED,
+            sql::PENDING
+        );
+        let marked = self
+            .execute(
+                db,
+                "marking an event published",
+                &query,
+                vec![Utc::now().into(), id.into()],
+            )
+            .await?;
+        Ok(marked == 1)
+    }
+
+    /// Records one failed publish by row id (the seed's `mark_failed(id, error)`), with the same backoff and
+    /// dead-letter rule as [`mark_failed`](Self::mark_failed). Returns false if the event is not pending.
+    pub async fn mark_event_failed<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        id: i64,
+        error: &str,
+    ) -> Result<bool> {
+        // Take the event over under a one-off token, then fail it through the fenced path.
+        let token = ClaimToken(fastrand::i64(..));
+        let query = format!(
+            "UPDATE {{t}} SET claim_token = ? WHERE id = ? AND status = {}",
+            sql::PENDING
+        );
+        if self
+            .execute(
+                db,
+                "recording a failed publish",
+                &query,
+                vec![token.0.into(), id.into()],
+            )
+            .await?
+            == 0
+        {
+            return Ok(false);
+        }
+        let select = "SELECT attempts FROM {t} WHERE id = ? AND claim_token = ?";
+        let rows = self
+            .query(
+                db,
+                "recording a failed publish",
+                select,
+                vec![id.into(), token.0.into()],
+            )
+            .await?;
+        let attempts = match rows.first() {
+            Some(row) => row.try_get_by_index::<i32>(0).map_err(|e| {
+                self.db_error("recording a failed publish", db.get_database_backend(), e)
+            })?,
+            None => return Ok(false),
+        };
+        let failure = Failure {
+            id,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            error: error.to_owned(),
+            permanent: false,
+        };
+        let outcome = self.mark_failed(db, token, &[failure]).await?;
+        Ok(outcome.fenced_out == 0)
+    }
+
+    /// Dead letters in id order, with their last error.
+    pub async fn dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {} ORDER BY id LIMIT ? OFFSET ?",
+            sql::COLUMNS,
+            sql::DEAD
+        );
+        self.select(
+            db,
+            "listing dead letters",
+            &query,
+            vec![limit.into(), offset.into()],
+        )
+        .await
+    }
+
+    /// How many dead letters there are.
+    pub async fn count_dead_letters<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
+        self.count(db, "counting dead letters", sql::DEAD).await
+    }
+
+    /// Makes dead letters pending again with a fresh retry budget (their last error is kept until the next
+    /// attempt). Returns how many. A replayed event keeps its place in its aggregate's order by id.
+    pub async fn replay_dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: DeadLetterFilter,
+    ) -> Result<u64> {
+        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let query = format!(
+            "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, locked_until = NULL, \
+             claim_token = NULL WHERE status = {}{condition}",
+            sql::PENDING,
+            sql::DEAD
+        );
+        self.execute(db, "replaying dead letters", &query, values)
+            .await
+    }
+
+    /// Deletes dead letters for good. Returns how many.
+    pub async fn purge_dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: DeadLetterFilter,
+    ) -> Result<u64> {
+        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let query = format!("DELETE FROM {{t}} WHERE status = {}{condition}", sql::DEAD);
+        self.execute(db, "purging dead letters", &query, values)
+            .await
+    }
+
+    fn filter(&self, backend: DbBackend, filter: &DeadLetterFilter) -> (&'static str, Vec<Value>) {
+        match filter {
+            DeadLetterFilter::All => ("", Vec::new()),
+            DeadLetterFilter::Id(id) => (" AND id = ?", vec![(*id).into()]),
+            DeadLetterFilter::EventId(id) => {
+                (" AND event_id = ?", vec![row::event_id_value(backend, *id)])
+            }
+            DeadLetterFilter::EventType(t) => (" AND event_type = ?", vec![t.clone().into()]),
+        }
+    }
+
+    /// Deletes published events older than `older_than`, `batch_size` rows per statement so the table is never
+    /// locked for long. Returns how many were deleted.
+    pub async fn purge_published<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        older_than: Duration,
+        batch_size: u32,
+    ) -> Result<u64> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let batch = batch_size.max(1);
+        let query = match db.get_database_backend() {
+            // MySQL refuses a subquery on the table it deletes from, but has DELETE ... LIMIT.
+            DbBackend::MySql => format!(
+                "DELETE FROM {{t}} WHERE status = {} AND published_at < ? ORDER BY id LIMIT ?",
+                sql::PUBLISHED
+            ),
+            _ => format!(
+                "DELETE FROM {{t}} WHERE id IN (SELECT id FROM {{t}} WHERE status = {} AND published_at < ? \
+                 ORDER BY id LIMIT ?)",
+                sql::PUBLISHED
+            ),
+        };
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .execute(
+                    db,
+                    "purging published events",
+                    &query,
+                    vec![cutoff.into(), batch.into()],
+                )
+                .await?;
+            total += deleted;
+            if deleted < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
+    pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
+        let query = format!(
+            "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",
+            sql::PENDING
+        );
+        let rows = self
+            .query(db, "reading outbox lag", &query, Vec::new())
+            .await?;
+        let backend = db.get_database_backend();
+        let (pending, oldest_pending) = match rows.first() {
+            Some(row) => (
+                row.try_get_by_index::<i64>(0)
+                    .map_err(|e| self.db_error("reading outbox lag", backend, e))?,
+                row.try_get_by_index(1)
+                    .map_err(|e| self.db_error("reading outbox lag", backend, e))?,
+            ),
+            None => (0, None),
+        };
+        Ok(OutboxStats {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest_pending,
+            dead_letters: self.count_dead_letters(db).await?,
+        })
+    }
+
+    /// Checks that the table exists with every column the repository uses; the error says to run the
+    /// migration if not.
+    pub async fn check<C: ConnectionTrait>(&self, db: &C) -> Result<()> {
+        let query = format!(
+            "SELECT {}, next_attempt_at, locked_until, claim_token FROM {{t}} WHERE 1 = 0",
+            sql::COLUMNS
+        );
+        self.query(db, "checking the outbox table", &query, Vec::new())
+            .await
+            .map(drop)
+    }
+
+    async fn count<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        status: i16,
+    ) -> Result<u64> {
+        let query = format!("SELECT COUNT(*) FROM {{t}} WHERE status = {status}");
+        let rows = self.query(db, operation, &query, Vec::new()).await?;
+        let count = match rows.first() {
+            Some(row) => row
+                .try_get_by_index::<i64>(0)
+                .map_err(|e| self.db_error(operation, db.get_database_backend(), e))?,
+            None => 0,
+        };
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn select<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        query: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<StoredEvent>> {
+        let backend = db.get_database_backend();
+        self.query(db, operation, query, values)
+            .await?
+            .iter()
+            .map(|row| {
+                StoredEvent::from_row(backend, row)
+                    .map_err(|e| self.db_error(operation, backend, e))
+            })
+            .collect()
+    }
+
+    fn statement(&self, backend: DbBackend, query: &str, values: Vec<Value>) -> Statement {
+        sql::statement(backend, &self.inner.table, query, values)
+    }
+
+    async fn execute<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        query: &str,
+        values: Vec<Value>,
+    ) -> Result<u64> {
+        let backend = db.get_database_backend();
+        db.execute_raw(self.statement(backend, query, values))
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| self.db_error(operation, backend, e))
+    }
+
+    async fn query<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        query: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<QueryResult>> {
+        let backend = db.get_database_backend();
+        db.query_all_raw(self.statement(backend, query, values))
+            .await
+            .map_err(|e| self.db_error(operation, backend, e))
+    }
+
+    async fn begin<C: TransactionTrait + ConnectionTrait>(&self, db: &C) -> Result<C::Transaction> {
+        // READ COMMITTED: every statement of the claim sees what other relays committed up to that point.
+        db.begin_with_config(
+            Some(IsolationLevel::ReadCommitted),
+            Some(AccessMode::ReadWrite),
+        )
+        .await
+        .map_err(|e| self.db_error("starting a claim", db.get_database_backend(), e))
+    }
+
+    async fn commit<T: sea_orm::TransactionSession + ConnectionTrait>(&self, txn: T) -> Result<()> {
+        let backend = txn.get_database_backend();
+        txn.commit()
+            .await
+            .map_err(|e| self.db_error("committing a claim", backend, e))
+    }
+
+    fn db_error(
+        &self,
+        operation: &'static str,
+        backend: DbBackend,
+        error: sea_orm::DbErr,
+    ) -> RepositoryError {
+        RepositoryError::db(operation, self.inner.table.as_str(), backend, error)
+    }
+}
+
+fn claimable_values(now: i64, limit: u32) -> Vec<Value> {
+    vec![now.into(), now.into(), now.into(), now.into(), limit.into()]
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn truncate(error: &str) -> String {
+    if error.len() <= MAX_ERROR_LEN {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
+}

@@ -1,0 +1,171 @@
+//! Stored events as read back from the outbox table.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DbBackend, DbErr, QueryResult, Value};
+use uuid::Uuid;
+
+use crate::envelope::{EventEnvelope, TraceContext};
+use crate::event::{DynEvent, OutboxEvent};
+use crate::registry::{Registry, RegistryError};
+
+use super::sql;
+
+/// Where a stored event is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventStatus {
+    /// Waiting to be published, or being published under a lease.
+    Pending,
+    /// Published (kept until the retention cleanup removes it).
+    Published,
+    /// Gave up on: a dead letter, kept with its last error until replayed or purged.
+    DeadLetter,
+}
+
+impl EventStatus {
+    fn from_code(code: i16) -> Result<Self, String> {
+        match code {
+            sql::PENDING => Ok(Self::Pending),
+            sql::PUBLISHED => Ok(Self::Published),
+            sql::DEAD => Ok(Self::DeadLetter),
+            other => Err(format!("unknown status code {other}")),
+        }
+    }
+}
+
+/// One row of the outbox table: the stored event and its bookkeeping.
+///
+/// The event itself is kept as JSON; [`decode`](Self::decode) turns it back into its Rust type through the
+/// [registry](crate::registry), by `event_type` and `data_version`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoredEvent {
+    /// Row id: the order events were written in.
+    pub id: i64,
+    /// The event id (CloudEvents `id`).
+    pub event_id: Uuid,
+    /// CloudEvents `type`.
+    pub event_type: String,
+    /// Data version.
+    pub data_version: String,
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// The event as stored: its serde JSON.
+    pub payload: String,
+    /// Correlation id, if any.
+    pub correlation_id: Option<String>,
+    /// Causation id, if any.
+    pub causation_id: Option<String>,
+    /// W3C `traceparent`, if any.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`, if any.
+    pub tracestate: Option<String>,
+    /// When the event occurred.
+    pub occurred_at: DateTime<Utc>,
+    /// Pending, published or dead letter.
+    pub status: EventStatus,
+    /// Failed publish attempts so far.
+    pub attempts: u32,
+    /// The last failure, or why the event became a dead letter.
+    pub last_error: Option<String>,
+    /// When it was published.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl StoredEvent {
+    /// Reads a row selected with [`sql::COLUMNS`].
+    pub(crate) fn from_row(backend: DbBackend, row: &QueryResult) -> Result<Self, DbErr> {
+        let event_id = match backend {
+            DbBackend::Postgres => row.try_get_by_index::<Uuid>(1)?,
+            _ => {
+                let text: String = row.try_get_by_index(1)?;
+                Uuid::parse_str(&text)
+                    .map_err(|e| DbErr::Type(format!("event_id {text:?} is not a UUID: {e}")))?
+            }
+        };
+        let status: i16 = row.try_get_by_index(12)?;
+        let attempts: i32 = row.try_get_by_index(13)?;
+        Ok(Self {
+            id: row.try_get_by_index(0)?,
+            event_id,
+            event_type: row.try_get_by_index(2)?,
+            data_version: row.try_get_by_index(3)?,
+            aggregate_type: row.try_get_by_index(4)?,
+            aggregate_id: row.try_get_by_index(5)?,
+            payload: row.try_get_by_index(6)?,
+            correlation_id: row.try_get_by_index(7)?,
+            causation_id: row.try_get_by_index(8)?,
+            traceparent: row.try_get_by_index(9)?,
+            tracestate: row.try_get_by_index(10)?,
+            occurred_at: row.try_get_by_index(11)?,
+            status: EventStatus::from_code(status).map_err(DbErr::Type)?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            last_error: row.try_get_by_index(14)?,
+            published_at: row.try_get_by_index(15)?,
+        })
+    }
+
+    /// The event decoded through the global registry, with its recorded metadata.
+    pub fn decode(&self) -> Result<EventEnvelope<Box<dyn DynEvent>>, RegistryError> {
+        self.decode_with(Registry::global())
+    }
+
+    /// The event decoded through `registry`, with its recorded metadata.
+    pub fn decode_with(
+        &self,
+        registry: &Registry,
+    ) -> Result<EventEnvelope<Box<dyn DynEvent>>, RegistryError> {
+        let event = registry.decode(&self.event_type, &self.data_version, &self.payload)?;
+        Ok(self.envelope(event))
+    }
+
+    /// The event as `E`, whose type and version must be this row's.
+    pub fn decode_as<E: OutboxEvent>(&self) -> Result<EventEnvelope<E>, RegistryError> {
+        if E::EVENT_TYPE != self.event_type || E::DATA_VERSION != self.data_version {
+            return Err(RegistryError::WrongType {
+                event_type: self.event_type.clone(),
+                data_version: self.data_version.clone(),
+                requested: std::any::type_name::<E>(),
+            });
+        }
+        let event = E::from_json(&self.payload).map_err(|source| RegistryError::Decode {
+            event_type: self.event_type.clone(),
+            data_version: self.data_version.clone(),
+            rust_type: std::any::type_name::<E>(),
+            source,
+        })?;
+        Ok(self.envelope(event))
+    }
+
+    fn envelope<E>(&self, event: E) -> EventEnvelope<E> {
+        let mut envelope = EventEnvelope::new(event)
+            .with_event_id(self.event_id)
+            .with_occurred_at(self.occurred_at);
+        if let Some(correlation) = &self.correlation_id {
+            envelope = envelope.with_correlation_id(correlation.clone());
+        }
+        if let Some(causation) = &self.causation_id {
+            envelope = envelope.with_causation_id(causation.clone());
+        }
+        if let Some(traceparent) = &self.traceparent {
+            // Validated when recorded; a value edited in the table since is dropped rather than sent on.
+            match TraceContext::new(traceparent, self.tracestate.clone()) {
+                Ok(context) => envelope = envelope.with_trace_context(context),
+                Err(error) => {
+                    tracing::warn!(target: "outbox", event_id = %self.event_id, %error, "dropping stored trace context")
+                }
+            }
+        }
+        envelope
+    }
+}
+
+/// The event id as the backend stores it: a native UUID on PostgreSQL, text elsewhere.
+pub(crate) fn event_id_value(backend: DbBackend, id: Uuid) -> Value {
+    match backend {
+        DbBackend::Postgres => id.into(),
+        _ => id.to_string().into(),
+    }
+}
