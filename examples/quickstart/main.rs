@@ -1,17 +1,22 @@
-//! The quickstart: declare events, record them with their metadata, see the CloudEvents they become, and turn a
-//! stored row back into its Rust type through the registry. Runs in a second, no server needed.
+//! The quickstart: declare events, store them with a domain change in one SQLite transaction, see that a
+//! rolled-back transaction leaves nothing behind, then claim the stored events, print them as CloudEvents and
+//! mark them published. Runs in about a second, no server needed.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 
-use outbox::cloudevents::{self, BinaryMode};
+use outbox::cloudevents;
+use outbox::migration::OutboxMigrator;
+use outbox::repository::{OutboxRepository, connect};
+use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use outbox::sea_orm_migration::MigratorTrait;
 use outbox::{EventEnvelope, OutboxEvent, Registry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A plain domain struct; the derive checks the declaration at compile time and registers the type.
-#[derive(Debug, Serialize, Deserialize, OutboxEvent)]
+#[derive(Debug, Clone, Serialize, Deserialize, OutboxEvent)]
 #[outbox(
     type = "com.example.user.created",
     source = "/user-service",
@@ -30,8 +35,9 @@ pub struct UserDeleted {
     pub user_id: Uuid,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // What the relay checks and logs at start: every event type this program can decode.
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // What a relay checks and logs at start: every event type this program can decode.
     let registry = Registry::global();
     registry.validate()?;
     println!("registered event types:");
@@ -42,52 +48,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    // Record two events of one aggregate. The second is caused by the first and shares its correlation id.
+    // An in-memory SQLite database, the outbox table from the library's migration, and an application table.
+    let db = connect("sqlite::memory:").await?;
+    OutboxMigrator::up(&db, None).await?;
+    db.execute_unprepared("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        .await?;
+    let outbox = OutboxRepository::new();
+
+    // A user and its event, in one transaction; then its deletion, caused by the creation.
     let user_id = Uuid::now_v7();
     let created = EventEnvelope::new(UserCreated {
         user_id,
         email: "ada@example.com".into(),
     })
     .with_correlation_id("signup-request-1");
-    let deleted = EventEnvelope::new(UserDeleted { user_id }).caused_by(&created);
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!(
+        "INSERT INTO users VALUES ('{user_id}', 'ada@example.com')"
+    ))
+    .await?;
+    outbox.add_event(&txn, created.clone()).await?;
+    txn.commit().await?;
 
-    // Both go to one destination, keyed by the aggregate id, so a consumer sees them in order.
-    println!("\nstructured CloudEvents (application/cloudevents+json), one per line:");
-    for message in [created.to_message()?, deleted.to_message()?] {
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("DELETE FROM users WHERE id = '{user_id}'"))
+        .await?;
+    outbox
+        .add_event(
+            &txn,
+            EventEnvelope::new(UserDeleted { user_id }).caused_by(&created),
+        )
+        .await?;
+    txn.commit().await?;
+
+    // A transaction that rolls back leaves no event behind.
+    let txn = db.begin().await?;
+    let ghost = Uuid::now_v7();
+    txn.execute_unprepared(&format!(
+        "INSERT INTO users VALUES ('{ghost}', 'ghost@example.com')"
+    ))
+    .await?;
+    outbox
+        .add_event(
+            &txn,
+            UserCreated {
+                user_id: ghost,
+                email: "ghost@example.com".into(),
+            },
+        )
+        .await?;
+    txn.rollback().await?;
+    println!(
+        "\nafter one rolled-back signup: {} users, {} pending events",
+        count(&db, "SELECT COUNT(*) FROM users").await?,
+        outbox.count_unpublished(&db).await?
+    );
+
+    // What the relay does, by hand: claim, publish (here: print), mark published.
+    println!("\npublished CloudEvents (structured mode), in order:");
+    let claim = outbox.claim(&db, 100).await?;
+    let mut published = Vec::new();
+    for event in &claim.events {
+        let message = event.envelope.to_message()?;
         println!(
             "{}",
             String::from_utf8(cloudevents::to_structured(&message))?
         );
+        published.push(event.id);
     }
+    outbox.mark_published(&db, claim.token, &published).await?;
 
-    // Binary mode, the default on brokers: body = data as JSON, attributes as headers (here Kafka's).
-    let message = created.to_message()?;
+    let stats = outbox.stats(&db).await?;
     println!(
-        "\nKafka binary mode: topic {}, key {}",
-        message.destination, message.key
-    );
-    for (name, value) in BinaryMode::KAFKA.headers(&message) {
-        println!("  {name}: {value}");
-    }
-    println!("  body: {}", message.data.get());
-
-    // A stored row (event type, data version, JSON) decodes back into its Rust type with no hand-kept map.
-    let stored = created.event().to_json()?;
-    let decoded = registry.decode(
-        UserCreated::EVENT_TYPE,
-        UserCreated::DATA_VERSION,
-        stored.get(),
-    )?;
-    let user = decoded
-        .downcast_ref::<UserCreated>()
-        .ok_or("decoded into another type")?;
-    println!("\ndecoded a stored row back into UserCreated: {user:?}");
-
-    // A row nobody can decode is a clear error, not a panic.
-    let unknown = registry.decode("com.example.user.renamed", "1.0", "{}");
-    println!(
-        "unknown type: {}",
-        unknown.err().ok_or("unexpectedly decoded")?
+        "\nsummary: {} published, {} pending, {} dead letters",
+        published.len(),
+        stats.pending,
+        stats.dead_letters
     );
     Ok(())
+}
+
+async fn count(db: &DatabaseConnection, sql: &str) -> Result<i64, Box<dyn std::error::Error>> {
+    let row = db
+        .query_one_raw(outbox::sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await?
+        .ok_or("no row")?;
+    Ok(row.try_get_by_index::<i64>(0)?)
 }
