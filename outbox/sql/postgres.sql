@@ -29,3 +29,7 @@ CREATE INDEX IF NOT EXISTS outbox_events_dead_idx ON outbox_events (id) WHERE st
 CREATE INDEX IF NOT EXISTS outbox_events_published_idx ON outbox_events (published_at) WHERE status = 1;
 CREATE TABLE IF NOT EXISTS outbox_events_lock (id SMALLINT PRIMARY KEY);
 INSERT INTO outbox_events_lock (id) VALUES (1) ON CONFLICT DO NOTHING;
+-- Wakes relays the moment a transaction that stored events commits (they LISTEN on the table's name);
+-- PostgreSQL 14+ for CREATE OR REPLACE TRIGGER.
+CREATE OR REPLACE FUNCTION outbox_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify(TG_TABLE_NAME, ''); RETURN NULL; END $$;
+CREATE OR REPLACE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events FOR EACH STATEMENT EXECUTE FUNCTION outbox_events_notify();

@@ -44,10 +44,15 @@ pub mod cloudevents;
 pub mod config;
 pub mod envelope;
 pub mod event;
+#[cfg(feature = "sea-orm")]
+pub mod health;
 pub mod message;
 #[cfg(feature = "sea-orm")]
 pub mod migration;
+pub mod publisher;
 pub mod registry;
+#[cfg(feature = "sea-orm")]
+pub mod relay;
 #[cfg(feature = "sea-orm")]
 pub mod repository;
 

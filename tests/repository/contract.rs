@@ -6,9 +6,9 @@ use outbox::repository::{DeadLetterFilter, EventStatus, Failure, OutboxRepositor
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use outbox::{EventEnvelope, OutboxConfig, OutboxEvent};
 
-use crate::backend::{Backend, TestDb};
-use crate::events::{AccountClosed, AccountOpened, opened};
-use crate::on_every_backend;
+use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::{AccountClosed, AccountOpened, opened};
+use outbox_tests::on_every_backend;
 
 on_every_backend!(
     rollback_leaves_no_event,

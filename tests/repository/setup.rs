@@ -5,7 +5,7 @@ use outbox::repository::{OutboxRepository, RepositoryError, connect};
 use outbox::sea_orm::ConnectionTrait;
 use outbox::sea_orm_migration::MigratorTrait;
 
-use crate::events::opened;
+use outbox_tests::events::opened;
 
 #[tokio::test]
 async fn an_unsupported_url_names_what_is_expected() {

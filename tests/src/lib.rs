@@ -1,5 +1,8 @@
 //! Helpers shared by the integration test binaries.
 
+pub mod backend;
+pub mod events;
+
 use std::path::PathBuf;
 use std::process::Command;
 

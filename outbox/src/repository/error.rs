@@ -36,7 +36,7 @@ pub enum RepositoryError {
     Encode(#[from] EncodeError),
     /// The configured table name cannot be used in SQL.
     #[error(
-        "invalid outbox table name {0:?}: use 1 to 58 ASCII letters, digits or underscores, not starting with a digit"
+        "invalid outbox table name {0:?}: use 1 to 54 lowercase ASCII letters, digits or underscores, not starting with a digit"
     )]
     InvalidTableName(String),
     /// A database URL that cannot be used.
@@ -59,6 +59,31 @@ pub enum RepositoryError {
 }
 
 impl RepositoryError {
+    /// Whether the database aborted the statement because of a conflict with a concurrent transaction (a
+    /// deadlock, a serialization failure, a busy SQLite file): running it again is the expected remedy.
+    pub fn is_conflict(&self) -> bool {
+        let Self::Database { source, .. } = self else {
+            return false;
+        };
+        let text = source.to_string().to_ascii_lowercase();
+        [
+            "deadlock",
+            "40001",
+            "40p01",
+            "1213",
+            "database is locked",
+            "lock wait timeout",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+    }
+
+    /// Whether running the operation again later can succeed: anything but a missing table, a bad name or URL,
+    /// or an event that cannot be encoded.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Database { .. } | Self::Connect { .. })
+    }
+
     /// Wraps a driver error, recognising a missing outbox table by the backend's message so the error can say to
     /// run the migration.
     pub(crate) fn db(

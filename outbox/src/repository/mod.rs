@@ -466,8 +466,11 @@ impl OutboxRepository {
         self.query(db, "claiming events", &update, values).await
     }
 
-    /// MySQL cannot `UPDATE` with a `LIMIT` subquery on the same table, nor return updated rows: select the
-    /// claimable rows under the claim lock, then lease them by id, in one READ COMMITTED transaction.
+    /// MySQL cannot `UPDATE` with a `LIMIT` subquery on the same table, nor return updated rows. Under the claim
+    /// lock, in one READ COMMITTED transaction: pick the claimable ids, lease them, read back the rows that carry
+    /// this claim's token. No data row is locked by a read, so marks running on other relays cannot deadlock with
+    /// the claim (they did, measured, with `SELECT ... FOR UPDATE`); a row whose expired lease its old owner
+    /// marks at the same moment simply does not come back.
     async fn claim_mysql<C>(
         &self,
         db: &C,
@@ -482,13 +485,8 @@ impl OutboxRepository {
         let txn = self.begin(db).await?;
         self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
             .await?;
-        let columns: Vec<String> = sql::COLUMNS.split(", ").map(|c| format!("o.{c}")).collect();
-        let select = format!(
-            "SELECT {} {} FOR UPDATE",
-            columns.join(", "),
-            sql::CLAIMABLE
-        );
-        let rows = self
+        let select = format!("SELECT o.id {}", sql::CLAIMABLE);
+        let candidates = self
             .query(
                 &txn,
                 "claiming events",
@@ -496,21 +494,29 @@ impl OutboxRepository {
                 claimable_values(now, limit),
             )
             .await?;
-        let ids: Vec<i64> = rows
+        let ids: Vec<i64> = candidates
             .iter()
             .map(|r| r.try_get_by_index::<i64>(0))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| self.db_error("claiming events", txn.get_database_backend(), e))?;
+        let mut rows = Vec::new();
         if !ids.is_empty() {
+            let id_list = sql::placeholders(ids.len());
             let update = format!(
-                "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND id IN ({})",
-                sql::PENDING,
-                sql::placeholders(ids.len())
+                "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND id IN ({id_list})",
+                sql::PENDING
             );
             let mut values: Vec<Value> = vec![token.0.into(), lease_until.into()];
             values.extend(ids.iter().map(|&id| Value::from(id)));
             self.execute(&txn, "claiming events", &update, values)
                 .await?;
+            let read = format!(
+                "SELECT {} FROM {{t}} WHERE claim_token = ? AND id IN ({id_list})",
+                sql::COLUMNS
+            );
+            let mut values: Vec<Value> = vec![token.0.into()];
+            values.extend(ids.iter().map(|&id| Value::from(id)));
+            rows = self.query(&txn, "claiming events", &read, values).await?;
         }
         self.commit(txn).await?;
         Ok(rows)

@@ -24,11 +24,14 @@ impl TableName {
     /// The default table name.
     pub const DEFAULT: &'static str = "outbox_events";
 
-    /// Accepts names of 1 to 58 ASCII letters, digits and underscores, not starting with a digit (58 leaves room
-    /// for the `_aggregate_idx` suffix within PostgreSQL's 63-byte identifiers).
+    /// Accepts names of 1 to 54 lowercase ASCII letters, digits and underscores, not starting with a digit: 54
+    /// leaves room for the `_published_idx` suffix within PostgreSQL's 63-byte identifiers, and lowercase keeps
+    /// the name PostgreSQL folds it to equal to the LISTEN channel.
     pub fn new(name: &str) -> Result<Self, RepositoryError> {
-        let valid = (1..=58).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        let valid = (1..=54).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !name.as_bytes()[0].is_ascii_digit();
         if valid {
             Ok(Self(name.to_owned()))
@@ -98,17 +101,25 @@ pub fn schema(backend: DbBackend, table: &TableName) -> Vec<String> {
         DbBackend::MySql => include_str!("../../sql/mysql.sql"),
         _ => include_str!("../../sql/sqlite.sql"),
     };
-    let without_comments: String = template
+    // A statement ends with a line ending in `;` (a function body may hold `;` mid-line).
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in template
         .lines()
-        .filter(|line| !line.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    without_comments
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace(TableName::DEFAULT, table.as_str()))
-        .collect()
+        .filter(|l| !l.trim_start().starts_with("--"))
+    {
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            let statement = current
+                .trim()
+                .trim_end_matches(';')
+                .replace(TableName::DEFAULT, table.as_str());
+            statements.push(statement);
+            current.clear();
+        }
+    }
+    statements
 }
 
 /// Serializes claims on one table (PostgreSQL and MySQL): a row lock held until the claim commits, so two relays
@@ -153,14 +164,15 @@ mod tests {
     #[test]
     fn table_names_are_plain_identifiers() {
         assert!(TableName::new("outbox_events").is_ok());
-        assert!(TableName::new("Outbox2").is_ok());
+        assert!(TableName::new("outbox2").is_ok());
         for bad in [
             "",
             "2outbox",
             "outbox-events",
             "outbox; DROP TABLE users",
             "o\"x",
-            &"x".repeat(59),
+            &"x".repeat(55),
+            "Outbox",
         ] {
             assert!(TableName::new(bad).is_err(), "{bad}");
         }

@@ -1,3 +1,5 @@
+//! Event types shared by the test binaries.
+
 use outbox::OutboxEvent;
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,526 @@
+//! The relay (the seed's `OutboxPublisherBase`): a tokio worker that claims stored events, publishes them and
+//! marks the outcome.
+//!
+//! ```no_run
+//! # use outbox::publisher::StdoutPublisher;
+//! # use outbox::relay::Relay;
+//! # use outbox::repository::{OutboxRepository, connect};
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = connect("postgres://postgres@127.0.0.1/app").await?;
+//! let relay = Relay::builder(db, OutboxRepository::new(), StdoutPublisher).build();
+//! let handle = relay.handle(); // wake it, or watch it from a health check
+//! let task = tokio::spawn(relay.run(async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! }));
+//! // ... serve requests; on Ctrl+C the relay stops claiming, finishes its batch, and returns.
+//! task.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Batches**: one claim and one mark statement per batch; the batch's messages are published with up to
+//!   `max_in_flight` aggregates at once, and one after the other within an aggregate (each waits for the
+//!   previous one's acknowledgement).
+//! - **Wake-up**: on PostgreSQL a LISTEN on the table's channel (a trigger NOTIFYs on insert, delivered at
+//!   commit) wakes the relay within milliseconds; [`RelayHandle::wake`] does the same in-process; otherwise it
+//!   polls every `poll_interval`. A full batch is followed by another at once.
+//! - **Failures**: a broker that is unreachable stops the batch, gives its events back without counting an
+//!   attempt, and backs the whole relay off (exponentially, with jitter); a rejected event is retried with
+//!   backoff or made a dead letter as the [`ErrorHandler`] decides, and the later events of its aggregate wait
+//!   for it while other aggregates flow.
+//! - **Shutdown**: when the shutdown future completes, the relay stops claiming, lets the publishes in flight
+//!   finish within `shutdown_timeout`, gives back what it did not publish, marks what it did, and returns.
+
+mod handler;
+mod heartbeat;
+mod listen;
+mod observe;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sea_orm::DatabaseConnection;
+
+pub use handler::{DefaultErrorHandler, ErrorHandler};
+pub use heartbeat::RelayHandle;
+
+use crate::config::OutboxConfig;
+use crate::publisher::{PublishError, Publisher};
+use crate::registry::{Registry, RegistryError};
+use crate::repository::{ClaimedEvent, Failure, OutboxRepository, RepositoryError};
+
+/// Publishes stored events; see the [module docs](self).
+#[must_use = "a relay does nothing until `run` or `publish_batch` is called"]
+pub struct Relay {
+    db: DatabaseConnection,
+    repository: OutboxRepository,
+    publisher: Arc<dyn Publisher>,
+    handler: Arc<dyn ErrorHandler>,
+    registry: &'static Registry,
+    max_in_flight: usize,
+    shutdown_timeout: Duration,
+    listen: bool,
+    handle: RelayHandle,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("table", &self.repository.table())
+            .field("publisher", &self.publisher.name())
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Relay`].
+#[must_use]
+pub struct RelayBuilder {
+    relay: Relay,
+}
+
+impl RelayBuilder {
+    /// The error policy (default: [`DefaultErrorHandler`] with the config's `max_retry_count`).
+    pub fn error_handler(mut self, handler: impl ErrorHandler) -> Self {
+        self.relay.handler = Arc::new(handler);
+        self
+    }
+
+    /// How many aggregates are published at once (default 256). Events of one aggregate are always sequential.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.relay.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// How long a shutdown may wait for publishes in flight (default 10 s). Past it the relay returns, and what
+    /// it still held comes back to another relay when its lease expires.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.relay.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether to LISTEN for inserts on PostgreSQL (default true; ignored on other backends).
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.relay.listen = listen;
+        self
+    }
+
+    /// The registry to validate at start (default: the one the repository decodes with, usually the global one).
+    pub fn registry(mut self, registry: &'static Registry) -> Self {
+        self.relay.registry = registry;
+        self
+    }
+
+    /// The relay.
+    pub fn build(self) -> Relay {
+        self.relay
+    }
+}
+
+/// What one batch did (the seed's `publish_batch` returned the published count).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport {
+    /// Events claimed, including rows dead-lettered because they could not be decoded.
+    pub claimed: u64,
+    /// Events the broker acknowledged and that were marked published.
+    pub published: u64,
+    /// Failed publishes scheduled for another attempt.
+    pub failed: u64,
+    /// Events made dead letters (given up on, or undecodable).
+    pub dead_lettered: u64,
+    /// Events given back unpublished: after an earlier failure of their aggregate, a broker outage, or shutdown.
+    pub released: u64,
+    /// Events this relay published but could not mark because its lease had expired and another relay claimed
+    /// them: they will be published again (a duplicate, never a loss).
+    pub fenced_out: u64,
+    /// Set when the broker was unreachable: the relay backs off before the next batch.
+    pub publisher_unavailable: Option<String>,
+    /// Claim to mark.
+    pub duration: Duration,
+}
+
+/// Why the relay could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The event registry is inconsistent (two Rust types claim one type and version).
+    #[error("the relay cannot start: {0}")]
+    Registry(#[from] RegistryError),
+    /// The database or the outbox table is not usable.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The configuration is invalid.
+    #[error("invalid outbox configuration:\n{0}")]
+    Config(#[from] crate::ConfigError),
+}
+
+/// The outcome of one aggregate's run of events within a batch.
+#[derive(Default)]
+struct ChainOutcome {
+    published: Vec<usize>,
+    failed: Option<(usize, PublishError)>,
+    released: Vec<usize>,
+    unavailable: Option<String>,
+}
+
+impl Relay {
+    /// A relay publishing the events of `repository` (on `db`) to `publisher`, configured by the repository's
+    /// [`OutboxConfig`].
+    pub fn builder(
+        db: DatabaseConnection,
+        repository: OutboxRepository,
+        publisher: impl Publisher,
+    ) -> RelayBuilder {
+        let handler = DefaultErrorHandler::new(repository.config().max_retry_count);
+        RelayBuilder {
+            relay: Relay {
+                db,
+                repository,
+                publisher: Arc::new(publisher),
+                handler: Arc::new(handler),
+                registry: Registry::global(),
+                max_in_flight: 256,
+                shutdown_timeout: Duration::from_secs(10),
+                listen: true,
+                handle: RelayHandle::default(),
+            },
+        }
+    }
+
+    /// A handle to wake the relay and to check it is alive (for [`HealthCheck`](crate::health::HealthCheck)).
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    fn config(&self) -> &OutboxConfig {
+        self.repository.config()
+    }
+
+    /// What `run` checks before its first batch: the registry has no conflicting types, the outbox table
+    /// exists, and the broker answers (an unreachable broker is logged, not fatal: the relay waits for it).
+    pub async fn check(&self) -> Result<(), RelayError> {
+        self.config().validate()?;
+        self.registry.validate()?;
+        let entries = self.registry.entries();
+        if entries.is_empty() {
+            tracing::warn!(
+                target: "outbox",
+                "no event types are registered: every claimed event will become a dead letter; is the crate that \
+                 defines them linked (see outbox::registry)?"
+            );
+        }
+        let types: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{}@{}", e.meta.event_type, e.meta.data_version))
+            .collect();
+        tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
+        self.repository.check(&self.db).await?;
+        if let Err(error) = self.publisher.check().await {
+            tracing::error!(
+                target: "outbox",
+                publisher = self.publisher.name(),
+                %error,
+                "broker unreachable at start; the relay will keep trying"
+            );
+        }
+        Ok(())
+    }
+
+    /// Claims up to `limit` events, publishes them and marks the outcome (the seed's `publish_batch`).
+    ///
+    /// Use it to write a schedule of your own; [`run`](Self::run) is the ready one.
+    pub async fn publish_batch(&self, limit: u32) -> Result<BatchReport, RelayError> {
+        self.batch(limit, &AtomicBool::new(false)).await
+    }
+
+    async fn batch(&self, limit: u32, stop: &AtomicBool) -> Result<BatchReport, RelayError> {
+        let started = Instant::now();
+        let metrics = self.config().enable_metrics;
+        observe::batch_started(limit);
+        let claim = self.claim(limit).await?;
+        let mut report = BatchReport {
+            claimed: (claim.events.len() + claim.dead_lettered.len()) as u64,
+            dead_lettered: claim.dead_lettered.len() as u64,
+            ..BatchReport::default()
+        };
+        if claim.events.is_empty() {
+            if report.claimed == 0 {
+                observe::no_events();
+            }
+            report.duration = started.elapsed();
+            return Ok(report);
+        }
+
+        // Set by the first chain that finds the broker unreachable, so the others stop too; unlike `stop`
+        // (shutdown), it lasts one batch.
+        let halt = AtomicBool::new(false);
+        let outcomes: Vec<ChainOutcome> = futures_util::stream::iter(chains(&claim.events))
+            .map(|chain| self.publish_chain(&claim.events, chain, stop, &halt))
+            .buffer_unordered(self.max_in_flight)
+            .collect()
+            .await;
+
+        let mut tally = observe::Tally::default();
+        let (mut published, mut failures, mut released) = (Vec::new(), Vec::new(), Vec::new());
+        for outcome in outcomes {
+            for i in outcome.published {
+                observe::event_published(&mut tally, &claim.events[i], metrics);
+                published.push(claim.events[i].id);
+            }
+            if let Some((i, error)) = outcome.failed {
+                let event = &claim.events[i];
+                self.handler.handle(event, &error);
+                let retry = self.handler.should_retry(event, &error, event.attempts + 1);
+                let text = error.to_string();
+                observe::event_failed(&mut tally, event, &text, retry);
+                let failure = Failure::new(event, text);
+                failures.push(if retry { failure } else { failure.permanent() });
+            }
+            released.extend(outcome.released.iter().map(|&i| claim.events[i].id));
+            if let Some(error) = outcome.unavailable {
+                report.publisher_unavailable.get_or_insert(error);
+            }
+        }
+
+        let token = claim.token;
+        let marked = self
+            .persist(|| self.repository.mark_published(&self.db, token, &published))
+            .await?;
+        report.published = marked;
+        report.fenced_out = published.len() as u64 - marked;
+        if !failures.is_empty() {
+            let outcome = self
+                .persist(|| self.repository.mark_failed(&self.db, token, &failures))
+                .await?;
+            report.failed = outcome.retrying;
+            report.dead_lettered += outcome.dead_lettered;
+            report.fenced_out += outcome.fenced_out;
+        }
+        if !released.is_empty() {
+            report.released = self
+                .persist(|| self.repository.release(&self.db, token, &released))
+                .await?;
+        }
+        if report.fenced_out > 0 {
+            tracing::warn!(
+                target: "outbox",
+                fenced_out = report.fenced_out,
+                "lease expired before the batch was marked: another relay owns these events and will publish them \
+                 again (raise OUTBOX_LEASE_DURATION if batches take this long)"
+            );
+        }
+        if let Some(error) = &report.publisher_unavailable {
+            observe::publisher_unavailable(self.publisher.name(), error, metrics);
+        }
+        report.duration = started.elapsed();
+        observe::batch_complete(&report, tally, metrics);
+        Ok(report)
+    }
+
+    /// Claims, running the claim again when the database aborted it for a conflict with another transaction
+    /// (a deadlock victim claimed nothing, so this is safe).
+    async fn claim(&self, limit: u32) -> Result<crate::repository::Claim, RepositoryError> {
+        let mut attempt = 0;
+        loop {
+            match self.repository.claim(&self.db, limit).await {
+                Err(error) if error.is_conflict() && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10 * attempt)))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a bookkeeping write until it succeeds or cannot: giving up on a mark turns events that were
+    /// published into duplicates once their lease expires, so a database hiccup (a deadlock, a dropped
+    /// connection) is worth waiting out, for up to half the lease.
+    async fn persist<T, F, Fut>(&self, write: F) -> Result<T, RepositoryError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, RepositoryError>>,
+    {
+        let deadline = Instant::now() + self.config().lease_duration / 2;
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match write().await {
+                Err(error) if error.is_retryable() && Instant::now() + delay < deadline => {
+                    tracing::warn!(target: "outbox", %error, retry_in = ?delay, "retrying outbox bookkeeping");
+                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes one aggregate's events in order, stopping at the first failure: the rest wait for it.
+    async fn publish_chain(
+        &self,
+        events: &[ClaimedEvent],
+        chain: Vec<usize>,
+        stop: &AtomicBool,
+        halt: &AtomicBool,
+    ) -> ChainOutcome {
+        let mut outcome = ChainOutcome::default();
+        for (position, &i) in chain.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
+                outcome.released.extend_from_slice(&chain[position..]);
+                break;
+            }
+            let result = match events[i].envelope.to_message() {
+                Ok(message) => self.publisher.publish(&message).await,
+                Err(error) => Err(PublishError::permanent(error)),
+            };
+            match result {
+                Ok(()) => outcome.published.push(i),
+                Err(PublishError::Unavailable(cause)) => {
+                    // Nothing is wrong with the event: give it back with the rest, and stop the whole batch.
+                    halt.store(true, Ordering::Relaxed);
+                    outcome.unavailable = Some(cause.to_string());
+                    outcome.released.extend_from_slice(&chain[position..]);
+                    break;
+                }
+                Err(error) => {
+                    outcome.failed = Some((i, error));
+                    outcome.released.extend_from_slice(&chain[position + 1..]);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Runs until `shutdown` completes (the seed's `schedule_publishing`): checks, then batches, woken by
+    /// notifications or the poll interval, backing off while the broker or database is unavailable.
+    ///
+    /// Cancellation-safe in the sense that matters: dropping the future loses nothing (leases expire and another
+    /// relay takes over), but completing `shutdown` is the clean way, which finishes or gives back the batch in
+    /// hand within `shutdown_timeout`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RelayError> {
+        self.check().await?;
+        let _listener = self.start_listener();
+        self.handle.set_running();
+        let result = self.run_loop(shutdown).await;
+        self.handle.set_stopped();
+        tracing::info!(target: "outbox", "relay stopped");
+        result
+    }
+
+    async fn run_loop(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RelayError> {
+        let config = self.config().clone();
+        let stop = AtomicBool::new(false);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut trouble_streak: u32 = 0;
+        let mut last_stats: Option<Instant> = None;
+        loop {
+            self.handle.beat();
+            if config.enable_metrics
+                && last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                match self.repository.stats(&self.db).await {
+                    Ok(stats) => observe::lag(&stats),
+                    Err(error) => {
+                        tracing::warn!(target: "outbox", %error, "cannot read outbox lag")
+                    }
+                }
+                last_stats = Some(Instant::now());
+            }
+
+            let batch = self.batch(config.batch_size, &stop);
+            let mut batch = std::pin::pin!(batch);
+            let (result, stopping) = tokio::select! {
+                result = &mut batch => (result, false),
+                () = &mut shutdown => {
+                    tracing::info!(target: "outbox", "shutdown requested: finishing the batch in hand");
+                    stop.store(true, Ordering::Relaxed);
+                    match tokio::time::timeout(self.shutdown_timeout, &mut batch).await {
+                        Ok(result) => (result, true),
+                        Err(_) => {
+                            tracing::warn!(
+                                target: "outbox",
+                                timeout = ?self.shutdown_timeout,
+                                "shutdown deadline passed with publishes in flight; their events return to another \
+                                 relay when the lease expires"
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            if stopping {
+                if let Err(error) = result {
+                    tracing::error!(target: "outbox", %error, "last batch before shutdown failed");
+                }
+                return Ok(());
+            }
+
+            let pause = match result {
+                Ok(report) if report.publisher_unavailable.is_some() => {
+                    trouble_streak += 1;
+                    Some(backoff(&config, trouble_streak))
+                }
+                Ok(report) => {
+                    trouble_streak = 0;
+                    if report.claimed >= u64::from(config.batch_size) {
+                        None // a full batch: there is probably more, fetch again at once
+                    } else {
+                        Some(config.poll_interval)
+                    }
+                }
+                Err(error) => {
+                    trouble_streak += 1;
+                    let delay = backoff(&config, trouble_streak);
+                    tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay batch failed");
+                    Some(delay)
+                }
+            };
+            if let Some(pause) = pause {
+                // A wake-up (NOTIFY or RelayHandle::wake) cuts an idle wait short, not a backoff.
+                let woken = self.handle.shared.wake.notified();
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(pause) => {}
+                    () = woken, if trouble_streak == 0 => {}
+                }
+            }
+        }
+    }
+
+    fn start_listener(&self) -> Option<listen::Listener> {
+        if !self.listen {
+            return None;
+        }
+        listen::Listener::start(&self.db, self.repository.table(), self.handle.clone())
+    }
+}
+
+/// Back-off while the broker or database is unavailable: the retry schedule of the config, with jitter.
+fn backoff(config: &OutboxConfig, streak: u32) -> Duration {
+    config
+        .retry_delay(streak)
+        .mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// The batch's events grouped by aggregate, each group in write order; groups ordered by their first event.
+fn chains(events: &[ClaimedEvent]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::new();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let key = (event.aggregate_type.as_str(), event.aggregate_id.as_str());
+        match index.get(&key) {
+            Some(&chain) => chains[chain].push(i),
+            None => {
+                index.insert(key, chains.len());
+                chains.push(vec![i]);
+            }
+        }
+    }
+    chains
+}

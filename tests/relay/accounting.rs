@@ -1,0 +1,103 @@
+//! What arrived, checked against what was written.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use outbox::OutboxConfig;
+use outbox::publisher::InMemoryPublisher;
+use outbox::relay::Relay;
+use outbox_tests::events::AccountOpened;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The totals of one scenario.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in the test logs
+pub struct Accounting {
+    pub delivered: usize,
+    pub unique: usize,
+    pub duplicates: usize,
+}
+
+/// Asserts every id in `written` arrived at least once, nothing else arrived, and each aggregate's events
+/// arrived in order the first time they arrived: what a consumer that de-duplicates by event id sees. (After a
+/// crash, the events a relay published but had not marked arrive again, after the ones it had.)
+pub fn account(broker: &InMemoryPublisher, written: &HashSet<Uuid>) -> Accounting {
+    let messages = broker.messages();
+    let mut seen = HashSet::new();
+    let mut last_seq: HashMap<String, u32> = HashMap::new();
+    for published in &messages {
+        let message = &published.message;
+        assert!(
+            written.contains(&message.id),
+            "{} arrived but was never committed",
+            message.id
+        );
+        if !seen.insert(message.id) {
+            continue; // a duplicate: the consumer drops it
+        }
+        let event: AccountOpened = serde_json::from_str(message.data.get()).unwrap();
+        if let Some(previous) = last_seq.insert(message.key.clone(), event.seq) {
+            assert!(
+                event.seq > previous,
+                "order violated for {}: seq {} arrived after {}",
+                message.key,
+                event.seq,
+                previous
+            );
+        }
+    }
+    let missing: Vec<_> = written.difference(&seen).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never arrived, e.g. {missing:?}",
+        written.len() - seen.len()
+    );
+    Accounting {
+        delivered: messages.len(),
+        unique: seen.len(),
+        duplicates: messages.len() - seen.len(),
+    }
+}
+
+/// A config that retries fast and never gives up, so random failures end in delivery, not dead letters.
+pub fn fast_config() -> OutboxConfig {
+    let mut config = OutboxConfig::default();
+    config.batch_size = 50;
+    config.poll_interval = Duration::from_millis(20);
+    config.max_retry_count = 100;
+    config.retry_initial_delay = Duration::from_millis(2);
+    config.retry_max_delay = Duration::from_millis(20);
+    config
+}
+
+/// A relay running on a task of its own, stopped through a channel.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), outbox::relay::RelayError>>,
+}
+
+impl Running {
+    pub fn start(relay: Relay) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Asks the relay to stop and waits for it to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("relay stops within its deadline")
+            .expect("relay task did not panic")
+            .expect("relay returned cleanly");
+    }
+}
