@@ -131,6 +131,16 @@ impl BinaryMode {
         key_is_partitionkey: false,
     };
 
+    /// Redis Streams (inside FastStream's binary envelope): `ce_` headers with raw UTF-8 values and
+    /// `content-type`, as Kafka, but with `ce_partitionkey` since a stream entry has no key.
+    pub const REDIS: Self = Self {
+        prefix: Cow::Borrowed("ce_"),
+        percent_encode: false,
+        content_type_header: Some("content-type"),
+        datacontenttype_attribute: false,
+        key_is_partitionkey: false,
+    };
+
     /// HTTP: `ce-` headers, percent-encoded values, `content-type`.
     pub const HTTP: Self = Self {
         prefix: Cow::Borrowed("ce-"),
@@ -186,6 +196,12 @@ impl BinaryMode {
             value.to_owned()
         }
     }
+}
+
+/// `value` made safe for a text header: percent-encoded as the HTTP binding does when it holds a space, `"`, `%`
+/// or anything outside printable ASCII, unchanged otherwise (the common case, without allocating).
+pub fn header_safe(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, HEADER_VALUE).into()
 }
 
 /// The message as one structured-mode CloudEvent (`application/cloudevents+json`), `data` embedded as JSON.

@@ -50,6 +50,7 @@ pub mod message;
 #[cfg(feature = "sea-orm")]
 pub mod migration;
 pub mod publisher;
+mod redact;
 pub mod registry;
 #[cfg(feature = "sea-orm")]
 pub mod relay;

@@ -46,3 +46,27 @@ pub fn run_python(script: &str, input: &serde_json::Value) -> serde_json::Value 
         )
     })
 }
+
+/// Runs `tests/python/<script>` with `args` and returns its stdout parsed as JSON; fails the test (saying how
+/// to install the requirements) if the script fails.
+pub fn run_python_args(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let output = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {} for {}: {e}", python(), path.display()));
+    assert!(
+        output.status.success(),
+        "{script} failed (install the test requirements with `pip install -r tests/python/requirements.txt`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}

@@ -11,15 +11,34 @@
 //! - [`PublishError::Rejected`]: this event failed. Transient rejections are retried with backoff; permanent ones
 //!   (too large, unroutable) become dead letters with the broker's reason.
 
+#[cfg(feature = "kafka")]
+mod kafka;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
+#[cfg(feature = "redis")]
+mod redis;
 mod stdout;
+mod url;
 
 use std::fmt;
 
+use crate::cloudevents;
 use crate::message::Message;
 
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaPublisher;
 pub use memory::{InMemoryPublisher, PublishedMessage};
+#[cfg(feature = "nats")]
+pub use nats::NatsPublisher;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqPublisher;
+#[cfg(feature = "redis")]
+pub use redis::{RedisPublisher, faststream_envelope};
 pub use stdout::StdoutPublisher;
+pub use url::from_url;
 
 /// Sends messages to a broker.
 #[async_trait::async_trait]
@@ -132,3 +151,48 @@ impl fmt::Display for Reason {
 }
 
 impl std::error::Error for Reason {}
+
+/// A publisher that could not be set up: which broker, where (password hidden), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {broker} at `{url}`: {cause}")]
+pub struct ConnectError {
+    /// `kafka`, `rabbitmq`, `nats`, `redis`, ...
+    pub broker: &'static str,
+    /// The address, with any password replaced by `***`.
+    pub url: String,
+    /// What the client said.
+    #[source]
+    pub cause: Cause,
+}
+
+impl ConnectError {
+    /// An error connecting to `broker` at `url`.
+    pub fn new(broker: &'static str, url: &str, cause: impl Into<Cause>) -> Self {
+        Self {
+            broker,
+            url: crate::redact::password(url),
+            cause: cause.into(),
+        }
+    }
+}
+
+/// How a message is laid out on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(dead_code)] // every variant is used once any broker feature is on
+pub(crate) enum Encoding {
+    /// Body = the data as JSON (`application/json`), attributes in headers: what FastStream decodes.
+    #[default]
+    Binary,
+    /// Body = the whole CloudEvent as JSON (`application/cloudevents+json`).
+    Structured,
+}
+
+impl Encoding {
+    #[allow(dead_code)] // used by the broker publishers
+    pub(crate) fn body(self, message: &Message) -> Vec<u8> {
+        match self {
+            Self::Binary => message.data.get().as_bytes().to_vec(),
+            Self::Structured => cloudevents::to_structured(message),
+        }
+    }
+}

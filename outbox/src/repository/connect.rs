@@ -12,7 +12,7 @@ use super::error::RepositoryError;
 /// A scheme whose driver is not compiled in, a malformed URL and a refused connection are each an error that
 /// names the URL (password hidden) and the cause.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, RepositoryError> {
-    let shown = redact(url);
+    let shown = crate::redact::password(url);
     let invalid = |reason: String| RepositoryError::InvalidUrl {
         url: shown.clone(),
         reason,
@@ -52,22 +52,6 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, RepositoryError> {
     Database::connect(options)
         .await
         .map_err(|source| RepositoryError::Connect { url: shown, source })
-}
-
-/// The URL with its password, if any, replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

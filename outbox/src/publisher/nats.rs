@@ -1,0 +1,144 @@
+//! NATS JetStream publisher.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+
+use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
+use crate::cloudevents::{self, BinaryMode};
+use crate::message::Message;
+
+/// Publishes to NATS JetStream and waits for the stream's acknowledgement.
+///
+/// - Subject: the message's destination (one subject per aggregate type by default, so one stream keeps an
+///   aggregate's events in order).
+/// - Headers: `content-type` (FastStream reads it) and `ce-*` attributes, percent-encoded; `Nats-Msg-Id` = event
+///   id, so JetStream drops a republish after a crash within the stream's duplicate window; `message_id` and
+///   `correlation_id`, which FastStream shows its handlers.
+/// - A stream must capture the subjects: create one with [`ensure_stream`](Self::ensure_stream) or your own
+///   tooling. Publishing to a subject no stream captures is reported as the broker being unavailable (a setup
+///   problem no retry of the event can fix), so no event burns its retry budget on it.
+#[derive(Clone, Debug)]
+pub struct NatsPublisher {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    encoding: Encoding,
+}
+
+impl NatsPublisher {
+    /// Connects to `url` (`nats://host:4222`); fails at once with the cause if the server cannot be reached.
+    /// Once connected, the client reconnects by itself.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ConnectError::new("nats", url, e))?;
+        Ok(Self::from_client(client))
+    }
+
+    /// A publisher on an existing client.
+    pub fn from_client(client: async_nats::Client) -> Self {
+        let jetstream = jetstream::new(client.clone());
+        Self {
+            client,
+            jetstream,
+            encoding: Encoding::Binary,
+        }
+    }
+
+    /// Sends structured-mode CloudEvents (`application/cloudevents+json`) instead of binary mode.
+    #[must_use]
+    pub fn structured(mut self) -> Self {
+        self.encoding = Encoding::Structured;
+        self
+    }
+
+    /// Creates the stream `name` capturing `subjects` if it does not exist yet.
+    pub async fn ensure_stream(
+        &self,
+        name: &str,
+        subjects: Vec<String>,
+    ) -> Result<(), PublishError> {
+        self.jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: name.to_owned(),
+                subjects,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(PublishError::unavailable)
+    }
+
+    fn headers(&self, message: &Message) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let id = message.id.to_string();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("message_id", id.as_str());
+        headers.insert(
+            "correlation_id",
+            cloudevents::header_safe(&message.effective_correlation_id()).as_ref(),
+        );
+        match self.encoding {
+            Encoding::Binary => {
+                for (name, value) in BinaryMode::NATS.headers(message) {
+                    headers.insert(name.as_str(), cloudevents::header_safe(&value).as_ref());
+                }
+            }
+            Encoding::Structured => {
+                headers.insert("content-type", cloudevents::STRUCTURED_CONTENT_TYPE);
+                for (name, value) in &message.headers {
+                    headers.insert(name.as_str(), cloudevents::header_safe(value).as_ref());
+                }
+            }
+        }
+        headers
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let payload = self.encoding.body(message);
+        let ack = self
+            .jetstream
+            .publish_with_headers(
+                message.destination.clone(),
+                self.headers(message),
+                payload.into(),
+            )
+            .await
+            .map_err(|e| classify(&message.destination, e))?;
+        ack.await
+            .map(drop)
+            .map_err(|e| classify(&message.destination, e))
+    }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(PublishError::unavailable(Reason(format!(
+                "NATS connection is {state}"
+            )))),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "nats"
+    }
+}
+
+fn classify(subject: &str, error: jetstream::context::PublishError) -> PublishError {
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => PublishError::permanent(error),
+        PublishErrorKind::StreamNotFound => PublishError::unavailable(Reason(format!(
+            "no JetStream stream captures subject `{subject}`: create one (NatsPublisher::ensure_stream) ({error})"
+        ))),
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => PublishError::unavailable(error),
+        _ => PublishError::transient(error),
+    }
+}

@@ -1,0 +1,152 @@
+//! Redis Streams publisher, in FastStream's binary message envelope.
+
+use redis::aio::ConnectionManager;
+
+use super::{ConnectError, Encoding, PublishError, Publisher};
+use crate::cloudevents::{self, BinaryMode};
+use crate::message::Message;
+
+/// The magic bytes that open FastStream's `BinaryMessageFormatV1`.
+const MAGIC: [u8; 8] = [0x89, b'B', b'I', b'N', 0x0D, 0x0A, 0x1A, 0x0A];
+
+/// Appends each message to a Redis stream (`XADD <stream> [MAXLEN ~ n] * __data__ <envelope>`).
+///
+/// FastStream 0.6+ reads only the `__data__` field, as its binary envelope: headers (`content-type`,
+/// `message_id`, `correlation_id`, the `ce_*` attributes) and the body. The stream is the message's destination
+/// (one per aggregate type by default: a stream is ordered, so an aggregate's events stay in order). The
+/// connection manager reconnects by itself.
+#[derive(Clone)]
+pub struct RedisPublisher {
+    connection: ConnectionManager,
+    max_len: Option<u64>,
+    encoding: Encoding,
+}
+
+impl std::fmt::Debug for RedisPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPublisher")
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPublisher {
+    /// Connects to `url` (`redis://host:6379`); fails at once with the cause if the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        let client = redis::Client::open(url).map_err(|e| ConnectError::new("redis", url, e))?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(|e| ConnectError::new("redis", url, e))?;
+        Ok(Self {
+            connection,
+            max_len: None,
+            encoding: Encoding::Binary,
+        })
+    }
+
+    /// Trims each stream to about `max_len` entries (`MAXLEN ~`): consumers that fall further behind lose
+    /// messages, so size it for the longest consumer outage.
+    #[must_use]
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.max_len = Some(max_len);
+        self
+    }
+
+    /// Sends structured-mode CloudEvents instead of binary mode.
+    #[must_use]
+    pub fn structured(mut self) -> Self {
+        self.encoding = Encoding::Structured;
+        self
+    }
+}
+
+/// FastStream's `BinaryMessageFormatV1`: magic, u16 version 1, u32 headers offset (18), u32 data offset, u16
+/// header count, then each header as u16 length + key + u16 length + value (UTF-8, big-endian lengths), then the
+/// body.
+pub fn faststream_envelope(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let headers_len: usize = headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+    let data_offset = 18 + 2 + headers_len;
+    let mut out = Vec::with_capacity(data_offset + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&18u32.to_be_bytes());
+    out.extend_from_slice(&(data_offset as u32).to_be_bytes());
+    out.extend_from_slice(&(headers.len() as u16).to_be_bytes());
+    for (key, value) in headers {
+        // Header names and values are short strings; anything longer than u16 is cut rather than corrupt the
+        // envelope.
+        for part in [key.as_bytes(), value.as_bytes()] {
+            let part = &part[..part.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn envelope_headers(message: &Message, encoding: Encoding) -> Vec<(String, String)> {
+    let mut headers = match encoding {
+        Encoding::Binary => BinaryMode::REDIS.headers(message),
+        Encoding::Structured => {
+            let mut h = vec![(
+                "content-type".to_owned(),
+                cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
+            )];
+            h.extend(message.headers.iter().cloned());
+            h
+        }
+    };
+    headers.push(("message_id".to_owned(), message.id.to_string()));
+    headers.push((
+        "correlation_id".to_owned(),
+        message.effective_correlation_id(),
+    ));
+    headers
+}
+
+#[async_trait::async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let body = self.encoding.body(message);
+        let envelope = faststream_envelope(&envelope_headers(message, self.encoding), &body);
+        let mut command = redis::cmd("XADD");
+        command.arg(&message.destination);
+        if let Some(max_len) = self.max_len {
+            command.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        command.arg("*").arg("__data__").arg(envelope);
+        let mut connection = self.connection.clone();
+        command
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(PublishError::unavailable)
+    }
+
+    fn name(&self) -> &str {
+        "redis"
+    }
+}
+
+fn classify(error: redis::RedisError) -> PublishError {
+    if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+    {
+        PublishError::unavailable(error)
+    } else {
+        // The server answered with an error for this command (wrong type at the key, OOM, ...).
+        PublishError::transient(error)
+    }
+}

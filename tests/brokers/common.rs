@@ -1,0 +1,174 @@
+//! What every broker test shares: isolated destinations, a batch of events for two aggregates, the relay run.
+
+use std::collections::HashMap;
+
+use outbox::publisher::{PublishError, Publisher};
+use outbox::relay::Relay;
+use outbox::{EventEnvelope, Message};
+use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::{AccountClosed, opened};
+use uuid::Uuid;
+
+/// Publishes under `prefix` + destination, so parallel test runs never share a subject, queue, stream or topic.
+pub struct Prefixed<P> {
+    pub inner: P,
+    pub prefix: String,
+}
+
+#[async_trait::async_trait]
+impl<P: Publisher> Publisher for Prefixed<P> {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let mut message = message.clone();
+        message.destination = format!("{}{}", self.prefix, message.destination);
+        self.inner.publish(&message).await
+    }
+    async fn check(&self) -> Result<(), PublishError> {
+        self.inner.check().await
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+pub fn suffix() -> String {
+    format!("{:012x}", Uuid::new_v4().as_u128() & 0xffff_ffff_ffff)
+}
+
+/// What a test wrote: event ids in write order, per aggregate.
+pub struct Written {
+    pub ids: Vec<Uuid>,
+    pub by_aggregate: HashMap<String, Vec<Uuid>>,
+    pub correlation: String,
+}
+
+/// Writes `n` events alternating between aggregates `a` and `b` (opened ×(n-2), then one closed each), all with
+/// one correlation id, then publishes them with a relay through `publisher`.
+pub async fn write_and_relay(publisher: impl Publisher, n: u32) -> Written {
+    let t = TestDb::new(Backend::SqliteMemory).await;
+    let correlation = format!("req-{}", suffix());
+    let mut envelopes: Vec<EventEnvelope<Box<dyn outbox::DynEvent>>> = Vec::new();
+    for seq in 1..=n.saturating_sub(2) {
+        let account = if seq % 2 == 0 { "a" } else { "b" };
+        envelopes.push(EventEnvelope::new(
+            Box::new(opened(account, seq)) as Box<dyn outbox::DynEvent>
+        ));
+    }
+    for account in ["a", "b"] {
+        let closed = AccountClosed {
+            account: account.into(),
+            reason: "test \"done\" 100%".into(),
+        };
+        envelopes.push(EventEnvelope::new(
+            Box::new(closed) as Box<dyn outbox::DynEvent>
+        ));
+    }
+    let envelopes: Vec<_> = envelopes
+        .into_iter()
+        .map(|e| e.with_correlation_id(correlation.clone()))
+        .collect();
+    let mut by_aggregate: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for e in &envelopes {
+        by_aggregate
+            .entry(e.aggregate_id())
+            .or_default()
+            .push(e.event_id());
+    }
+    let ids = t.outbox.add_events(&t.db, envelopes).await.unwrap();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build();
+    let report = relay.publish_batch(1000).await.unwrap();
+    assert_eq!(report.published as usize, ids.len(), "{report:?}");
+    Written {
+        ids,
+        by_aggregate,
+        correlation,
+    }
+}
+
+/// Asserts the received (event id, aggregate id) sequence holds every written event once, in order per aggregate.
+pub fn assert_arrived_in_order(written: &Written, received: &[(Uuid, String)]) {
+    let mut got: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for (id, aggregate) in received {
+        got.entry(aggregate.clone()).or_default().push(*id);
+    }
+    assert_eq!(
+        received.len(),
+        written.ids.len(),
+        "every event arrives exactly once"
+    );
+    assert_eq!(got, written.by_aggregate, "per-aggregate order");
+}
+
+/// A header's value, for headers as (name, value) pairs.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Runs the FastStream subscriber on `destination` and checks it decoded every written event into its Pydantic
+/// model, saw the ids FastStream shows handlers, and that each raw message is a valid CloudEvent.
+pub fn assert_faststream_reads_everything(
+    written: &Written,
+    kind: &str,
+    url: &str,
+    destination: &str,
+    stream: Option<&str>,
+) {
+    let count = written.ids.len().to_string();
+    let mut args = vec![kind, url, destination, count.as_str()];
+    args.extend(stream);
+    let out = outbox_tests::run_python_args("faststream_consume.py", &args);
+    let received = out["received"]
+        .as_array()
+        .expect("a list of received messages");
+    assert_eq!(
+        received.len(),
+        written.ids.len(),
+        "FastStream ({kind}) received {received:#?}"
+    );
+    let mut ids = Vec::new();
+    for r in received {
+        let ce = &r["cloudevent"]["attributes"];
+        let id = ce["id"].as_str().expect("ce id").to_owned();
+        ids.push(Uuid::parse_str(&id).unwrap());
+        assert_eq!(ce["specversion"], "1.0", "{r:#}");
+        assert_eq!(ce["source"], "/accounts", "{r:#}");
+        assert_eq!(ce["datacontenttype"], "application/json", "{r:#}");
+        assert_eq!(ce["correlationid"], written.correlation.as_str(), "{r:#}");
+        assert_eq!(
+            r["cloudevent"]["data"], r["event"],
+            "the SDK's data equals what the handler decoded: {r:#}"
+        );
+        let expected_class = if ce["type"] == "com.example.account.opened" {
+            "AccountOpened"
+        } else {
+            "AccountClosed"
+        };
+        assert_eq!(r["event_class"], expected_class, "{r:#}");
+        assert!(
+            r["content_type"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("application/json"),
+            "{r:#}"
+        );
+        assert_eq!(
+            r["correlation_id"],
+            written.correlation.as_str(),
+            "FastStream's correlation_id: {r:#}"
+        );
+        if kind != "kafka" {
+            // Kafka has no message id of its own: FastStream derives one from offset and time.
+            assert_eq!(
+                r["message_id"],
+                id.as_str(),
+                "FastStream's message_id: {r:#}"
+            );
+        }
+    }
+    ids.sort();
+    let mut expected = written.ids.clone();
+    expected.sort();
+    assert_eq!(ids, expected, "FastStream saw exactly the written events");
+}

@@ -1,0 +1,131 @@
+use async_nats::jetstream;
+use outbox::EventEnvelope;
+use outbox::publisher::{NatsPublisher, Publisher};
+use outbox_tests::events::opened;
+
+use crate::common::{
+    Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, header, suffix,
+    write_and_relay,
+};
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+#[tokio::test]
+async fn relay_to_jetstream_then_read_back_with_async_nats_and_faststream() {
+    let s = suffix();
+    let (stream_name, prefix) = (format!("T{s}"), format!("t{s}."));
+    let nats = NatsPublisher::connect(URL)
+        .await
+        .expect("NATS with JetStream on 127.0.0.1:4222 (.ci/run starts it)");
+    nats.ensure_stream(&stream_name, vec![format!("{prefix}>")])
+        .await
+        .unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: nats,
+            prefix: prefix.clone(),
+        },
+        12,
+    )
+    .await;
+
+    let client = async_nats::connect(URL).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let mut received = Vec::new();
+    for seq in 1..=written.ids.len() as u64 {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let headers: Vec<(String, String)> = message
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        // One subject per aggregate type, in one stream: order holds across event types.
+        assert_eq!(
+            message.subject.as_str(),
+            format!("{prefix}com.example.account")
+        );
+        let id = header(&headers, "ce-id").unwrap().to_owned();
+        assert_eq!(header(&headers, "Nats-Msg-Id"), Some(id.as_str()));
+        assert_eq!(header(&headers, "message_id"), Some(id.as_str()));
+        assert_eq!(
+            header(&headers, "correlation_id"),
+            Some(written.correlation.as_str())
+        );
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&headers, "ce-datacontenttype"),
+            Some("application/json")
+        );
+        assert_eq!(header(&headers, "ce-specversion"), Some("1.0"));
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let aggregate = body["account"].as_str().unwrap().to_owned();
+        assert_eq!(
+            header(&headers, "ce-partitionkey"),
+            Some(aggregate.as_str())
+        );
+        received.push((uuid::Uuid::parse_str(&id).unwrap(), aggregate));
+    }
+    assert_arrived_in_order(&written, &received);
+
+    assert_faststream_reads_everything(
+        &written,
+        "nats",
+        URL,
+        &format!("{prefix}com.example.account"),
+        Some(&stream_name),
+    );
+    js.delete_stream(&stream_name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_republished_event_is_dropped_by_jetstream_deduplication() {
+    let s = suffix();
+    let (stream_name, prefix) = (format!("D{s}"), format!("d{s}."));
+    let nats = NatsPublisher::connect(URL).await.unwrap();
+    nats.ensure_stream(&stream_name, vec![format!("{prefix}>")])
+        .await
+        .unwrap();
+    let publisher = Prefixed {
+        inner: nats,
+        prefix,
+    };
+    let message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    publisher.publish(&message).await.unwrap();
+    // A relay that crashed after the ack republishes the same event id.
+    publisher.publish(&message).await.unwrap();
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        1,
+        "Nats-Msg-Id de-duplicated the republish"
+    );
+    js.delete_stream(&stream_name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subject_no_stream_captures_is_the_broker_unavailable_not_the_event_failing() {
+    let nats = NatsPublisher::connect(URL).await.unwrap();
+    let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    message.destination = format!("nostream{}.x", suffix());
+    let err = nats.publish(&message).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no JetStream stream captures subject"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_clear_error() {
+    let err = NatsPublisher::connect("nats://127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to nats at `nats://127.0.0.1:1`"),
+        "{err}"
+    );
+}
