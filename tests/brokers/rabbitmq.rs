@@ -1,1 +1,100 @@
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use outbox::EventEnvelope;
+use outbox::publisher::{Publisher, RabbitMqPublisher};
+use outbox_tests::events::opened;
 
+use crate::common::{Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, suffix, write_and_relay};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn channel() -> Channel {
+    let connection = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (.ci/run starts it)");
+    connection.create_channel().await.unwrap()
+}
+
+#[tokio::test]
+async fn relay_to_rabbitmq_then_read_back_with_lapin_and_faststream() {
+    let s = suffix();
+    let (exchange, prefix) = (format!("x{s}"), format!("r{s}."));
+    let routing_key = format!("{prefix}com.example.account");
+    let (mine, theirs) = (format!("{routing_key}.lapin"), format!("{routing_key}.faststream"));
+    let ch = channel().await;
+    ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    // Two queues on one routing key: one read here, one by FastStream.
+    for queue in [&mine, &theirs] {
+        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(queue.as_str().into(), exchange.as_str().into(), routing_key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap().exchange(exchange.clone());
+    let written = write_and_relay(Prefixed { inner: rabbit, prefix }, 12).await;
+
+    let mut received = Vec::new();
+    while let Some(message) = ch.basic_get(mine.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        let delivery = message.delivery;
+        let props = &delivery.properties;
+        let id = props.message_id().as_ref().expect("message_id property").to_string();
+        assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(props.correlation_id().as_ref().map(|c| c.to_string()), Some(written.correlation.clone()));
+        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+        let headers = props.headers().as_ref().expect("headers");
+        let text = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        assert_eq!(text("cloudEvents_id"), Some(id.clone()));
+        assert_eq!(text("cloudEvents_specversion").as_deref(), Some("1.0"));
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+        let aggregate = body["account"].as_str().unwrap().to_owned();
+        assert_eq!(text("cloudEvents_partitionkey"), Some(aggregate.clone()));
+        received.push((uuid::Uuid::parse_str(&id).unwrap(), aggregate));
+    }
+    assert_arrived_in_order(&written, &received);
+    assert_faststream_reads_everything(&written, "rabbit", URL, &theirs, None);
+
+    for queue in [&mine, &theirs] {
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unroutable_message_is_a_permanent_failure_not_a_silent_drop() {
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
+    let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    message.destination = format!("nobody-listens-{}", suffix());
+    let err = rabbit.publish(&message).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("unroutable"), "{err}");
+}
+
+#[tokio::test]
+async fn the_ce_prefix_is_selectable() {
+    let s = suffix();
+    let queue = format!("p{s}");
+    let ch = channel().await;
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap().prefix("ce-");
+    let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    message.destination = queue.clone();
+    rabbit.publish(&message).await.unwrap();
+    let got = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let headers = got.delivery.properties.headers().clone().unwrap();
+    assert!(headers.inner().contains_key("ce-type"), "{headers:?}");
+    assert!(!headers.inner().contains_key("cloudEvents_type"));
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_clear_error_without_the_password() {
+    let err = RabbitMqPublisher::connect("amqp://guest:secret@127.0.0.1:1/%2f").await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("cannot connect to rabbitmq at `amqp://guest:***@127.0.0.1:1/%2f`"), "{text}");
+}

@@ -75,7 +75,7 @@ async def main():
         from faststream.rabbit import RabbitBroker, RabbitQueue
 
         broker = RabbitBroker(url)
-        subscriber = broker.subscriber(RabbitQueue(destination, passive=True))
+        subscriber = broker.subscriber(RabbitQueue(destination, declare=False))
     elif kind == "kafka":
         from faststream.kafka import KafkaBroker
 
