@@ -118,7 +118,7 @@ pub fn assert_faststream_reads_everything(
     let count = written.ids.len().to_string();
     let mut args = vec![kind, url, destination, count.as_str()];
     args.extend(stream);
-    let out = outbox_tests::run_python_args("faststream_consume.py", &args);
+    let out = outbox_tests::run_python("faststream_consume.py", &args, None);
     let received = out["received"]
         .as_array()
         .expect("a list of received messages");

@@ -1,1 +1,88 @@
+use std::time::Duration;
 
+use outbox::publisher::KafkaPublisher;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+
+use crate::common::{
+    Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, header, suffix,
+    write_and_relay,
+};
+
+/// The Kafka-compatible broker `tansu`, which `.ci/run` installs and starts.
+const SERVERS: &str = "127.0.0.1:9092";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_then_read_back_with_rdkafka_and_faststream() {
+    let prefix = format!("k{}.", suffix());
+    let topic = format!("{prefix}com.example.account");
+    let kafka = KafkaPublisher::connect(SERVERS)
+        .await
+        .expect("a Kafka broker on 127.0.0.1:9092 (.ci/run starts tansu)");
+    let written = write_and_relay(
+        Prefixed {
+            inner: kafka,
+            prefix,
+        },
+        12,
+    )
+    .await;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", SERVERS)
+        .set("group.id", format!("outbox-test-{}", suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut received = Vec::new();
+    while received.len() < written.ids.len() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("messages arrive")
+            .unwrap();
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let id = header(&headers, "ce_id").unwrap().to_owned();
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&headers, "correlation_id"),
+            Some(written.correlation.as_str())
+        );
+        assert_eq!(header(&headers, "ce_specversion"), Some("1.0"));
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        assert_eq!(
+            body["account"],
+            key.as_str(),
+            "the record key is the aggregate id"
+        );
+        received.push((uuid::Uuid::parse_str(&id).unwrap(), key));
+    }
+    // Order holds per partition, and the key puts an aggregate in one partition.
+    assert_arrived_in_order(&written, &received);
+    assert_faststream_reads_everything(&written, "kafka", SERVERS, &topic, None);
+}
+
+#[tokio::test]
+async fn a_broker_that_does_not_answer_is_a_clear_error() {
+    let err = KafkaPublisher::connect("127.0.0.1:1").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to kafka at `127.0.0.1:1`"),
+        "{err}"
+    );
+}

@@ -1,11 +1,16 @@
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::EventEnvelope;
 use outbox::publisher::{Publisher, RabbitMqPublisher};
 use outbox_tests::events::opened;
 
-use crate::common::{Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, suffix, write_and_relay};
+use crate::common::{
+    Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, suffix, write_and_relay,
+};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -21,28 +26,72 @@ async fn relay_to_rabbitmq_then_read_back_with_lapin_and_faststream() {
     let s = suffix();
     let (exchange, prefix) = (format!("x{s}"), format!("r{s}."));
     let routing_key = format!("{prefix}com.example.account");
-    let (mine, theirs) = (format!("{routing_key}.lapin"), format!("{routing_key}.faststream"));
+    let (mine, theirs) = (
+        format!("{routing_key}.lapin"),
+        format!("{routing_key}.faststream"),
+    );
     let ch = channel().await;
-    ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     // Two queues on one routing key: one read here, one by FastStream.
     for queue in [&mine, &theirs] {
-        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_bind(queue.as_str().into(), exchange.as_str().into(), routing_key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .unwrap();
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
-    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap().exchange(exchange.clone());
-    let written = write_and_relay(Prefixed { inner: rabbit, prefix }, 12).await;
+    let rabbit = RabbitMqPublisher::connect(URL)
+        .await
+        .unwrap()
+        .exchange(exchange.clone());
+    let written = write_and_relay(
+        Prefixed {
+            inner: rabbit,
+            prefix,
+        },
+        12,
+    )
+    .await;
 
     let mut received = Vec::new();
-    while let Some(message) = ch.basic_get(mine.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(message) = ch
+        .basic_get(mine.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         let delivery = message.delivery;
         let props = &delivery.properties;
-        let id = props.message_id().as_ref().expect("message_id property").to_string();
-        assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
-        assert_eq!(props.correlation_id().as_ref().map(|c| c.to_string()), Some(written.correlation.clone()));
+        let id = props
+            .message_id()
+            .as_ref()
+            .expect("message_id property")
+            .to_string();
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            props.correlation_id().as_ref().map(|c| c.to_string()),
+            Some(written.correlation.clone())
+        );
         assert_eq!(*props.delivery_mode(), Some(2), "persistent");
         let headers = props.headers().as_ref().expect("headers");
         let text = |name: &str| match headers.inner().get(name) {
@@ -60,9 +109,13 @@ async fn relay_to_rabbitmq_then_read_back_with_lapin_and_faststream() {
     assert_faststream_reads_everything(&written, "rabbit", URL, &theirs, None);
 
     for queue in [&mine, &theirs] {
-        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
     }
-    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -80,21 +133,38 @@ async fn the_ce_prefix_is_selectable() {
     let s = suffix();
     let queue = format!("p{s}");
     let ch = channel().await;
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let rabbit = RabbitMqPublisher::connect(URL).await.unwrap().prefix("ce-");
     let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
     message.destination = queue.clone();
     rabbit.publish(&message).await.unwrap();
-    let got = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let got = ch
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     let headers = got.delivery.properties.headers().clone().unwrap();
     assert!(headers.inner().contains_key("ce-type"), "{headers:?}");
     assert!(!headers.inner().contains_key("cloudEvents_type"));
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_a_clear_error_without_the_password() {
-    let err = RabbitMqPublisher::connect("amqp://guest:secret@127.0.0.1:1/%2f").await.unwrap_err();
+    let err = RabbitMqPublisher::connect("amqp://guest:secret@127.0.0.1:1/%2f")
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with("cannot connect to rabbitmq at `amqp://guest:***@127.0.0.1:1/%2f`"), "{text}");
+    assert!(
+        text.starts_with("cannot connect to rabbitmq at `amqp://guest:***@127.0.0.1:1/%2f`"),
+        "{text}"
+    );
 }

@@ -2,15 +2,27 @@ use outbox::EventEnvelope;
 use outbox::publisher::{Publisher, RedisPublisher, faststream_envelope};
 use outbox_tests::events::opened;
 
-use crate::common::{Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, header, suffix, write_and_relay};
+use crate::common::{
+    Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, header, suffix,
+    write_and_relay,
+};
 
 const URL: &str = "redis://127.0.0.1:6379";
 
+/// `XRANGE` entries: (entry id, [(field, value)]).
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// Reads FastStream's `BinaryMessageFormatV1` back: headers and body.
 fn parse_envelope(bytes: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
-    assert_eq!(&bytes[..8], &[0x89, b'B', b'I', b'N', 0x0D, 0x0A, 0x1A, 0x0A], "magic");
+    assert_eq!(
+        &bytes[..8],
+        &[0x89, b'B', b'I', b'N', 0x0D, 0x0A, 0x1A, 0x0A],
+        "magic"
+    );
     let u16_at = |i: usize| u16::from_be_bytes([bytes[i], bytes[i + 1]]) as usize;
-    let u32_at = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+    let u32_at = |i: usize| {
+        u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
+    };
     assert_eq!(u16_at(8), 1, "version");
     assert_eq!(u32_at(10), 18, "headers offset");
     let data_offset = u32_at(14);
@@ -28,15 +40,30 @@ fn parse_envelope(bytes: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
         let value = text();
         headers.push((key, value));
     }
-    assert_eq!(at, data_offset, "data offset points right after the headers");
+    assert_eq!(
+        at, data_offset,
+        "data offset points right after the headers"
+    );
     (headers, bytes[data_offset..].to_vec())
 }
 
 #[test]
 fn the_envelope_layout_is_faststreams() {
-    let bytes = faststream_envelope(&[("content-type".into(), "application/json".into()), ("é".into(), "ü".into())], b"{}");
+    let bytes = faststream_envelope(
+        &[
+            ("content-type".into(), "application/json".into()),
+            ("é".into(), "ü".into()),
+        ],
+        b"{}",
+    );
     let (headers, body) = parse_envelope(&bytes);
-    assert_eq!(headers, [("content-type".to_owned(), "application/json".to_owned()), ("é".to_owned(), "ü".to_owned())]);
+    assert_eq!(
+        headers,
+        [
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("é".to_owned(), "ü".to_owned())
+        ]
+    );
     assert_eq!(body, b"{}");
 }
 
@@ -44,30 +71,58 @@ fn the_envelope_layout_is_faststreams() {
 async fn relay_to_a_redis_stream_then_read_back_with_redis_and_faststream() {
     let prefix = format!("s{}.", suffix());
     let stream = format!("{prefix}com.example.account");
-    let redis_publisher = RedisPublisher::connect(URL).await.expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
-    let written = write_and_relay(Prefixed { inner: redis_publisher, prefix }, 12).await;
+    let redis_publisher = RedisPublisher::connect(URL)
+        .await
+        .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
+    let written = write_and_relay(
+        Prefixed {
+            inner: redis_publisher,
+            prefix,
+        },
+        12,
+    )
+    .await;
 
     let client = redis::Client::open(URL).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut connection).await.unwrap();
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     let mut received = Vec::new();
     for (_, fields) in entries {
-        assert_eq!(fields.len(), 1, "only __data__: FastStream drops other fields");
+        assert_eq!(
+            fields.len(),
+            1,
+            "only __data__: FastStream drops other fields"
+        );
         assert_eq!(fields[0].0, "__data__");
         let (headers, body) = parse_envelope(&fields[0].1);
         let id = header(&headers, "ce_id").unwrap().to_owned();
         assert_eq!(header(&headers, "message_id"), Some(id.as_str()));
-        assert_eq!(header(&headers, "correlation_id"), Some(written.correlation.as_str()));
+        assert_eq!(
+            header(&headers, "correlation_id"),
+            Some(written.correlation.as_str())
+        );
         assert_eq!(header(&headers, "content-type"), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let aggregate = body["account"].as_str().unwrap().to_owned();
-        assert_eq!(header(&headers, "ce_partitionkey"), Some(aggregate.as_str()));
+        assert_eq!(
+            header(&headers, "ce_partitionkey"),
+            Some(aggregate.as_str())
+        );
         received.push((uuid::Uuid::parse_str(&id).unwrap(), aggregate));
     }
     assert_arrived_in_order(&written, &received);
     assert_faststream_reads_everything(&written, "redis", URL, &stream, None);
-    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -79,14 +134,32 @@ async fn maxlen_trims_the_stream() {
     for _ in 0..500 {
         publisher.publish(&message).await.unwrap();
     }
-    let mut connection = redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let len: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut connection).await.unwrap();
+    let mut connection = redis::Client::open(URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert!(len < 500, "MAXLEN ~ 10 left {len} entries");
-    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_a_clear_error() {
-    let err = RedisPublisher::connect("redis://127.0.0.1:1").await.unwrap_err();
-    assert!(err.to_string().starts_with("cannot connect to redis at `redis://127.0.0.1:1`"), "{err}");
+    let err = RedisPublisher::connect("redis://127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to redis at `redis://127.0.0.1:1`"),
+        "{err}"
+    );
 }

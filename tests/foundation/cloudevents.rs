@@ -219,7 +219,7 @@ fn the_python_cloudevents_sdk_parses_every_rendering_with_the_same_attributes() 
         "http": { "headers": map(BinaryMode::HTTP.headers(&m)), "body": body },
         "structured": String::from_utf8(cloudevents::to_structured(&m)).unwrap(),
     });
-    let parsed = run_python("cloudevents_check.py", &input);
+    let parsed = run_python("cloudevents_check.py", &[], Some(&input));
     let expected = expected_attributes(&m);
     let data = json!({ "user_id": Uuid::nil() });
     for mode in ["kafka", "amqp", "rabbitmq", "http", "structured"] {

@@ -11,53 +11,37 @@ pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
-/// Runs `tests/python/<script>` with `input` as JSON on stdin and returns its stdout parsed as JSON.
+/// Runs `tests/python/<script>` with `args` (and `input` as JSON on stdin, if given) and returns its stdout
+/// parsed as JSON.
 ///
 /// A missing interpreter or package is a test failure that says how to install it, never a silent skip:
 /// `.ci/run` installs what these scripts need.
-pub fn run_python(script: &str, input: &serde_json::Value) -> serde_json::Value {
+pub fn run_python(
+    script: &str,
+    args: &[&str],
+    input: Option<&serde_json::Value>,
+) -> serde_json::Value {
     use std::io::Write;
+    use std::process::Stdio;
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(script);
     let mut child = Command::new(python())
         .arg(&path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {} for {}: {e}", python(), path.display()));
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(input.to_string().as_bytes())
-        .expect("write to python");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    if let Some(input) = input {
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("write to python");
+    }
+    drop(stdin);
     let output = child.wait_with_output().expect("python runs");
-    assert!(
-        output.status.success(),
-        "{script} failed (install the test requirements with `pip install -r tests/python/requirements.txt`):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{script} printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
-/// Runs `tests/python/<script>` with `args` and returns its stdout parsed as JSON; fails the test (saying how
-/// to install the requirements) if the script fails.
-pub fn run_python_args(script: &str, args: &[&str]) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
-    let output = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start {} for {}: {e}", python(), path.display()));
     assert!(
         output.status.success(),
         "{script} failed (install the test requirements with `pip install -r tests/python/requirements.txt`):\n{}",

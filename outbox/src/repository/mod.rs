@@ -349,18 +349,8 @@ impl OutboxRepository {
         limit: u64,
         offset: u64,
     ) -> Result<Vec<StoredEvent>> {
-        let query = format!(
-            "SELECT {} FROM {{t}} WHERE status = {} ORDER BY id LIMIT ? OFFSET ?",
-            sql::COLUMNS,
-            sql::PENDING
-        );
-        self.select(
-            db,
-            "listing pending events",
-            &query,
-            vec![limit.into(), offset.into()],
-        )
-        .await
+        self.list(db, "listing pending events", sql::PENDING, limit, offset)
+            .await
     }
 
     /// How many events are pending (the seed's `count_unpublished`), including those being published now.
@@ -761,18 +751,8 @@ impl OutboxRepository {
         limit: u64,
         offset: u64,
     ) -> Result<Vec<StoredEvent>> {
-        let query = format!(
-            "SELECT {} FROM {{t}} WHERE status = {} ORDER BY id LIMIT ? OFFSET ?",
-            sql::COLUMNS,
-            sql::DEAD
-        );
-        self.select(
-            db,
-            "listing dead letters",
-            &query,
-            vec![limit.into(), offset.into()],
-        )
-        .await
+        self.list(db, "listing dead letters", sql::DEAD, limit, offset)
+            .await
     }
 
     /// How many dead letters there are.
@@ -897,6 +877,22 @@ impl OutboxRepository {
         self.query(db, "checking the outbox table", &query, Vec::new())
             .await
             .map(drop)
+    }
+
+    async fn list<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        status: i16,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {status} ORDER BY id LIMIT ? OFFSET ?",
+            sql::COLUMNS
+        );
+        self.select(db, operation, &query, vec![limit.into(), offset.into()])
+            .await
     }
 
     async fn count<C: ConnectionTrait>(
