@@ -163,3 +163,44 @@ async fn a_refused_connection_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_republished_event_carries_the_same_id() {
+    let stream = format!("r{}", suffix());
+    let publisher = RedisPublisher::connect(URL).await.unwrap();
+    let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    message.destination = stream.clone();
+    publisher.publish(&message).await.unwrap();
+    publisher.publish(&message).await.unwrap();
+    let mut connection = redis::Client::open(URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2, "Redis cannot de-duplicate...");
+    let ids: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| {
+            header(&parse_envelope(&fields[0].1).0, "message_id")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "...so both copies carry the event id to de-duplicate by"
+    );
+    assert_eq!(ids[0], message.id.to_string());
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}

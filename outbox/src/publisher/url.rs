@@ -20,7 +20,7 @@ use super::{ConnectError, InMemoryPublisher, Publisher, Reason, StdoutPublisher}
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let publisher = outbox::publisher::from_url("memory://").await.unwrap();
 /// assert_eq!(publisher.name(), "memory");
-/// let err = outbox::publisher::from_url("carrier-pigeon://coop").await.unwrap_err();
+/// let Err(err) = outbox::publisher::from_url("carrier-pigeon://coop").await else { unreachable!() };
 /// assert!(err.to_string().contains("expected one of"));
 /// # });
 /// ```
