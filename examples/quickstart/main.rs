@@ -1,13 +1,14 @@
 //! The quickstart: declare events, store them with a domain change in one SQLite transaction, see that a
-//! rolled-back transaction leaves nothing behind, then claim the stored events, print them as CloudEvents and
-//! mark them published. Runs in about a second, no server needed.
+//! rolled-back transaction leaves nothing behind, then run the relay until the outbox is empty, publishing each
+//! event as a CloudEvent on stdout. Runs in about a second, no server needed.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 
-use outbox::cloudevents;
 use outbox::migration::OutboxMigrator;
+use outbox::publisher::StdoutPublisher;
+use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use outbox::sea_orm_migration::MigratorTrait;
@@ -104,26 +105,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         outbox.count_unpublished(&db).await?
     );
 
-    // What the relay does, by hand: claim, publish (here: print), mark published.
-    println!("\npublished CloudEvents (structured mode), in order:");
-    let claim = outbox.claim(&db, 100).await?;
-    let mut published = Vec::new();
-    for event in &claim.events {
-        let message = event.envelope.to_message()?;
-        println!(
-            "{}",
-            String::from_utf8(cloudevents::to_structured(&message))?
-        );
-        published.push(event.id);
+    // The relay, publishing to stdout (one structured CloudEvent per line) until the outbox is empty. A service
+    // would run `relay.run(shutdown)` as a background task instead.
+    println!("\npublished CloudEvents, in order:");
+    let relay = Relay::builder(db.clone(), outbox.clone(), StdoutPublisher).build();
+    let mut published = 0;
+    loop {
+        let report = relay.publish_batch(100).await?;
+        published += report.published;
+        if report.claimed == 0 {
+            break;
+        }
     }
-    outbox.mark_published(&db, claim.token, &published).await?;
 
     let stats = outbox.stats(&db).await?;
     println!(
         "\nsummary: {} published, {} pending, {} dead letters",
-        published.len(),
-        stats.pending,
-        stats.dead_letters
+        published, stats.pending, stats.dead_letters
     );
     Ok(())
 }
