@@ -7,4 +7,5 @@ mod kafka;
 mod nats;
 mod rabbitmq;
 mod redis;
+mod restart;
 mod url;

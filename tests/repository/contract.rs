@@ -68,7 +68,15 @@ async fn commit_stores_event_and_change_together(backend: Backend) {
     let t = TestDb::new(backend).await;
     let txn = t.db.begin().await.unwrap();
     insert_user(&txn, &t, 1).await;
-    let envelope = EventEnvelope::new(opened("acct-1", 1)).with_correlation_id("req-1");
+    let trace = outbox::TraceContext::new(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        Some("vendor=1".into()),
+    )
+    .unwrap();
+    let envelope = EventEnvelope::new(opened("acct-1", 1))
+        .with_correlation_id("req-1")
+        .with_causation_id("cmd-7")
+        .with_trace_context(trace.clone());
     let event_id = t.outbox.add_event(&txn, envelope.clone()).await.unwrap();
     assert_eq!(event_id, envelope.event_id());
     if t.has_second_connection() {
@@ -93,6 +101,12 @@ async fn commit_stores_event_and_change_together(backend: Backend) {
         "time survives the round trip exactly"
     );
     assert_eq!(decoded.correlation_id(), Some("req-1"));
+    assert_eq!(decoded.causation_id(), Some("cmd-7"));
+    assert_eq!(
+        decoded.trace_context(),
+        Some(&trace),
+        "trace context survives storage, so it reaches the broker"
+    );
     // The untyped path, through the registry, gives the same event.
     let dynamic = row.decode().unwrap();
     assert_eq!(
