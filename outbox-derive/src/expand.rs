@@ -84,14 +84,10 @@ fn implementation(input: &syn::DeriveInput, c: &Container) -> TokenStream {
             }
         }
     });
+    let json = json_result(&krate);
     let data = c.data.as_ref().map(|path| {
         quote! {
-            fn message_data(
-                &self,
-            ) -> ::core::result::Result<
-                ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
-                #krate::__private::serde_json::Error,
-            > {
+            fn message_data(&self) -> #json {
                 #krate::__private::serde_json::value::to_raw_value(&#path(self))
             }
         }
@@ -128,21 +124,27 @@ fn implementation(input: &syn::DeriveInput, c: &Container) -> TokenStream {
 
 /// Serde goes through helper traits whose errors say what an event needs, pointed at the struct's name.
 fn serde_methods(krate: &TokenStream, ident: &syn::Ident) -> TokenStream {
+    let json = json_result(krate);
     let to_json = quote_spanned! {ident.span()=> #krate::__private::EventSerialize::to_json(self) };
     let from_json = quote_spanned! {ident.span()=> <Self as #krate::__private::EventDeserialize>::from_json(json) };
     quote! {
-        fn to_json(
-            &self,
-        ) -> ::core::result::Result<
-            ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
-            #krate::__private::serde_json::Error,
-        > {
+        fn to_json(&self) -> #json {
             #to_json
         }
 
         fn from_json(json: &str) -> ::core::result::Result<Self, #krate::__private::serde_json::Error> {
             #from_json
         }
+    }
+}
+
+/// `Result<Box<RawValue>, serde_json::Error>`, the type of an event's JSON forms, spelled through the re-export.
+fn json_result(krate: &TokenStream) -> TokenStream {
+    quote! {
+        ::core::result::Result<
+            ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
+            #krate::__private::serde_json::Error,
+        >
     }
 }
 
@@ -169,6 +171,7 @@ fn fallback(input: &syn::DeriveInput, c: &Container) -> TokenStream {
         quote!(where #(#predicates,)* Self: ::core::marker::Send + ::core::marker::Sync + 'static)
     });
     let where_clause = bounds.unwrap_or_default();
+    let json = json_result(&krate);
     quote! {
         #[automatically_derived]
         impl #impl_generics #krate::OutboxEvent for #ident #ty_generics #where_clause {
@@ -182,12 +185,7 @@ fn fallback(input: &syn::DeriveInput, c: &Container) -> TokenStream {
                 ::core::unreachable!("the OutboxEvent derive failed to compile")
             }
 
-            fn to_json(
-                &self,
-            ) -> ::core::result::Result<
-                ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
-                #krate::__private::serde_json::Error,
-            > {
+            fn to_json(&self) -> #json {
                 ::core::unreachable!("the OutboxEvent derive failed to compile")
             }
 
