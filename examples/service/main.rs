@@ -1,0 +1,142 @@
+//! An axum service backed by sea-orm, the way a user would build one: `POST /users` stores a user and its
+//! `UserCreated` event in one transaction, `DELETE /users/{id}` records `UserDeleted`, and the relay publishes
+//! them, inside this process (the default, like the seed's FastAPI lifespan) or in processes of their own.
+//!
+//! ```text
+//! cargo run --example service                                  # SQLite file, events printed to stdout
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test OUTBOX_BROKER=nats://127.0.0.1:4222?stream=USERS&subjects=com.example.user \
+//!   cargo run --example service -- --mode api                  # API only; run relays with --mode relay
+//! curl -XPOST localhost:8080/users -H 'content-type: application/json' -d '{"email":"ada@example.com"}'
+//! curl localhost:8080/health; curl localhost:8080/metrics
+//! ```
+//!
+//! Environment: `DATABASE_URL` (default `sqlite://service.db?mode=rwc`; `postgres://` and `mysql://` work),
+//! `OUTBOX_BROKER` (default `stdout://`; any URL `outbox::publisher::from_url` takes), `BIND_ADDR` (default
+//! `127.0.0.1:8080`), `SERVICE_MODE` or `--mode` (`all`, `api`, `relay`), `OUTBOX_TABLE`, every `OUTBOX_*`
+//! setting, `RUST_LOG`, `LOG_FORMAT=json` for one JSON line per log event. Ctrl+C or SIGTERM: the HTTP server
+//! drains, the relay finishes its batch, the process exits 0.
+
+mod events;
+mod http;
+mod settings;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use outbox::health::HealthCheck;
+use outbox::publisher::{Publisher, from_url};
+use outbox::relay::Relay;
+use outbox::repository::{OutboxRepository, connect};
+use outbox::sea_orm::ConnectionTrait;
+use tokio::sync::watch;
+
+use settings::{Mode, Settings};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env()?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if settings.json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+
+    let db = connect(&settings.database_url).await?;
+    // Migrations at start: the outbox table (idempotent) and the application's own table.
+    outbox::migration::create_table(&db, &settings.table).await?;
+    db.execute_unprepared("CREATE TABLE IF NOT EXISTS users (id VARCHAR(36) PRIMARY KEY, email VARCHAR(255) NOT NULL)")
+        .await?;
+    let outbox = OutboxRepository::builder()
+        .table(&settings.table)
+        .config(settings.outbox.clone())
+        .build()?;
+    let publisher: Arc<dyn Publisher> = Arc::from(from_url(&settings.broker_url).await?);
+
+    // One shutdown signal for the HTTP server and the relay.
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut health = HealthCheck::new(db.clone(), outbox.clone(), publisher.clone());
+    let mut relay_handle = None;
+    let relay_task = if settings.mode != Mode::Api {
+        let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone()).build();
+        relay_handle = Some(relay.handle());
+        health = health.with_relay(relay.handle());
+        Some(tokio::spawn(relay.run(until_stopped(stopped.clone()))))
+    } else {
+        None
+    };
+
+    if settings.mode == Mode::Relay {
+        until_stopped(stopped.clone()).await;
+    } else {
+        let app = http::App {
+            db,
+            outbox,
+            health,
+            relay: relay_handle,
+            metrics,
+        };
+        let router = Router::new()
+            .route("/users", post(http::create_user))
+            .route("/users/{id}", delete(http::delete_user))
+            .route("/health", get(http::health))
+            .route("/metrics", get(http::metrics))
+            .with_state(app);
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .map_err(|e| format!("BIND_ADDR={}: {e}", settings.bind))?;
+        tracing::info!(addr = %settings.bind, mode = ?settings.mode, "listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(until_stopped(stopped.clone()))
+            .await?;
+    }
+    if let Some(task) = relay_task {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

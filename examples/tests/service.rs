@@ -1,0 +1,245 @@
+//! The service example as a real process: HTTP in, events out on NATS, read back by the consumer example;
+//! SIGTERM exits 0; SIGKILL mid-flow loses nothing after a restart; a bad variable stops it at start.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+const SUBJECT: &str = "com.example.user";
+
+/// The example binaries Cargo built next to this test.
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    deps.parent().unwrap().join("examples").join(name)
+}
+
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    fn start(port: u16, db: &str, stream: &str) -> Self {
+        let child = Command::new(example("service"))
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", format!("sqlite://{db}?mode=rwc"))
+            .env(
+                "OUTBOX_BROKER",
+                format!("{NATS}?stream={stream}&subjects={SUBJECT}"),
+            )
+            .env("OUTBOX_POLL_INTERVAL", "100ms")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the service example is built by `cargo test --workspace`");
+        Self { child, port }
+    }
+
+    async fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                Ok(stream) => break stream,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the service never listened: {e}"),
+            }
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (status, body)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("the service did not exit within 15 s");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A stream of this test's own on the service's subject; another run's leftover on the same subject goes first.
+async fn fresh_stream(js: &jetstream::Context) -> String {
+    if let Ok(old) = js.stream_by_subject(SUBJECT).await {
+        let _ = js.delete_stream(&old).await;
+    }
+    format!("SVC{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn stream_ids(js: &jetstream::Context, stream: &str) -> Vec<(String, String)> {
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let count = stream.info().await.unwrap().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=count {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let get = |n: &str| m.headers.get(n).map(|v| v.to_string()).unwrap_or_default();
+        out.push((get("ce-id"), get("ce-type")));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
+    let js = jetstream::new(
+        async_nats::connect(NATS)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    );
+    let stream = fresh_stream(&js).await;
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let service = Service::start(free_port(), db.to_str().unwrap(), &stream);
+
+    let (status, body) = service
+        .request("POST", "/users", r#"{"email":"ada@example.com"}"#)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        service
+            .request("POST", "/users", r#"{"email":"bob@example.com"}"#)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        service
+            .request("DELETE", &format!("/users/{id}"), "")
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        service
+            .request("DELETE", &format!("/users/{id}"), "")
+            .await
+            .0,
+        404
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = stream_ids(&js, &stream).await;
+        if events.len() >= 3 || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let types: Vec<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "com.example.user.created",
+            "com.example.user.created",
+            "com.example.user.deleted"
+        ]
+    );
+
+    let (status, health) = service.request("GET", "/health", "").await;
+    assert_eq!(status, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["relay"]["running"], true, "{health}");
+    let (status, metrics) = service.request("GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("outbox_events_published_total"),
+        "{metrics}"
+    );
+
+    service.signal("-TERM");
+    assert!(
+        service.wait().success(),
+        "SIGTERM: drain, finish the batch, exit 0"
+    );
+
+    // The consumer example decodes both types back through the registry.
+    let Output { status, stdout, .. } = Command::new(example("consumer"))
+        .args([NATS, stream.as_str()])
+        .output()
+        .unwrap();
+    assert!(status.success());
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        stdout.contains("signed up with ada@example.com"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("user {id} left")), "{stdout}");
+    assert!(stdout.contains("3 distinct events handled"), "{stdout}");
+
+    js.delete_stream(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_bad_variable_stops_the_service_at_start_naming_it() {
+    let output = Command::new(example("service"))
+        .env("BIND_ADDR", "nowhere")
+        .env("OUTBOX_BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("BIND_ADDR=nowhere: expected host:port"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("OUTBOX_BATCH_SIZE=0: must be between 1 and 1000"),
+        "{stderr}"
+    );
+}
