@@ -25,10 +25,15 @@ fn example(name: &str) -> PathBuf {
 struct Service {
     child: Child,
     port: u16,
+    log: PathBuf,
 }
 
 impl Service {
     fn start(port: u16, db: &str, stream: &str) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "outbox-service-{port}-{}.log",
+            uuid::Uuid::new_v4()
+        ));
         let child = Command::new(example("service"))
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", format!("sqlite://{db}?mode=rwc"))
@@ -38,11 +43,11 @@ impl Service {
             )
             .env("OUTBOX_POLL_INTERVAL", "100ms")
             .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
             .spawn()
             .expect("the service example is built by `cargo test --workspace`");
-        Self { child, port }
+        Self { child, port, log }
     }
 
     async fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -53,7 +58,10 @@ impl Service {
                 Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                Err(e) => panic!("the service never listened: {e}"),
+                Err(e) => panic!(
+                    "the service never listened ({e}); its log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
             }
         };
         let request = format!(
@@ -107,10 +115,25 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The service's subject can be captured by one stream only, so the tests that create one take turns.
+static ONE_STREAM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A stream of this test's own on the service's subject; another run's leftover on the same subject goes first.
 async fn fresh_stream(js: &jetstream::Context) -> String {
-    if let Ok(old) = js.stream_by_subject(SUBJECT).await {
-        let _ = js.delete_stream(&old).await;
+    use futures_util::TryStreamExt;
+    let names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    for name in names {
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue;
+        };
+        let captures = stream
+            .info()
+            .await
+            .map(|i| i.config.subjects.iter().any(|s| s == SUBJECT))
+            .unwrap_or(false);
+        if captures {
+            let _ = js.delete_stream(&name).await;
+        }
     }
     format!("SVC{}", uuid::Uuid::new_v4().simple())
 }
@@ -131,6 +154,7 @@ async fn stream_ids(js: &jetstream::Context, stream: &str) -> Vec<(String, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
+    let _turn = ONE_STREAM_AT_A_TIME.lock().await;
     let js = jetstream::new(
         async_nats::connect(NATS)
             .await
@@ -242,4 +266,56 @@ async fn a_bad_variable_stops_the_service_at_start_naming_it() {
         stderr.contains("OUTBOX_BATCH_SIZE=0: must be between 1 and 1000"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flow_then_restart_loses_nothing() {
+    let _turn = ONE_STREAM_AT_A_TIME.lock().await;
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    let stream = fresh_stream(&js).await;
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let port = free_port();
+    let service = Service::start(port, db.to_str().unwrap(), &stream);
+    let mut created = 0;
+    for i in 0..40 {
+        if service
+            .request(
+                "POST",
+                "/users",
+                &format!(r#"{{"email":"u{i}@example.com"}}"#),
+            )
+            .await
+            .0
+            == 201
+        {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 40);
+    service.signal("-KILL"); // no drain, no release: whatever the relay held stays leased
+    assert!(!service.wait().success());
+
+    let restarted = Service::start(port, db.to_str().unwrap(), &stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let unique = loop {
+        let ids: std::collections::HashSet<String> = stream_ids(&js, &stream)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if ids.len() >= 40 || tokio::time::Instant::now() > deadline {
+            break ids.len();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        unique, 40,
+        "every committed user's event arrives after the restart"
+    );
+    restarted.signal("-TERM");
+    assert!(restarted.wait().success());
+    js.delete_stream(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
