@@ -30,11 +30,16 @@ struct Service {
 
 impl Service {
     fn start(port: u16, db: &str, stream: &str) -> Self {
+        Self::start_mode(port, db, stream, "all")
+    }
+
+    fn start_mode(port: u16, db: &str, stream: &str, mode: &str) -> Self {
         let log = std::env::temp_dir().join(format!(
             "outbox-service-{port}-{}.log",
             uuid::Uuid::new_v4()
         ));
         let child = Command::new(example("service"))
+            .args(["--mode", mode])
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", format!("sqlite://{db}?mode=rwc"))
             .env(
@@ -231,7 +236,29 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
         "SIGTERM: drain, finish the batch, exit 0"
     );
 
-    // The consumer example decodes both types back through the registry.
+    // A redelivery from outside JetStream's de-duplication window: same event, no Nats-Msg-Id.
+    let first = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in first.headers.iter() {
+        if name.to_string() != "Nats-Msg-Id" {
+            for value in values {
+                headers.append(name.to_string().as_str(), value.to_string().as_str());
+            }
+        }
+    }
+    js.publish_with_headers(SUBJECT, headers, first.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The consumer example decodes both types back through the registry, and drops the duplicate.
     let Output { status, stdout, .. } = Command::new(example("consumer"))
         .args([NATS, stream.as_str()])
         .output()
@@ -243,6 +270,7 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
         "{stdout}"
     );
     assert!(stdout.contains(&format!("user {id} left")), "{stdout}");
+    assert!(stdout.contains("already handled"), "{stdout}");
     assert!(stdout.contains("3 distinct events handled"), "{stdout}");
 
     js.delete_stream(&stream).await.unwrap();
@@ -316,6 +344,44 @@ async fn sigkill_mid_flow_then_restart_loses_nothing() {
     );
     restarted.signal("-TERM");
     assert!(restarted.wait().success());
+    js.delete_stream(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_relay_run_as_separate_processes() {
+    let _turn = ONE_STREAM_AT_A_TIME.lock().await;
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    let stream = fresh_stream(&js).await;
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let api = Service::start_mode(free_port(), db.to_str().unwrap(), &stream, "api");
+    assert_eq!(
+        api.request("POST", "/users", r#"{"email":"solo@example.com"}"#)
+            .await
+            .0,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        stream_ids(&js, &stream).await.is_empty(),
+        "an API-only process publishes nothing"
+    );
+
+    let relay = Service::start_mode(free_port(), db.to_str().unwrap(), &stream, "relay");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stream_ids(&js, &stream).await.len() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay process published nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for process in [api, relay] {
+        process.signal("-TERM");
+        assert!(process.wait().success());
+    }
     js.delete_stream(&stream).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

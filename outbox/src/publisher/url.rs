@@ -32,6 +32,16 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
     let option = |name: &str| options.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    // Validated for every scheme, used by the broker publishers compiled in.
+    #[cfg_attr(
+        not(any(
+            feature = "nats",
+            feature = "rabbitmq",
+            feature = "redis",
+            feature = "kafka"
+        )),
+        allow(unused_variables)
+    )]
     let structured = match option("encoding") {
         None | Some("binary") => false,
         Some("structured") => true,
