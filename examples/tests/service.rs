@@ -371,7 +371,7 @@ async fn api_and_relay_run_as_separate_processes() {
 
     let relay = Service::start_mode(free_port(), db.to_str().unwrap(), &stream, "relay");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stream_ids(&js, &stream).await.len() < 1 {
+    while stream_ids(&js, &stream).await.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the relay process published nothing"
