@@ -55,31 +55,27 @@ pub trait Publisher: Send + Sync + 'static {
     fn name(&self) -> &str;
 }
 
-#[async_trait::async_trait]
-impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
-    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
-        (**self).publish(message).await
-    }
-    async fn check(&self) -> Result<(), PublishError> {
-        (**self).check().await
-    }
-    fn name(&self) -> &str {
-        (**self).name()
-    }
+/// Shared and boxed publishers are publishers: `Arc<dyn Publisher>` for one publisher serving a relay and a
+/// health check, `Box<dyn Publisher>` from [`from_url`].
+macro_rules! forward_publisher {
+    ($($pointer:ident),*) => {$(
+        #[async_trait::async_trait]
+        impl<P: Publisher + ?Sized> Publisher for $pointer<P> {
+            async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+                (**self).publish(message).await
+            }
+            async fn check(&self) -> Result<(), PublishError> {
+                (**self).check().await
+            }
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+        }
+    )*};
 }
 
-#[async_trait::async_trait]
-impl<P: Publisher + ?Sized> Publisher for Box<P> {
-    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
-        (**self).publish(message).await
-    }
-    async fn check(&self) -> Result<(), PublishError> {
-        (**self).check().await
-    }
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-}
+use std::sync::Arc;
+forward_publisher!(Arc, Box);
 
 type Cause = Box<dyn std::error::Error + Send + Sync>;
 

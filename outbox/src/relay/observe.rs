@@ -60,29 +60,26 @@ pub(crate) fn event_published(tally: &mut Tally, event: &ClaimedEvent, metrics: 
 
 pub(crate) fn event_failed(tally: &mut Tally, event: &ClaimedEvent, error: &str, retry: bool) {
     let event_type = event.envelope.event_type();
+    // `tracing` fixes an event's level and name at compile time, hence one macro call per outcome.
+    macro_rules! failed {
+        ($level:ident, $name:literal) => {
+            tracing::$level!(
+                name: $name,
+                target: "outbox",
+                event_id = %event.envelope.event_id(),
+                event_type,
+                aggregate_id = %event.aggregate_id,
+                attempt = event.attempts + 1,
+                error,
+                $name
+            )
+        };
+    }
     if retry {
-        tracing::warn!(
-            name: "outbox.event_failed",
-            target: "outbox",
-            event_id = %event.envelope.event_id(),
-            event_type,
-            aggregate_id = %event.aggregate_id,
-            attempt = event.attempts + 1,
-            error,
-            "outbox.event_failed"
-        );
+        failed!(warn, "outbox.event_failed");
         *tally.failed.entry(event_type).or_default() += 1;
     } else {
-        tracing::error!(
-            name: "outbox.event_dead_lettered",
-            target: "outbox",
-            event_id = %event.envelope.event_id(),
-            event_type,
-            aggregate_id = %event.aggregate_id,
-            attempt = event.attempts + 1,
-            error,
-            "outbox.event_dead_lettered"
-        );
+        failed!(error, "outbox.event_dead_lettered");
         *tally.dead.entry(event_type).or_default() += 1;
     }
 }
