@@ -313,3 +313,53 @@ async fn publish_batch_reports_what_it_did() {
         "{row:?}"
     );
 }
+
+/// The relay's database connections are killed mid-flow (`pg_terminate_backend`): it reconnects and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_connection_is_survived() {
+    let t = TestDb::with_config(Backend::Postgres, fast_config()).await;
+    let written = write(&t, 10, 2000).await;
+    // The relay gets connections of its own, named, so only they are terminated.
+    let name = format!("outbox-relay-{}", uuid::Uuid::new_v4().simple());
+    let base = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let relay_db =
+        outbox::repository::connect(&format!("{base}{separator}application_name={name}"))
+            .await
+            .unwrap();
+    let broker = InMemoryPublisher::new();
+    broker.set_delay(Duration::from_millis(2));
+    let running =
+        Running::start(Relay::builder(relay_db, t.outbox.clone(), broker.clone()).build());
+
+    assert!(broker.wait_for(50, Duration::from_secs(30)).await);
+    let kill = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    );
+    for _ in 0..3 {
+        let killed =
+            t.db.query_all_raw(Statement::from_string(
+                t.db.get_database_backend(),
+                kill.clone(),
+            ))
+            .await
+            .unwrap();
+        assert!(!killed.is_empty(), "the relay's connections were found");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let all = async {
+        while account_unique(&broker) < written.len() {
+            broker
+                .wait_for(broker.len() + 1, Duration::from_millis(200))
+                .await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), all)
+        .await
+        .expect("the relay resumes after losing its connections");
+    running.stop().await;
+    let totals = account(&broker, &written);
+    eprintln!("connections killed 3 times: {totals:?}");
+    t.drop_tables().await;
+}
