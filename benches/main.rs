@@ -1,4 +1,4 @@
-//! The benchmark harness. `cargo run --release -p outbox-bench -- [write|drain|baseline|all] [runs]`
+//! The benchmark harness. `cargo run --release -p outbox-bench -- [write|drain|baseline|latency|all] [runs]`
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
 //! (`{"user_id": <uuid>, "email": ..., "name": ...}`), type `com.example.user.created`, 100 aggregates, the
@@ -47,8 +47,10 @@ impl Row {
     fn print(&self) {
         let mut v = self.values.clone();
         v.sort_by(f64::total_cmp);
+        // Latencies in milliseconds need their decimals; rates do not.
+        let digits = if self.unit == "ms" { 2 } else { 0 };
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {} | {:.digits$} | {:.digits$} | {:.digits$} | {} |",
             self.scenario,
             v[0],
             v[v.len() / 2],
@@ -279,6 +281,61 @@ async fn baseline(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     Ok(vec![row])
 }
 
+/// Commit-to-publish latency at a light, steady 200 events/s: single-event transactions committed every 5 ms
+/// for 10 s while a relay runs with LISTEN/NOTIFY (its fallback poll at 1 s, far above what is measured).
+async fn latency(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
+    let n = 2000;
+    let mut p50 = Row {
+        scenario: "commit-to-publish p50, 200 events/s, LISTEN/NOTIFY".into(),
+        unit: "ms",
+        values: vec![],
+    };
+    let mut p99 = Row {
+        scenario: "commit-to-publish p99, 200 events/s, LISTEN/NOTIFY".into(),
+        unit: "ms",
+        values: vec![],
+    };
+    for _ in 0..runs {
+        let mut config = OutboxConfig::default();
+        config.poll_interval = std::time::Duration::from_secs(1);
+        config.enable_metrics = false;
+        let (outbox, table) = fresh(db, config).await?;
+        let broker = InMemoryPublisher::new();
+        let relay = Relay::builder(db.clone(), outbox.clone(), broker.clone()).build();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay.run(async {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut committed = std::collections::HashMap::with_capacity(n);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+        for i in 0..n {
+            tick.tick().await;
+            let id = outbox.add_event(db, event(i)).await?; // on the pool: its own transaction
+            committed.insert(id, Instant::now());
+        }
+        while broker.len() < n {
+            broker.wait_for(n, std::time::Duration::from_secs(5)).await;
+        }
+        let _ = stop.send(());
+        task.await??;
+        let mut latencies: Vec<f64> = broker
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                committed
+                    .get(&m.message.id)
+                    .map(|c| m.at.duration_since(*c).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        p50.values.push(latencies[latencies.len() / 2]);
+        p99.values.push(latencies[latencies.len() * 99 / 100]);
+        drop_tables(db, &table).await?;
+    }
+    Ok(vec![p50, p99])
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -302,6 +359,9 @@ async fn main() -> Result<()> {
     }
     if matches!(scenario.as_str(), "baseline" | "all") {
         rows.extend(baseline(&db, runs).await?);
+    }
+    if matches!(scenario.as_str(), "latency" | "all") {
+        rows.extend(latency(&db, runs).await?);
     }
     println!("| scenario | min | median | max | unit |");
     println!("|---|---|---|---|---|");
