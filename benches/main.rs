@@ -281,6 +281,87 @@ async fn baseline(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     Ok(vec![row])
 }
 
+/// 100,000 pre-filled events drained by one relay to each real broker (with acknowledgements / confirms /
+/// delivery reports), batch 1000, analyzed table. The destination is `com.example.user` on every broker.
+async fn brokers(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
+    let n = 100_000;
+    let mut rows = Vec::new();
+    for (name, url) in [
+        (
+            "NATS JetStream",
+            "nats://127.0.0.1:4222?stream=OUTBOXBENCH&subjects=com.example.user",
+        ),
+        (
+            "RabbitMQ (confirms)",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ),
+        ("Redis Streams", "redis://127.0.0.1:6379"),
+        ("Kafka (tansu)", "kafka://127.0.0.1:9092?partitions=1"),
+    ] {
+        let mut row = Row {
+            scenario: format!("drain 100k to {name}, 1 relay, batch 1000"),
+            unit: "events/s",
+            values: vec![],
+        };
+        for _ in 0..runs {
+            prepare_broker(url).await?;
+            let mut config = OutboxConfig::default();
+            config.batch_size = 1000;
+            let (outbox, table) = fresh(db, config).await?;
+            prefill(db, &outbox, n, true).await?;
+            let publisher = outbox::publisher::from_url(url).await?;
+            let relay = Relay::builder(db.clone(), outbox.clone(), publisher)
+                .listen(false)
+                .build();
+            let start = Instant::now();
+            let mut published = 0;
+            loop {
+                let report = relay.publish_batch(1000).await?;
+                published += report.published;
+                if report.claimed == 0 {
+                    break;
+                }
+            }
+            assert_eq!(published as usize, n, "{name}: published {published}");
+            row.values.push(n as f64 / start.elapsed().as_secs_f64());
+            drop_tables(db, &table).await?;
+        }
+        prepare_broker(url).await?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// An empty destination `com.example.user` on the broker of `url`.
+async fn prepare_broker(url: &str) -> Result<()> {
+    if url.starts_with("nats") {
+        let js = async_nats::jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await?);
+        let _ = js.delete_stream("OUTBOXBENCH").await;
+    } else if url.starts_with("amqp") {
+        let connection = lapin::Connection::connect(url, Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        let _ = channel
+            .queue_delete("com.example.user".into(), Default::default())
+            .await;
+        channel
+            .queue_declare(
+                "com.example.user".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await?;
+    } else if url.starts_with("redis") {
+        let mut connection = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg("com.example.user")
+            .query_async(&mut connection)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Commit-to-publish latency at a light, steady 200 events/s: single-event transactions committed every 5 ms
 /// for 10 s while a relay runs with LISTEN/NOTIFY (its fallback poll at 1 s, far above what is measured).
 async fn latency(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
@@ -359,6 +440,9 @@ async fn main() -> Result<()> {
     }
     if matches!(scenario.as_str(), "baseline" | "all") {
         rows.extend(baseline(&db, runs).await?);
+    }
+    if matches!(scenario.as_str(), "brokers" | "all") {
+        rows.extend(brokers(&db, runs).await?);
     }
     if matches!(scenario.as_str(), "latency" | "all") {
         rows.extend(latency(&db, runs).await?);
