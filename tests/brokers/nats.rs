@@ -129,3 +129,40 @@ async fn a_refused_connection_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn structured_mode_sends_the_whole_cloudevent_as_the_body() {
+    let s = suffix();
+    let (stream_name, subject) = (format!("S{s}"), format!("st{s}.x"));
+    let nats = NatsPublisher::connect(URL).await.unwrap().structured();
+    nats.ensure_stream(&stream_name, vec![subject.clone()])
+        .await
+        .unwrap();
+    let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    message.destination = subject;
+    nats.publish(&message).await.unwrap();
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let raw = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.headers
+            .get("content-type")
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("application/cloudevents+json")
+    );
+    let event: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(event["id"], message.id.to_string());
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(
+        event["data"],
+        serde_json::json!({"account": "a", "seq": 1}),
+        "data embedded as JSON"
+    );
+    js.delete_stream(&stream_name).await.unwrap();
+}
