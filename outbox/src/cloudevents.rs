@@ -165,6 +165,14 @@ impl BinaryMode {
     /// The headers of `message` in this binding: the CloudEvents attributes, the content type where the binding
     /// carries it as a header, then the message's own extra headers.
     pub fn headers(&self, message: &Message) -> Vec<(String, String)> {
+        let mut headers = self.attribute_headers(message);
+        headers.extend(message.headers.iter().cloned());
+        headers
+    }
+
+    /// The CloudEvents headers alone (attributes and content type), already encoded as the binding requires; a
+    /// transport that must also make the message's extra headers safe adds them itself.
+    pub fn attribute_headers(&self, message: &Message) -> Vec<(String, String)> {
         let mut headers = Vec::with_capacity(16 + message.headers.len());
         if let Some(name) = self.content_type_header {
             headers.push((name.to_owned(), JSON_CONTENT_TYPE.to_owned()));
@@ -178,7 +186,6 @@ impl BinaryMode {
             }
             headers.push((self.name(&name), self.value(&value)));
         }
-        headers.extend(message.headers.iter().cloned());
         headers
     }
 

@@ -166,3 +166,37 @@ async fn structured_mode_sends_the_whole_cloudevent_as_the_body() {
     );
     js.delete_stream(&stream_name).await.unwrap();
 }
+
+/// Attribute values are percent-encoded once: a consumer decoding `ce-*` headers gets the original back.
+#[tokio::test]
+async fn attribute_values_are_percent_encoded_exactly_once() {
+    let s = suffix();
+    let (stream_name, subject) = (format!("E{s}"), format!("enc{s}.x"));
+    let nats = NatsPublisher::connect(URL).await.unwrap();
+    nats.ensure_stream(&stream_name, vec![subject.clone()])
+        .await
+        .unwrap();
+    let mut message = EventEnvelope::new(opened("a", 1))
+        .with_correlation_id("req 7 50%")
+        .to_message()
+        .unwrap();
+    message.destination = subject;
+    message
+        .headers
+        .push(("x-note".into(), "two\r\nlines".into()));
+    nats.publish(&message).await.unwrap();
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let raw = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    let get = |name: &str| raw.headers.get(name).map(|v| v.to_string());
+    assert_eq!(get("ce-correlationid").as_deref(), Some("req%207%2050%25"));
+    assert_eq!(get("correlation_id").as_deref(), Some("req%207%2050%25"));
+    // An extra header that would break the header block is encoded too, once.
+    assert_eq!(get("x-note").as_deref(), Some("two%0D%0Alines"));
+    js.delete_stream(&stream_name).await.unwrap();
+}

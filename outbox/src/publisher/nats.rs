@@ -82,17 +82,19 @@ impl NatsPublisher {
             cloudevents::header_safe(&message.effective_correlation_id()).as_ref(),
         );
         match self.encoding {
+            // The binding has percent-encoded the attribute values already: encoding them again would turn
+            // `%20` into `%2520`.
             Encoding::Binary => {
-                for (name, value) in BinaryMode::NATS.headers(message) {
-                    headers.insert(name.as_str(), cloudevents::header_safe(&value).as_ref());
+                for (name, value) in BinaryMode::NATS.attribute_headers(message) {
+                    headers.insert(name.as_str(), value.as_str());
                 }
             }
             Encoding::Structured => {
                 headers.insert("content-type", cloudevents::STRUCTURED_CONTENT_TYPE);
-                for (name, value) in &message.headers {
-                    headers.insert(name.as_str(), cloudevents::header_safe(value).as_ref());
-                }
             }
+        }
+        for (name, value) in &message.headers {
+            headers.insert(name.as_str(), cloudevents::header_safe(value).as_ref());
         }
         headers
     }
