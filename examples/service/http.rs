@@ -4,11 +4,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use outbox::EventEnvelope;
 use outbox::health::HealthCheck;
 use outbox::relay::RelayHandle;
 use outbox::repository::OutboxRepository;
-use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use outbox::sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use outbox::{EventEnvelope, OutboxEvent};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -58,25 +59,17 @@ pub async fn create_user(
 ) -> Result<(StatusCode, Json<serde_json::Value>), Failure> {
     let user_id = Uuid::now_v7();
     let txn = app.db.begin().await.map_err(internal)?;
-    let insert = Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        placeholders(
-            txn.get_database_backend(),
-            "INSERT INTO users (id, email) VALUES (?, ?)",
-        ),
-        [user_id.to_string().into(), body.email.clone().into()],
-    );
-    txn.execute_raw(insert).await.map_err(internal)?;
-    let mut event = EventEnvelope::new(UserCreated {
+    let insert = Query::insert()
+        .into_table(Alias::new("users"))
+        .columns([Alias::new("id"), Alias::new("email")])
+        .values_panic([user_id.to_string().into(), body.email.clone().into()])
+        .to_owned();
+    txn.execute(&insert).await.map_err(internal)?;
+    let event = UserCreated {
         user_id,
         email: body.email,
-    });
-    if let Some(id) = correlation(&headers) {
-        event = event.with_correlation_id(id);
-    }
-    app.outbox.add_event(&txn, event).await.map_err(internal)?;
-    txn.commit().await.map_err(internal)?;
-    wake(&app);
+    };
+    commit_with_event(&app, txn, &headers, event).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "id": user_id })),
@@ -90,13 +83,15 @@ pub async fn delete_user(
     Path(user_id): Path<Uuid>,
 ) -> Result<StatusCode, Failure> {
     let txn = app.db.begin().await.map_err(internal)?;
-    let delete = Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        placeholders(txn.get_database_backend(), "DELETE FROM users WHERE id = ?"),
-        [user_id.to_string().into()],
-    );
+    let delete = Query::delete()
+        .from_table(Alias::new("users"))
+        .and_where(ExprTrait::eq(
+            Expr::col(Alias::new("id")),
+            user_id.to_string(),
+        ))
+        .to_owned();
     if txn
-        .execute_raw(delete)
+        .execute(&delete)
         .await
         .map_err(internal)?
         .rows_affected()
@@ -104,22 +99,29 @@ pub async fn delete_user(
     {
         return Err(Failure(StatusCode::NOT_FOUND, format!("no user {user_id}")));
     }
-    let mut event = EventEnvelope::new(UserDeleted { user_id });
-    if let Some(id) = correlation(&headers) {
+    commit_with_event(&app, txn, &headers, UserDeleted { user_id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds `event` to the transaction that made the change (with the request's correlation id), commits both
+/// together, and wakes the relay in this process, which hears of the commit at once (on PostgreSQL,
+/// LISTEN/NOTIFY also reaches relays in other processes).
+async fn commit_with_event<E: OutboxEvent>(
+    app: &App,
+    txn: DatabaseTransaction,
+    headers: &HeaderMap,
+    event: E,
+) -> Result<(), Failure> {
+    let mut event = EventEnvelope::new(event);
+    if let Some(id) = correlation(headers) {
         event = event.with_correlation_id(id);
     }
     app.outbox.add_event(&txn, event).await.map_err(internal)?;
     txn.commit().await.map_err(internal)?;
-    wake(&app);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The relay in this process hears of the commit at once (on PostgreSQL, LISTEN/NOTIFY also reaches relays in
-/// other processes).
-fn wake(app: &App) {
     if let Some(relay) = &app.relay {
         relay.wake();
     }
+    Ok(())
 }
 
 /// 200 when healthy or degraded, 503 when unhealthy; the report as JSON.
@@ -133,22 +135,4 @@ pub async fn health(State(app): State<App>) -> Response {
 /// Prometheus text format.
 pub async fn metrics(State(app): State<App>) -> String {
     app.metrics.render()
-}
-
-/// The SQL here is written with `?`; PostgreSQL numbers its placeholders.
-fn placeholders(backend: outbox::sea_orm::DbBackend, sql: &str) -> String {
-    if backend != outbox::sea_orm::DbBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut n = 0;
-    sql.chars()
-        .map(|c| {
-            if c == '?' {
-                n += 1;
-                format!("${n}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
