@@ -579,7 +579,7 @@ impl OutboxRepository {
         Ok(marked)
     }
 
-    /// Records failed publishes in one statement per 500: the error text, one more attempt, and the next attempt
+    /// Records failed publishes in one statement per outcome (retry, dead letter) and 500 events: the error text, one more attempt, and the next attempt
     /// time (exponential backoff from the configuration, with jitter). An event whose attempts exceed
     /// [`OutboxConfig::max_retry_count`], or whose failure is permanent, becomes a dead letter. Nothing is deleted.
     pub async fn mark_failed<C: ConnectionTrait>(
@@ -590,64 +590,66 @@ impl OutboxRepository {
     ) -> Result<FailureOutcome> {
         let config = &self.inner.config;
         let now = now_micros();
-        let mut outcome = FailureOutcome::default();
-        for chunk in failures.chunks(CHUNK) {
-            let mut status_case = String::from("CASE id");
-            let mut next_case = String::from("CASE id");
-            let mut error_case = String::from("CASE id");
-            let (mut status_values, mut next_values, mut error_values) =
-                (Vec::new(), Vec::new(), Vec::new());
-            let (mut retrying, mut dead) = (0, 0);
-            for failure in chunk {
-                let attempts = failure.attempts.saturating_add(1);
-                let give_up = failure.permanent || attempts > config.max_retry_count;
-                let (status, next_attempt) = if give_up {
-                    dead += 1;
-                    (sql::DEAD, None)
-                } else {
-                    retrying += 1;
-                    let delay = config
-                        .retry_delay(attempts)
-                        .mul_f64(0.5 + fastrand::f64() * 0.5);
-                    (sql::PENDING, Some(now + micros(delay)))
-                };
-                status_case.push_str(" WHEN ? THEN ?");
-                next_case.push_str(" WHEN ? THEN ?");
-                error_case.push_str(" WHEN ? THEN ?");
-                status_values.extend([Value::from(failure.id), Value::from(status)]);
-                next_values.extend([Value::from(failure.id), Value::from(next_attempt)]);
-                error_values.extend([
-                    Value::from(failure.id),
-                    Value::from(truncate(&failure.error)),
-                ]);
-            }
-            let query = format!(
-                "UPDATE {{t}} SET attempts = attempts + 1, status = {status_case} END, \
-                 next_attempt_at = {next_case} END, last_error = {error_case} END, \
-                 locked_until = NULL, claim_token = NULL \
-                 WHERE claim_token = ? AND status = {} AND id IN ({})",
-                sql::PENDING,
-                sql::placeholders(chunk.len())
-            );
-            let mut values = status_values;
-            values.extend(next_values);
-            values.extend(error_values);
-            values.push(token.0.into());
-            values.extend(chunk.iter().map(|f| Value::from(f.id)));
-            let marked = self
-                .execute(db, "recording failed publishes", &query, values)
-                .await?;
-            if marked == chunk.len() as u64 {
-                outcome.retrying += retrying;
-                outcome.dead_lettered += dead;
+        // Retries and dead letters go in separate statements (one each at most per 500), so each count is exact
+        // even when another relay has taken some rows over since the claim.
+        let (mut retries, mut dead) = (Vec::new(), Vec::new());
+        for failure in failures {
+            let attempts = failure.attempts.saturating_add(1);
+            if failure.permanent || attempts > config.max_retry_count {
+                dead.push((failure, None));
             } else {
-                // Some rows were fenced out; which ones is not worth a query: report the shortfall.
+                let delay = config
+                    .retry_delay(attempts)
+                    .mul_f64(0.5 + fastrand::f64() * 0.5);
+                retries.push((failure, Some(now + micros(delay))));
+            }
+        }
+        let mut outcome = FailureOutcome::default();
+        for (group, status) in [(retries, sql::PENDING), (dead, sql::DEAD)] {
+            for chunk in group.chunks(CHUNK) {
+                let marked = self.fail_rows(db, token, chunk, status).await?;
+                if status == sql::DEAD {
+                    outcome.dead_lettered += marked;
+                } else {
+                    outcome.retrying += marked;
+                }
                 outcome.fenced_out += chunk.len() as u64 - marked;
-                outcome.retrying += retrying.min(marked);
-                outcome.dead_lettered += marked - retrying.min(marked);
             }
         }
         Ok(outcome)
+    }
+
+    /// One UPDATE for failures that all end in `status`, each row with its own next attempt time and error.
+    async fn fail_rows<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        rows: &[(&Failure, Option<i64>)],
+        status: i16,
+    ) -> Result<u64> {
+        let cases = vec![" WHEN ? THEN ?"; rows.len()].concat();
+        let query = format!(
+            "UPDATE {{t}} SET attempts = attempts + 1, status = {status}, \
+             next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, \
+             locked_until = NULL, claim_token = NULL \
+             WHERE claim_token = ? AND status = {} AND id IN ({})",
+            sql::PENDING,
+            sql::placeholders(rows.len())
+        );
+        let mut values = Vec::with_capacity(rows.len() * 5 + 1);
+        for (failure, next_attempt) in rows {
+            values.extend([Value::from(failure.id), Value::from(*next_attempt)]);
+        }
+        for (failure, _) in rows {
+            values.extend([
+                Value::from(failure.id),
+                Value::from(truncate(&failure.error)),
+            ]);
+        }
+        values.push(token.0.into());
+        values.extend(rows.iter().map(|(f, _)| Value::from(f.id)));
+        self.execute(db, "recording failed publishes", &query, values)
+            .await
     }
 
     /// Gives claimed events back without counting an attempt: on shutdown, or for the later events of an
