@@ -1,0 +1,130 @@
+//! Drain throughput: 100,000 pre-filled events published by one or more relays calling `publish_batch` back to
+//! back, to the in-memory publisher, on PostgreSQL, an SQLite file and MariaDB.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use outbox::OutboxConfig;
+use outbox::publisher::{InMemoryPublisher, Publisher};
+use outbox::relay::Relay;
+use outbox::repository::{OutboxRepository, connect};
+use outbox::sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::report::Row;
+use crate::workload::{drop_tables, fresh, prefill};
+
+const EVENTS: usize = 100_000;
+
+/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics.
+pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (relays, batch, analyze) in [
+        (1, 1000, false),
+        (1, 1000, true),
+        (4, 1000, true),
+        (1, 100, true),
+    ] {
+        let stats = if analyze {
+            "analyzed"
+        } else {
+            "fresh table, no statistics"
+        };
+        let label = format!("drain 100k, {relays} relay(s), batch {batch}, in-memory, {stats}");
+        rows.push(in_memory(db, runs, relays, batch, analyze, label).await?);
+    }
+    Ok(rows)
+}
+
+/// The same drain (1 relay, batch 1000, analyzed) on an SQLite file in the temporary directory.
+pub async fn sqlite(runs: usize) -> Result<Vec<Row>> {
+    let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", Uuid::new_v4().simple()));
+    let db = connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+    let row = in_memory(
+        &db,
+        runs,
+        1,
+        1000,
+        true,
+        "drain 100k, 1 relay, batch 1000, in-memory, SQLite file".into(),
+    )
+    .await;
+    db.close().await?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(vec![row?])
+}
+
+/// The same drain on MariaDB (`BENCH_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
+pub async fn mariadb(runs: usize) -> Result<Vec<Row>> {
+    let url = std::env::var("BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let db = connect(&url).await?;
+    let label = "drain 100k, 1 relay, batch 1000, in-memory, MariaDB".to_owned();
+    Ok(vec![in_memory(&db, runs, 1, 1000, true, label).await?])
+}
+
+/// `runs` drains of 100k events on fresh tables of `db` to the in-memory publisher.
+async fn in_memory(
+    db: &DatabaseConnection,
+    runs: usize,
+    relays: usize,
+    batch: u32,
+    analyze: bool,
+    label: String,
+) -> Result<Row> {
+    let mut row = Row::new(label, "events/s");
+    for _ in 0..runs {
+        let mut config = OutboxConfig::default();
+        config.batch_size = batch;
+        let outbox = fresh(db, config).await?;
+        prefill(db, &outbox, EVENTS, analyze).await?;
+        let publisher: Arc<dyn Publisher> = Arc::new(InMemoryPublisher::new());
+        row.values
+            .push(timed_drain(db, &outbox, publisher, relays, batch).await?);
+        drop_tables(db, &outbox).await?;
+    }
+    Ok(row)
+}
+
+/// Drains the 100k pending events of `outbox` with `relays` relays sharing `publisher`; events/s.
+pub async fn timed_drain(
+    db: &DatabaseConnection,
+    outbox: &OutboxRepository,
+    publisher: Arc<dyn Publisher>,
+    relays: usize,
+    batch: u32,
+) -> Result<f64> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..relays)
+        .map(|_| {
+            let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone())
+                .listen(false)
+                .build();
+            tokio::spawn(async move { until_empty(&relay, batch).await })
+        })
+        .collect();
+    let mut published = 0;
+    for task in tasks {
+        published += task.await??;
+    }
+    let elapsed = start.elapsed();
+    if published != EVENTS as u64 {
+        return Err(format!("{}: published {published} of {EVENTS}", publisher.name()).into());
+    }
+    Ok(EVENTS as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes batches until a claim comes back empty; how many events were published.
+pub async fn until_empty(relay: &Relay, batch: u32) -> Result<u64> {
+    let mut published = 0;
+    loop {
+        let report = relay.publish_batch(batch).await?;
+        published += report.published;
+        if report.claimed == 0 {
+            return Ok(published);
+        }
+    }
+}

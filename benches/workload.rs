@@ -1,0 +1,82 @@
+//! The workload every scenario shares (fixed so results compare across projects): ~200-byte JSON
+//! `UserCreated` events over 100 aggregates, stored in a fresh outbox table per run.
+
+use outbox::migration::create_table;
+use outbox::repository::OutboxRepository;
+use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+use outbox::{EventEnvelope, OutboxConfig, OutboxEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Result;
+
+#[derive(Serialize, Deserialize, OutboxEvent)]
+#[outbox(type = "com.example.user.created", source = "/bench")]
+pub struct UserCreated {
+    #[outbox(aggregate_id)]
+    user_id: Uuid,
+    email: String,
+    name: String,
+}
+
+/// The `i`-th event of the workload.
+pub fn event(i: usize) -> UserCreated {
+    // 100 aggregates: the user ids cycle through 100 fixed values.
+    UserCreated {
+        user_id: Uuid::from_u128(0x1000 + (i % 100) as u128),
+        email: format!("user{i:08}@example.com"),
+        name: format!("Benchmark User Number {i:08} With A Long Name"),
+    }
+}
+
+/// A new outbox table with a unique name, and a repository on it.
+pub async fn fresh(db: &DatabaseConnection, config: OutboxConfig) -> Result<OutboxRepository> {
+    let table = format!("bench_{}", Uuid::new_v4().simple());
+    create_table(db, &table).await?;
+    Ok(OutboxRepository::builder()
+        .table(&table)
+        .config(config)
+        .build()?)
+}
+
+/// Drops the outbox table of `outbox` and the tables that go with it.
+pub async fn drop_tables(db: &DatabaseConnection, outbox: &OutboxRepository) -> Result<()> {
+    let table = outbox.table();
+    for t in [
+        format!("{table}_users"),
+        format!("{table}_lock"),
+        table.to_owned(),
+    ] {
+        db.execute_unprepared(&format!("DROP TABLE IF EXISTS {t}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stores `n` events, 1000 per statement pair, each its own transaction.
+pub async fn prefill(
+    db: &DatabaseConnection,
+    outbox: &OutboxRepository,
+    n: usize,
+    analyze: bool,
+) -> Result<()> {
+    for chunk in 0..n / 1000 {
+        outbox
+            .add_events(
+                db,
+                (0..1000).map(|i| EventEnvelope::new(event(chunk * 1000 + i))),
+            )
+            .await?;
+    }
+    if analyze {
+        // What autovacuum does to a table in service soon after its first inserts; without statistics the
+        // planner believes the fresh table empty and reads every pending row per claim.
+        let keyword = match db.get_database_backend() {
+            DbBackend::MySql => "ANALYZE TABLE",
+            _ => "ANALYZE",
+        };
+        db.execute_unprepared(&format!("{keyword} {}", outbox.table()))
+            .await?;
+    }
+    Ok(())
+}

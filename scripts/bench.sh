@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every benchmark in one command: starts any stopped service (as .ci/run does), builds the release harness once,
+# runs each scenario with run counts chosen so that the whole takes under 15 minutes on the 2-vCPU development
+# machine, and prints the markdown tables (progress goes to stderr). Kafka (tansu) is skipped, with a message,
+# when tansu is not installed; `bash .ci/run` installs it.
+#
+#   bash scripts/bench.sh            # everything, ~14 min after the build
+#   QUICK=1 bash scripts/bench.sh    # a smoke run: 1 run each, 5-s loads, ~3 min (numbers not for publication)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Whether something listens on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts a service with the given command unless its port already answers, then waits for the port.
+ensure_service() {
+  local name=$1 port=$2
+  shift 2
+  if listening "$port"; then
+    return 0
+  fi
+  log "starting $name"
+  "$@" >&2 || true
+  for _ in $(seq 1 60); do
+    listening "$port" && return 0
+    sleep 1
+  done
+  echo "error: $name did not come up on port $port" >&2
+  return 1
+}
+
+export PATH="$HOME/.cargo/bin:$PATH"
+ensure_service postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+ensure_service mariadb 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+ensure_service redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+  --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure_service rabbitmq 5672 rabbitmq-server -detached
+ensure_service nats 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+if command -v tansu >/dev/null 2>&1; then
+  ensure_service tansu 9092 bash -c 'nohup tansu broker --storage-engine memory://tansu/ \
+    --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 >/tmp/tansu.log 2>&1 &'
+elif ! listening 9092; then
+  log "tansu is not installed and nothing listens on 9092: skipping the Kafka drain (bash .ci/run installs tansu)"
+  export BENCH_SKIP_KAFKA=1
+fi
+
+log "building the release harness"
+cargo build --release --quiet -p outbox-bench
+bench=target/release/outbox-bench
+
+# scenario, runs, and the BENCH_SECONDS of its timed loads (empty: the scenario's default). Estimated minutes
+# on the development machine in the comments; see BENCHMARKS.md.
+if [ -n "${QUICK:-}" ]; then
+  plan=(write:1: drain:1: baseline:1: brokers:1: latency:1:5 sustained:1:5 stability:1:5 sqlite:1: mariadb:1:)
+else
+  plan=(
+    write:3:        # 0.2
+    drain:2:        # 2
+    baseline:3:     # 0.5
+    brokers:1:      # 1
+    latency:3:10    # 2.5: 4 loads x 3 runs x (10 s + set-up)
+    sustained:1:45  # 3.5: 4 rates x (45 s + set-up)
+    stability:1:60  # 2.3: with and without the idle transaction, 60 s each
+    sqlite:2:       # 0.8
+    mariadb:2:      # 1
+  )
+fi
+started=$SECONDS
+for step in "${plan[@]}"; do
+  IFS=: read -r scenario runs seconds <<<"$step"
+  log "$scenario ($runs run(s)${seconds:+, ${seconds} s loads})"
+  env ${seconds:+BENCH_SECONDS=$seconds} "$bench" "$scenario" "$runs"
+done
+log "all done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s"
