@@ -339,10 +339,12 @@ impl fmt::Display for Conflict {
 #[non_exhaustive]
 pub enum RegistryError {
     /// No Rust type is registered under this event type.
+    // Type and version come from a stored row: escaped, so a forged one cannot break a log line or header.
     #[error(
-        "unknown event type `{event_type}` (version {data_version}): no Rust type is registered for it \
+        "unknown event type `{}` (version {}): no Rust type is registered for it \
          ({registered} types are); if its crate is linked but nothing in the program references it, register it \
-         with `Registry::global().register::<T>()`"
+         with `Registry::global().register::<T>()`",
+        .event_type.escape_debug(), .data_version.escape_debug()
     )]
     UnknownType {
         /// The type that was asked for.
@@ -354,8 +356,8 @@ pub enum RegistryError {
     },
     /// The event type is registered, but not at this version.
     #[error(
-        "event type `{event_type}` has no registered version {data_version}; registered versions: {}",
-        known.join(", ")
+        "event type `{event_type}` has no registered version {}; registered versions: {}",
+        .data_version.escape_debug(), known.join(", ")
     )]
     UnknownVersion {
         /// The type that was asked for.
@@ -376,7 +378,10 @@ pub enum RegistryError {
     )]
     Conflicts(Vec<Conflict>),
     /// A row was asked for as a Rust type that is not the one of its type and version.
-    #[error("stored event `{event_type}` version {data_version} is not a `{requested}`")]
+    #[error(
+        "stored event `{event_type}` version {} is not a `{requested}`",
+        .data_version.escape_debug()
+    )]
     WrongType {
         /// The event type of the row.
         event_type: String,

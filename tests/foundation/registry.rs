@@ -97,6 +97,20 @@ fn unknown_type_is_an_error_that_names_it() {
     );
 }
 
+/// A forged type from a stored row must not break the log line or header its error ends up in.
+#[test]
+fn an_unknown_type_with_control_characters_is_escaped_in_the_error() {
+    let err = Registry::global()
+        .decode("com.example.x\r\nce-type: evil", "1.0\n", "{}")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains(['\r', '\n']), "{text:?}");
+    assert!(
+        text.contains(r"`com.example.x\r\nce-type: evil` (version 1.0\n)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn unknown_version_lists_the_registered_ones() {
     let err = Registry::global()
