@@ -4,6 +4,8 @@ use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::time::Duration;
+
 use tokio::sync::Mutex;
 
 use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
@@ -80,7 +82,7 @@ impl RabbitMqPublisher {
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
-        let channel = open(&self.uri).await.map_err(PublishError::unavailable)?;
+        let channel = open(&self.uri).await?;
         *slot = Some(channel.clone());
         Ok(channel)
     }
@@ -108,13 +110,26 @@ impl RabbitMqPublisher {
     }
 }
 
-async fn open(uri: &str) -> Result<Channel, lapin::Error> {
-    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
+/// How long opening a connection and channel may take. A broker that accepts the TCP connection and then stops
+/// (seen with `rabbitmqctl stop_app` mid-handshake) would otherwise leave the handshake, and every publish
+/// queued behind it, waiting forever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn open(uri: &str) -> Result<Channel, PublishError> {
+    let open = async {
+        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>(channel)
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+        Ok(opened) => opened.map_err(PublishError::unavailable),
+        Err(_) => Err(PublishError::unavailable(Reason(format!(
+            "no AMQP handshake within {OPEN_TIMEOUT:?}"
+        )))),
+    }
 }
 
 #[async_trait::async_trait]

@@ -48,7 +48,7 @@ pub use handler::{DefaultErrorHandler, ErrorHandler};
 pub use heartbeat::RelayHandle;
 
 use crate::config::OutboxConfig;
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{PublishError, Publisher, Reason};
 use crate::registry::{Registry, RegistryError};
 use crate::repository::{ClaimedEvent, Failure, OutboxRepository, RepositoryError};
 
@@ -62,6 +62,7 @@ pub struct Relay {
     registry: &'static Registry,
     max_in_flight: usize,
     shutdown_timeout: Duration,
+    publish_timeout: Option<Duration>,
     listen: bool,
     handle: RelayHandle,
 }
@@ -99,6 +100,14 @@ impl RelayBuilder {
     /// it still held comes back to another relay when its lease expires.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.relay.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long one publish may go unanswered (default: half the lease). Past it the broker counts as
+    /// unavailable: the batch is given back and the relay backs off, instead of waiting forever on a client that
+    /// lost its connection without noticing. The message may still arrive: a duplicate, like a lost ack.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.relay.publish_timeout = Some(timeout);
         self
     }
 
@@ -185,6 +194,7 @@ impl Relay {
                 registry: Registry::global(),
                 max_in_flight: 256,
                 shutdown_timeout: Duration::from_secs(10),
+                publish_timeout: None,
                 listen: true,
                 handle: RelayHandle::default(),
             },
@@ -359,6 +369,22 @@ impl Relay {
         }
     }
 
+    /// One publish, bounded by the publish timeout.
+    async fn publish(&self, message: &crate::Message) -> Result<(), PublishError> {
+        // Past the lease another relay takes the event over anyway: waiting longer only stalls this one.
+        let timeout = self
+            .publish_timeout
+            .unwrap_or(self.config().lease_duration / 2);
+        tokio::time::timeout(timeout, self.publisher.publish(message))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::unavailable(Reason(format!(
+                    "{} did not answer within {timeout:?}",
+                    self.publisher.name()
+                ))))
+            })
+    }
+
     /// Publishes one aggregate's events in order, stopping at the first failure: the rest wait for it.
     async fn publish_chain(
         &self,
@@ -374,7 +400,7 @@ impl Relay {
                 break;
             }
             let result = match events[i].envelope.to_message() {
-                Ok(message) => self.publisher.publish(&message).await,
+                Ok(message) => self.publish(&message).await,
                 Err(error) => Err(PublishError::permanent(error)),
             };
             match result {
