@@ -10,7 +10,7 @@
 //!
 //! Environment (see BENCHMARKS.md): `BENCH_SECONDS` (length of each timed load: sustained rate, stability run,
 //! latency measurement; default 60, 60 and 10), `BENCH_RATES` (the sustained ladder, events/s, default
-//! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 20000), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`.
+//! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`.
 
 mod baseline;
 mod brokers;
@@ -100,7 +100,7 @@ async fn main() -> Result<()> {
                     .map_err(|e| format!("BENCH_RATES: {r}: {e}"))
             })
             .collect::<std::result::Result<_, _>>()?,
-        stability_rate: env("BENCH_STABILITY_RATE")?.unwrap_or(20_000.0),
+        stability_rate: env("BENCH_STABILITY_RATE")?.unwrap_or(10_000.0),
     };
     let url = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

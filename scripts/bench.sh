@@ -4,8 +4,8 @@
 # machine, and prints the markdown tables (progress goes to stderr). Kafka (tansu) is skipped, with a message,
 # when tansu is not installed; `bash .ci/run` installs it.
 #
-#   bash scripts/bench.sh            # everything, ~14 min after the build
-#   QUICK=1 bash scripts/bench.sh    # a smoke run: 1 run each, 5-s loads, ~3 min (numbers not for publication)
+#   bash scripts/bench.sh            # everything, ~12.5 min, plus the build (~13 min the first time)
+#   QUICK=1 bash scripts/bench.sh    # a smoke run: 1 run each, 5-s loads, ~3.5 min (numbers not for publication)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +36,7 @@ ensure_service postgresql 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /et
 ensure_service mariadb 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 ensure_service redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
-ensure_service rabbitmq 5672 rabbitmq-server -detached
+ensure_service rabbitmq 5672 bash -c 'rabbitmqctl -q start_app 2>/dev/null || rabbitmq-server -detached'
 ensure_service nats 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 if command -v tansu >/dev/null 2>&1; then
@@ -57,16 +57,18 @@ if [ -n "${QUICK:-}" ]; then
   plan=(write:1: drain:1: baseline:1: brokers:1: latency:1:5 sustained:1:5 stability:1:5 sqlite:1: mariadb:1:)
 else
   plan=(
-    write:3:        # 0.2
-    drain:2:        # 2
-    baseline:3:     # 0.5
-    brokers:1:      # 1
-    latency:3:10    # 2.5: 4 loads x 3 runs x (10 s + set-up)
-    sustained:1:45  # 3.5: 4 rates x (45 s + set-up)
-    stability:1:60  # 2.3: with and without the idle transaction, 60 s each
-    sqlite:2:       # 0.8
+    write:3:        # 0.3
+    drain:2:        # 1.4
+    baseline:3:     # 0.5-1
+    brokers:1:      # 0.7
+    latency:3:10    # 2.4: 4 loads x 3 runs x (10 s + set-up)
+    sustained:1:60  # 3.1: 3 rates x (60 s + set-up)
+    stability:1:60  # 2.1: with and without the idle transaction, 60 s each
+    sqlite:2:       # 0.5
     mariadb:2:      # 1
   )
+  # The issue's target is 20k; 5k is kept up with by far, so the ladder starts at 10k to fit 60-s runs.
+  export BENCH_RATES=${BENCH_RATES:-10000,15000,20000}
 fi
 started=$SECONDS
 for step in "${plan[@]}"; do
