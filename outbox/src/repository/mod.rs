@@ -379,17 +379,50 @@ impl OutboxRepository {
                 let txn = self.begin(db).await?;
                 self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
                     .await?;
-                let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
+                self.query(
+                    &txn,
+                    "planning the claim",
+                    sql::FORCE_INDEX_ORDER,
+                    Vec::new(),
+                )
+                .await?;
+                let window = i64::from(limit) * 4;
+                let claim = format!(
+                    "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows",
+                    sql::CLAIM_POSTGRES_WINDOW,
+                    sql::COLUMNS
+                );
                 let values = vec![
                     now.into(),
                     now.into(),
+                    window.into(),
                     token.0.into(),
                     lease_until.into(),
-                    now.into(),
-                    now.into(),
                     limit.into(),
                 ];
-                let rows = self.query(&txn, "claiming events", &claim, values).await?;
+                let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
+                let missing = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(limit));
+                // A window that was not full held every pending row: nothing is left to look at beyond it.
+                let window_full = rows.first().is_none_or(|row| {
+                    row.try_get::<i64>("", "window_rows")
+                        .is_ok_and(|n| n >= window)
+                });
+                if missing > 0 && window_full {
+                    // Rows this claim just leased now count as held: their aggregates' later events wait.
+                    self.query(&txn, "planning the claim", sql::FREE_PLANNER, Vec::new())
+                        .await?;
+                    let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
+                    let values = vec![
+                        now.into(),
+                        now.into(),
+                        token.0.into(),
+                        lease_until.into(),
+                        now.into(),
+                        now.into(),
+                        missing.into(),
+                    ];
+                    rows.extend(self.query(&txn, "claiming events", &claim, values).await?);
+                }
                 self.commit(txn).await?;
                 rows
             }
