@@ -1,8 +1,6 @@
 //! A broker restart does not need a relay restart: private NATS, Redis and Kafka (tansu) servers on free ports,
 //! stopped and started again between two publishes through the same publisher.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use outbox::EventEnvelope;
@@ -10,37 +8,7 @@ use outbox::publisher::{
     KafkaPublisher, NatsPublisher, Publisher, RabbitMqPublisher, RedisPublisher,
 };
 use outbox_tests::events::opened;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listens on port {port}");
-}
+use outbox_tests::servers::{Server, free_port};
 
 /// Publishes until it succeeds (the client reconnecting in the background), failing the test after 20 s.
 async fn publish_eventually(publisher: &dyn Publisher, message: &outbox::Message) {
@@ -59,22 +27,8 @@ async fn publish_eventually(publisher: &dyn Publisher, message: &outbox::Message
 
 #[tokio::test]
 async fn nats_publisher_survives_a_server_restart() {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("outbox-nats-{port}"));
-    let start = || {
-        Server(
-            Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server (Debian's nats-server package)"),
-        )
-    };
-    let server = start();
-    wait_for_port(port).await;
-    let nats = NatsPublisher::connect(&format!("nats://127.0.0.1:{port}"))
+    let mut server = Server::nats().await;
+    let nats = NatsPublisher::connect(&format!("nats://{}", server.address()))
         .await
         .unwrap();
     nats.ensure_stream("RESTART", vec!["restart.>".into()])
@@ -84,7 +38,7 @@ async fn nats_publisher_survives_a_server_restart() {
     message.destination = "restart.a".into();
     nats.publish(&message).await.unwrap();
 
-    drop(server);
+    server.stop();
     let down = nats.publish(&message).await.unwrap_err();
     assert!(
         down.is_unavailable(),
@@ -94,83 +48,37 @@ async fn nats_publisher_survives_a_server_restart() {
         nats.check().await.is_err(),
         "the health probe sees the outage"
     );
-    let _server = start();
+    server.restart().await;
     let mut second = EventEnvelope::new(opened("a", 2)).to_message().unwrap();
     second.destination = "restart.a".into();
     publish_eventually(&nats, &second).await;
     nats.check().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn redis_publisher_survives_a_server_restart() {
-    let port = free_port();
-    let start = || {
-        Server(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server"),
-        )
-    };
-    let server = start();
-    wait_for_port(port).await;
-    let redis = RedisPublisher::connect(&format!("redis://127.0.0.1:{port}"))
+    let mut server = Server::redis().await;
+    let redis = RedisPublisher::connect(&format!("redis://{}", server.address()))
         .await
         .unwrap();
     let message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
     redis.publish(&message).await.unwrap();
 
-    drop(server);
+    server.stop();
     let down = redis.publish(&message).await.unwrap_err();
     assert!(
         down.is_unavailable(),
         "while the server is down the broker is unavailable: {down}"
     );
-    let _server = start();
-    wait_for_port(port).await;
+    server.restart().await;
     publish_eventually(&redis, &message).await;
     redis.check().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_publisher_survives_a_broker_restart() {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("outbox-tansu-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let listener = format!("tcp://127.0.0.1:{port}");
-    // SQLite storage, relative to its working directory, so topics survive the restart.
-    let start = || {
-        Server(
-            Command::new("tansu")
-                .current_dir(&dir)
-                .args([
-                    "broker",
-                    "--storage-engine",
-                    "sqlite://tansu.db",
-                    "--listener-url",
-                    &listener,
-                ])
-                .args(["--advertised-listener-url", &listener])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("tansu (.ci/run installs it)"),
-        )
-    };
-    let server = start();
-    wait_for_port(port).await;
-    let kafka = KafkaPublisher::connect(&format!("127.0.0.1:{port}"))
+    let mut server = Server::tansu().await;
+    let kafka = KafkaPublisher::connect(&server.address())
         .await
         .unwrap()
         .create_topics(true, 1, 1);
@@ -178,12 +86,9 @@ async fn kafka_publisher_survives_a_broker_restart() {
     message.destination = "restart".into();
     kafka.publish(&message).await.unwrap();
 
-    drop(server);
-    let _server = start();
-    wait_for_port(port).await;
+    server.restart().await;
     publish_eventually(&kafka, &message).await;
     kafka.check().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A TCP proxy to the shared RabbitMQ: dropping it cuts every connection through it, as a broker restart does,

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use outbox::OutboxConfig;
 use outbox::publisher::InMemoryPublisher;
-use outbox::relay::Relay;
 use outbox_tests::events::AccountOpened;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// The totals of one scenario.
@@ -69,35 +67,4 @@ pub fn fast_config() -> OutboxConfig {
     config.retry_initial_delay = Duration::from_millis(2);
     config.retry_max_delay = Duration::from_millis(20);
     config
-}
-
-/// A relay running on a task of its own, stopped through a channel.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<Result<(), outbox::relay::RelayError>>,
-}
-
-impl Running {
-    pub fn start(relay: Relay) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(relay.run(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Asks the relay to stop and waits for it to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("relay stops within its deadline")
-            .expect("relay task did not panic")
-            .expect("relay returned cleanly");
-    }
 }

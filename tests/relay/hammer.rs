@@ -12,8 +12,9 @@ use outbox::sea_orm::TransactionTrait;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 use outbox_tests::on_every_backend;
+use outbox_tests::running::Running;
 
-use crate::accounting::{Running, account, fast_config};
+use crate::accounting::{account, fast_config};
 
 on_every_backend!(four_relays_random_failures_nothing_lost_order_kept);
 

@@ -9,8 +9,9 @@ use outbox::relay::Relay;
 use outbox::repository::Failure;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
+use outbox_tests::running::Running;
 
-use crate::accounting::{Running, fast_config};
+use crate::accounting::fast_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_database_broker_lag_and_relay() {

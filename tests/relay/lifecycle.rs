@@ -9,8 +9,9 @@ use outbox::relay::{Relay, RelayError};
 use outbox::repository::{OutboxRepository, RepositoryError};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::{AccountClosed, AccountOpened, opened};
+use outbox_tests::running::Running;
 
-use crate::accounting::{Running, fast_config};
+use crate::accounting::fast_config;
 
 fn idle_config() -> outbox::OutboxConfig {
     let mut config = fast_config();

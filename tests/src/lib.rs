@@ -2,6 +2,8 @@
 
 pub mod backend;
 pub mod events;
+pub mod running;
+pub mod servers;
 
 use std::path::PathBuf;
 use std::process::Command;

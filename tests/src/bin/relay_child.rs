@@ -1,7 +1,11 @@
-//! A relay in a process of its own, for crash tests: the parent kills it with SIGKILL mid-flow and starts it
-//! again. It publishes into a `deliveries` table, so what arrived survives the kill.
+//! A relay in a process of its own, for the crash tests: the parent kills it (SIGKILL) or stops it (SIGTERM)
+//! mid-flow and starts it again. It publishes into a `deliveries` table, so what arrived survives the kill.
 //!
-//! Usage: `relay_child <database url> <outbox table> <deliveries table>`
+//! Usage: `relay_child <database url> <outbox table> <deliveries table> [failure fraction] [lost-ack fraction]`
+//!
+//! A failure is a publish refused before anything is delivered; a lost ack is a delivery whose success the relay
+//! never hears of (the row is written with `lost_ack = true`, then the publish reports an error), the one way,
+//! besides a crash between publish and mark, that a consumer receives an event twice.
 
 use std::time::Duration;
 
@@ -10,31 +14,53 @@ use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use outbox::{Message, OutboxConfig};
+use tokio::signal::unix::{SignalKind, signal};
 
-/// Publishes by inserting (event id, aggregate id, payload) into a table: the broker of this test.
+/// Publishes by inserting the event into a table: the broker of these tests.
 struct TableSink {
     db: DatabaseConnection,
     table: String,
+    fail: f64,
+    lose_ack: f64,
 }
 
-#[async_trait::async_trait]
-impl Publisher for TableSink {
-    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+impl TableSink {
+    async fn insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
         let backend = self.db.get_database_backend();
         let sql = format!(
-            "INSERT INTO {} (event_id, aggregate_id, payload) VALUES ($1, $2, $3)",
+            "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack) VALUES ($1, $2, $3, $4)",
             self.table
         );
         let values = vec![
             message.id.to_string().into(),
             message.key.clone().into(),
             message.data.get().to_owned().into(),
+            lost_ack.into(),
         ];
         self.db
             .execute_raw(Statement::from_sql_and_values(backend, sql, values))
             .await
             .map(drop)
             .map_err(PublishError::unavailable)
+    }
+}
+
+/// A uniform draw in [0, 1).
+fn draw() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+#[async_trait::async_trait]
+impl Publisher for TableSink {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        if draw() < self.fail {
+            return Err(PublishError::transient("injected failure"));
+        }
+        if draw() < self.lose_ack {
+            self.insert(message, true).await?;
+            return Err(PublishError::transient("injected lost acknowledgement"));
+        }
+        self.insert(message, false).await
     }
 
     fn name(&self) -> &str {
@@ -44,32 +70,49 @@ impl Publisher for TableSink {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (url, table, sink) = match (args.next(), args.next(), args.next()) {
-        (Some(url), Some(table), Some(sink)) => (url, table, sink),
-        _ => {
-            return Err(
-                "usage: relay_child <database url> <outbox table> <deliveries table>".into(),
-            );
-        }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, table, sink, faults @ ..] = args.as_slice() else {
+        return Err(
+            "usage: relay_child <database url> <outbox table> <deliveries table> \
+                    [failure fraction] [lost-ack fraction]"
+                .into(),
+        );
+    };
+    let fraction = |i: usize| -> Result<f64, String> {
+        faults.get(i).map_or(Ok(0.0), |f| {
+            f.parse()
+                .map_err(|_| format!("fault fraction `{f}` is not a number"))
+        })
     };
     // Nothing else in this binary references the events' crate, so the linker would drop it and its registrations
     // with it: register the type explicitly (the registry's documented fallback).
     outbox::Registry::global().register::<outbox_tests::events::AccountOpened>()?;
-    let db = connect(&url).await?;
+    let db = connect(url).await?;
     let mut config = OutboxConfig::default();
     config.batch_size = 50;
     config.poll_interval = Duration::from_millis(50);
     config.lease_duration = Duration::from_secs(2);
+    config.max_retry_count = 100;
+    config.retry_initial_delay = Duration::from_millis(5);
+    config.retry_max_delay = Duration::from_millis(50);
     let repository = OutboxRepository::builder()
         .table(table)
         .config(config)
         .build()?;
     let publisher = TableSink {
         db: db.clone(),
-        table: sink,
+        table: sink.clone(),
+        fail: fraction(0)?,
+        lose_ack: fraction(1)?,
     };
-    let relay = Relay::builder(db, repository, publisher).build();
-    relay.run(std::future::pending()).await?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let relay = Relay::builder(db, repository, publisher)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build();
+    relay
+        .run(async move {
+            terminate.recv().await;
+        })
+        .await?;
     Ok(())
 }

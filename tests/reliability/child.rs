@@ -1,0 +1,176 @@
+//! The relay as a process of its own (`relay_child`), publishing into a deliveries table the test reads back.
+
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use outbox::sea_orm::{ConnectionTrait, Statement};
+use outbox_tests::backend::TestDb;
+use outbox_tests::events::AccountOpened;
+
+use crate::ledger::Key;
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Where the child relays deliver: one row per publish, in arrival order.
+pub struct Sink {
+    pub table: String,
+}
+
+impl Sink {
+    pub async fn create(t: &TestDb) -> Self {
+        let table = format!("{}_deliveries", t.outbox.table());
+        t.db.execute_unprepared(&format!(
+            "CREATE TABLE {table} (n BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, \
+             aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, lost_ack BOOLEAN NOT NULL)"
+        ))
+        .await
+        .expect("create the deliveries table");
+        Self { table }
+    }
+
+    async fn count(&self, t: &TestDb, sql: &str) -> usize {
+        let sql = sql.replace("{sink}", &self.table);
+        let row =
+            t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), sql))
+                .await
+                .expect("count deliveries")
+                .expect("a count row");
+        row.try_get_by_index::<i64>(0).expect("a count") as usize
+    }
+
+    /// Distinct events delivered.
+    pub async fn unique(&self, t: &TestDb) -> usize {
+        self.count(t, "SELECT COUNT(DISTINCT event_id) FROM {sink}")
+            .await
+    }
+
+    /// Deliveries the relay never heard of: each one is a duplicate the consumer is owed.
+    pub async fn lost_acks(&self, t: &TestDb) -> usize {
+        self.count(t, "SELECT COUNT(*) FROM {sink} WHERE lost_ack")
+            .await
+    }
+
+    /// Waits until `n` distinct events arrived, failing the test after `within`.
+    pub async fn wait_for(&self, t: &TestDb, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let unique = self.unique(t).await;
+            if unique >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unique} of {n} events arrived in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every delivery, in arrival order.
+    pub async fn arrivals(&self, t: &TestDb) -> Vec<Key> {
+        let rows =
+            t.db.query_all_raw(Statement::from_string(
+                t.db.get_database_backend(),
+                format!("SELECT payload FROM {} ORDER BY n", self.table),
+            ))
+            .await
+            .expect("read the deliveries");
+        rows.iter()
+            .map(|row| {
+                let payload: String = row.try_get_by_index(0).expect("a payload");
+                let event: AccountOpened =
+                    serde_json::from_str(&payload).expect("a delivered AccountOpened");
+                (event.account, event.seq)
+            })
+            .collect()
+    }
+
+    pub async fn drop(self, t: &TestDb) {
+        let _ =
+            t.db.execute_unprepared(&format!("DROP TABLE {}", self.table))
+                .await;
+    }
+}
+
+/// Fault injection for the child's publisher.
+#[derive(Clone, Copy, Default)]
+pub struct Faults {
+    pub fail: f64,
+    pub lose_ack: f64,
+}
+
+/// A running `relay_child`.
+pub struct RelayProcess {
+    child: Child,
+}
+
+impl RelayProcess {
+    pub fn spawn(t: &TestDb, sink: &Sink, faults: Faults) -> Self {
+        Self::spawn_on(&postgres_url(), t, sink, faults)
+    }
+
+    /// With a database URL of the test's choosing (an `application_name` to find its connections by).
+    pub fn spawn_on(url: &str, t: &TestDb, sink: &Sink, faults: Faults) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_relay_child"))
+            .args([url, t.outbox.table(), sink.table.as_str()])
+            .args([faults.fail.to_string(), faults.lose_ack.to_string()])
+            .spawn()
+            .expect("start the relay process");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown, no release, leases left behind.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the relay");
+        self.child.wait().expect("reap the relay");
+    }
+
+    /// SIGTERM, then waits for the exit: its status and how long the relay took.
+    pub fn terminate(mut self, within: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM was delivered");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the relay") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                let _ = self.child.kill();
+                panic!("the relay did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resident and peak resident memory in KiB, from `/proc`.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the relay process is alive");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
