@@ -6,3 +6,4 @@
 
 mod contract;
 mod setup;
+mod stragglers;

@@ -23,6 +23,7 @@
 mod connect;
 mod error;
 mod row;
+mod scan;
 mod sql;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::config::OutboxConfig;
 use crate::envelope::{AsDynEvent, EventEnvelope};
 use crate::event::DynEvent;
 use crate::registry::Registry;
+use scan::ScanStart;
 
 /// Rows per INSERT and per `IN (...)` list: well under every backend's limit on bound parameters.
 const CHUNK: usize = 500;
@@ -66,6 +68,7 @@ struct Inner {
     table: TableName,
     config: OutboxConfig,
     registry: &'static Registry,
+    scan: ScanStart,
 }
 
 impl Default for OutboxRepository {
@@ -115,6 +118,7 @@ impl RepositoryBuilder {
                 table,
                 config,
                 registry: self.registry.unwrap_or_else(Registry::global),
+                scan: ScanStart::default(),
             }),
         })
     }
@@ -260,6 +264,7 @@ impl OutboxRepository {
                 table: TableName::default(),
                 config: OutboxConfig::default(),
                 registry: Registry::global(),
+                scan: ScanStart::default(),
             }),
         }
     }
@@ -377,30 +382,35 @@ impl OutboxRepository {
             DbBackend::MySql => self.claim_mysql(db, token, now, lease_until, limit).await?,
             DbBackend::Postgres => {
                 let txn = self.begin(db).await?;
-                self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
-                    .await?;
                 self.query(
                     &txn,
-                    "planning the claim",
-                    sql::FORCE_INDEX_ORDER,
+                    "taking the claim lock",
+                    sql::LOCK_POSTGRES,
                     Vec::new(),
                 )
                 .await?;
                 let window = i64::from(limit) * 4;
                 let claim = format!(
-                    "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows",
+                    "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows, \
+                     (SELECT MIN(id) FROM head) AS window_start, (SELECT MAX(id) FROM head) AS window_end",
                     sql::CLAIM_POSTGRES_WINDOW,
                     sql::COLUMNS
                 );
+                let started = std::time::Instant::now();
                 let values = vec![
                     now.into(),
                     now.into(),
+                    self.inner.scan.next(started).into(),
                     window.into(),
                     token.0.into(),
                     lease_until.into(),
                     limit.into(),
                 ];
                 let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
+                let bounds = rows.first().and_then(|row| {
+                    let start = row.try_get::<i64>("", "window_start").ok()?;
+                    Some((start, row.try_get::<i64>("", "window_end").ok()?))
+                });
                 let missing = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(limit));
                 // A window that was not full held every pending row: nothing is left to look at beyond it.
                 let window_full = rows.first().is_none_or(|row| {
@@ -424,6 +434,8 @@ impl OutboxRepository {
                     rows.extend(self.query(&txn, "claiming events", &claim, values).await?);
                 }
                 self.commit(txn).await?;
+                // Only once committed: a claim rolled back saw nothing that lasts.
+                self.inner.scan.saw(started, bounds);
                 rows
             }
             _ => {
