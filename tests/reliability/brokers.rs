@@ -12,7 +12,6 @@ use outbox::publisher::{
     KafkaPublisher, NatsPublisher, PublishError, Publisher, RabbitMqPublisher,
 };
 use outbox::relay::Relay;
-use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox::{Message, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::AccountOpened;
@@ -126,20 +125,9 @@ async fn through_an_outage(
         0,
         "no retry budget was spent"
     );
-    let max_attempts =
-        t.db.query_one_raw(Statement::from_string(
-            t.db.get_database_backend(),
-            format!(
-                "SELECT COALESCE(MAX(attempts), 0) FROM {}",
-                t.outbox.table()
-            ),
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i32>(0)
-        .unwrap()
-        .into();
+    let max_attempts = t
+        .scalar("SELECT CAST(COALESCE(MAX(attempts), 0) AS BIGINT) FROM {t}")
+        .await;
     t.drop_tables().await;
     Outage {
         ledger,

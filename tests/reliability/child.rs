@@ -32,13 +32,7 @@ impl Sink {
     }
 
     async fn count(&self, t: &TestDb, sql: &str) -> usize {
-        let sql = sql.replace("{sink}", &self.table);
-        let row =
-            t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), sql))
-                .await
-                .expect("count deliveries")
-                .expect("a count row");
-        row.try_get_by_index::<i64>(0).expect("a count") as usize
+        t.scalar(&sql.replace("{sink}", &self.table)).await as usize
     }
 
     /// Distinct events delivered.

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox_tests::backend::{Backend, TestDb};
 
 use crate::child::{Faults, RelayProcess, Sink};
@@ -35,7 +34,8 @@ pub async fn drain_within(t: &TestDb, sink: &Sink, ledger: &Ledger, within: Dura
     }
 }
 
-fn steady_writers(aggregates: u32) -> Plan {
+/// Two writers committing 10-event transactions every few milliseconds.
+pub fn steady_writers(aggregates: u32) -> Plan {
     Plan {
         writers: 2,
         aggregates,
@@ -123,19 +123,9 @@ async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
     // The relay's deadline is 5 s (`relay_child`); a second more for the process to exit.
     let (status, took) = relay.terminate(Duration::from_secs(6));
     assert!(status.success(), "the relay exits cleanly: {status}");
-    let leased =
-        t.db.query_one_raw(Statement::from_string(
-            t.db.get_database_backend(),
-            format!(
-                "SELECT COUNT(*) FROM {} WHERE status = 0 AND locked_until IS NOT NULL",
-                t.outbox.table()
-            ),
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap();
+    let leased = t
+        .scalar("SELECT COUNT(*) FROM {t} WHERE status = 0 AND locked_until IS NOT NULL")
+        .await;
     assert_eq!(
         leased, 0,
         "a graceful stop releases what it did not publish"

@@ -7,18 +7,9 @@ use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox_tests::backend::{Backend, TestDb};
 
 use crate::child::{Faults, RelayProcess, Sink, postgres_url};
-use crate::crashes::{CHILD_BATCH, drain, random_pause};
+use crate::crashes::{CHILD_BATCH, drain, random_pause, steady_writers};
 use crate::ledger::{serial, soak};
-use crate::writers::{Plan, Writers};
-
-fn writers() -> Plan {
-    Plan {
-        writers: 2,
-        aggregates: 100,
-        events_per_transaction: 10,
-        pause: Duration::from_millis(5),
-    }
-}
+use crate::writers::Writers;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_survives_its_connections_being_terminated() {
@@ -31,7 +22,7 @@ async fn the_relay_survives_its_connections_being_terminated() {
     let base = postgres_url();
     let separator = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{separator}application_name={name}");
-    let writers = Writers::start(&t, writers());
+    let writers = Writers::start(&t, steady_writers(100));
     let _relay = RelayProcess::spawn_on(&url, &t, &sink, Faults::default());
     sink.wait_for(&t, 100, Duration::from_secs(60)).await;
     let kill = format!(
@@ -83,7 +74,7 @@ async fn the_relay_survives_a_postgres_restart() {
     let _serial = serial().await;
     let t = TestDb::new(Backend::Postgres).await;
     let sink = Sink::create(&t).await;
-    let writers = Writers::start(&t, writers());
+    let writers = Writers::start(&t, steady_writers(100));
     let _relay = RelayProcess::spawn(&t, &sink, Faults::default());
     sink.wait_for(&t, 200, Duration::from_secs(60)).await;
     let before = writers.committed();

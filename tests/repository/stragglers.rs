@@ -9,6 +9,7 @@ use outbox::EventEnvelope;
 use outbox::sea_orm::TransactionTrait;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
+use uuid::Uuid;
 
 async fn a_late_commit_with_an_old_id_is_still_claimed(backend: Backend) {
     let t = TestDb::new(backend).await;
@@ -23,17 +24,7 @@ async fn a_late_commit_with_an_old_id_is_still_claimed(backend: Backend) {
     let started = tokio::time::Instant::now();
     while started.elapsed() < Duration::from_secs(7) {
         seq += 1;
-        t.outbox
-            .add_event(&t.db, EventEnvelope::new(opened("busy", seq)))
-            .await
-            .unwrap();
-        let claim = t.outbox.claim(&t.db, 10).await.unwrap();
-        let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
-        t.outbox
-            .mark_published(&t.db, claim.token, &ids)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        busy_round(&t, seq).await;
     }
     txn.commit().await.unwrap();
 
@@ -41,26 +32,31 @@ async fn a_late_commit_with_an_old_id_is_still_claimed(backend: Backend) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         seq += 1;
-        t.outbox
-            .add_event(&t.db, EventEnvelope::new(opened("busy", seq)))
-            .await
-            .unwrap();
-        let claim = t.outbox.claim(&t.db, 10).await.unwrap();
-        if claim.events.iter().any(|e| e.envelope.event_id() == late) {
+        if busy_round(&t, seq).await.contains(&late) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the straggler was never claimed"
         );
-        let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
-        t.outbox
-            .mark_published(&t.db, claim.token, &ids)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     t.drop_tables().await;
+}
+
+/// One newer event written, a claim published, 200 ms of pause: what a busy outbox does. Returns what was claimed.
+async fn busy_round(t: &TestDb, seq: u32) -> Vec<Uuid> {
+    t.outbox
+        .add_event(&t.db, EventEnvelope::new(opened("busy", seq)))
+        .await
+        .unwrap();
+    let claim = t.outbox.claim(&t.db, 10).await.unwrap();
+    let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
+    t.outbox
+        .mark_published(&t.db, claim.token, &ids)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    claim.events.iter().map(|e| e.envelope.event_id()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

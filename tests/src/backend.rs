@@ -5,7 +5,9 @@ use std::time::Duration;
 use outbox::OutboxConfig;
 use outbox::migration::create_table;
 use outbox::repository::OutboxRepository;
-use outbox::sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use outbox::sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -116,6 +118,22 @@ impl TestDb {
                     .await;
             }
         }
+    }
+
+    /// The single integer a query returns (a count, a maximum), with `{t}` standing for the outbox table.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sql.replace("{t}", self.outbox.table());
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                sql.clone(),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: no row"));
+        row.try_get_by_index::<i64>(0)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Runs raw SQL with `{t}` standing for the outbox table.
