@@ -381,62 +381,8 @@ impl OutboxRepository {
         let rows = match backend {
             DbBackend::MySql => self.claim_mysql(db, token, now, lease_until, limit).await?,
             DbBackend::Postgres => {
-                let txn = self.begin(db).await?;
-                self.query(
-                    &txn,
-                    "taking the claim lock",
-                    sql::LOCK_POSTGRES,
-                    Vec::new(),
-                )
-                .await?;
-                let window = i64::from(limit) * 4;
-                let claim = format!(
-                    "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows, \
-                     (SELECT MIN(id) FROM head) AS window_start, (SELECT MAX(id) FROM head) AS window_end",
-                    sql::CLAIM_POSTGRES_WINDOW,
-                    sql::COLUMNS
-                );
-                let started = std::time::Instant::now();
-                let values = vec![
-                    now.into(),
-                    now.into(),
-                    self.inner.scan.next(started).into(),
-                    window.into(),
-                    token.0.into(),
-                    lease_until.into(),
-                    limit.into(),
-                ];
-                let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
-                let bounds = rows.first().and_then(|row| {
-                    let start = row.try_get::<i64>("", "window_start").ok()?;
-                    Some((start, row.try_get::<i64>("", "window_end").ok()?))
-                });
-                let missing = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(limit));
-                // A window that was not full held every pending row: nothing is left to look at beyond it.
-                let window_full = rows.first().is_none_or(|row| {
-                    row.try_get::<i64>("", "window_rows")
-                        .is_ok_and(|n| n >= window)
-                });
-                if missing > 0 && window_full {
-                    // Rows this claim just leased now count as held: their aggregates' later events wait.
-                    self.query(&txn, "planning the claim", sql::FREE_PLANNER, Vec::new())
-                        .await?;
-                    let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
-                    let values = vec![
-                        now.into(),
-                        now.into(),
-                        token.0.into(),
-                        lease_until.into(),
-                        now.into(),
-                        now.into(),
-                        missing.into(),
-                    ];
-                    rows.extend(self.query(&txn, "claiming events", &claim, values).await?);
-                }
-                self.commit(txn).await?;
-                // Only once committed: a claim rolled back saw nothing that lasts.
-                self.inner.scan.saw(started, bounds);
-                rows
+                self.claim_postgres(db, token, now, lease_until, limit)
+                    .await?
             }
             _ => {
                 self.claim_sqlite(db, token, now, lease_until, limit)
@@ -478,6 +424,78 @@ impl OutboxRepository {
             self.mark_failed(db, token, &failures).await?;
         }
         Ok(claim)
+    }
+
+    /// PostgreSQL: the window of the oldest pending rows from where nothing older is pending (see
+    /// [`sql::CLAIM_POSTGRES_WINDOW`] and `scan.rs`), then the full statement for the rest if the window was full
+    /// and fell short; in one transaction under the claim lock.
+    async fn claim_postgres<C>(
+        &self,
+        db: &C,
+        token: ClaimToken,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let txn = self.begin(db).await?;
+        self.query(
+            &txn,
+            "taking the claim lock",
+            sql::LOCK_POSTGRES,
+            Vec::new(),
+        )
+        .await?;
+        let window = i64::from(limit) * 4;
+        let claim = format!(
+            "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows, \
+             (SELECT MIN(id) FROM head) AS window_start, (SELECT MAX(id) FROM head) AS window_end",
+            sql::CLAIM_POSTGRES_WINDOW,
+            sql::COLUMNS
+        );
+        let started = std::time::Instant::now();
+        let values = vec![
+            now.into(),
+            now.into(),
+            self.inner.scan.next(started).into(),
+            window.into(),
+            token.0.into(),
+            lease_until.into(),
+            limit.into(),
+        ];
+        let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
+        let bounds = rows.first().and_then(|row| {
+            let start = row.try_get::<i64>("", "window_start").ok()?;
+            Some((start, row.try_get::<i64>("", "window_end").ok()?))
+        });
+        let missing = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(limit));
+        // A window that was not full held every pending row from its start: nothing is left beyond it.
+        let window_full = rows.first().is_none_or(|row| {
+            row.try_get::<i64>("", "window_rows")
+                .is_ok_and(|n| n >= window)
+        });
+        if missing > 0 && window_full {
+            // Rows this claim just leased now count as held: their aggregates' later events wait.
+            self.query(&txn, "planning the claim", sql::FREE_PLANNER, Vec::new())
+                .await?;
+            let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
+            let values = vec![
+                now.into(),
+                now.into(),
+                token.0.into(),
+                lease_until.into(),
+                now.into(),
+                now.into(),
+                missing.into(),
+            ];
+            rows.extend(self.query(&txn, "claiming events", &claim, values).await?);
+        }
+        self.commit(txn).await?;
+        // Only once committed: a claim rolled back saw nothing that lasts.
+        self.inner.scan.saw(started, bounds);
+        Ok(rows)
     }
 
     /// SQLite: one UPDATE ... RETURNING, atomic under its single writer.
