@@ -2,33 +2,14 @@
 
 use std::collections::HashMap;
 
-use outbox::publisher::{PublishError, Publisher};
+use outbox::EventEnvelope;
+use outbox::publisher::Publisher;
 use outbox::relay::Relay;
-use outbox::{EventEnvelope, Message};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::{AccountClosed, opened};
 use uuid::Uuid;
 
-/// Publishes under `prefix` + destination, so parallel test runs never share a subject, queue, stream or topic.
-pub struct Prefixed<P> {
-    pub inner: P,
-    pub prefix: String,
-}
-
-#[async_trait::async_trait]
-impl<P: Publisher> Publisher for Prefixed<P> {
-    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
-        let mut message = message.clone();
-        message.destination = format!("{}{}", self.prefix, message.destination);
-        self.inner.publish(&message).await
-    }
-    async fn check(&self) -> Result<(), PublishError> {
-        self.inner.check().await
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-}
+pub use outbox_tests::prefixed::Prefixed;
 
 pub fn suffix() -> String {
     format!("{:012x}", Uuid::new_v4().as_u128() & 0xffff_ffff_ffff)

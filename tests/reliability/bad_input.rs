@@ -10,10 +10,11 @@ use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox::{DynEvent, EventEnvelope, OutboxConfig, OutboxEvent};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
+use outbox_tests::prefixed::Prefixed;
 use outbox_tests::running::Running;
 use serde::{Deserialize, Serialize};
 
-use crate::brokers::{To, key};
+use crate::brokers::key;
 use crate::ledger::{Key, Ledger, record, serial};
 
 /// An event that can be made too large for a broker.
@@ -143,11 +144,11 @@ async fn an_oversized_message_is_dead_lettered_with_the_brokers_reason() {
     let _serial = serial().await;
     const URL: &str = "nats://127.0.0.1:4222";
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (stream, subject) = (format!("REL{suffix}"), format!("rel{suffix}.account"));
+    let (stream, prefix) = (format!("REL{suffix}"), format!("rel{suffix}."));
     let nats = NatsPublisher::connect(URL)
         .await
         .expect("NATS on 127.0.0.1:4222 (.ci/run starts it)");
-    nats.ensure_stream(&stream, vec![subject.clone()])
+    nats.ensure_stream(&stream, vec![format!("{prefix}>")])
         .await
         .unwrap();
     let t = TestDb::new(Backend::Postgres).await;
@@ -171,9 +172,9 @@ async fn an_oversized_message_is_dead_lettered_with_the_brokers_reason() {
     let relay = Relay::builder(
         t.db.clone(),
         t.outbox.clone(),
-        To {
+        Prefixed {
             inner: nats,
-            destination: subject.clone(),
+            prefix,
         },
     )
     .build();

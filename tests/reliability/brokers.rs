@@ -1,20 +1,18 @@
 //! Brokers stopped and restarted under a running relay: it backs off, keeps the retry budgets, reports the
 //! outage through `/health`'s check, and resumes by itself.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use outbox::OutboxConfig;
 use outbox::health::{HealthCheck, HealthStatus};
-use outbox::publisher::{
-    KafkaPublisher, NatsPublisher, PublishError, Publisher, RabbitMqPublisher,
-};
+use outbox::publisher::{KafkaPublisher, NatsPublisher, Publisher, RabbitMqPublisher};
 use outbox::relay::Relay;
-use outbox::{Message, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::AccountOpened;
+use outbox_tests::prefixed::Prefixed;
 use outbox_tests::running::Running;
 use outbox_tests::servers::Server;
 use rdkafka::ClientConfig;
@@ -23,27 +21,6 @@ use rdkafka::message::Message as _;
 
 use crate::ledger::{Key, Ledger, serial};
 use crate::writers::{Plan, Writers};
-
-/// Sends everything to one destination of the test's own (a queue on the shared RabbitMQ).
-pub struct To<P> {
-    pub inner: P,
-    pub destination: String,
-}
-
-#[async_trait::async_trait]
-impl<P: Publisher> Publisher for To<P> {
-    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
-        let mut message = message.clone();
-        message.destination.clone_from(&self.destination);
-        self.inner.publish(&message).await
-    }
-    async fn check(&self) -> Result<(), PublishError> {
-        self.inner.check().await
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-}
 
 /// The key of an event from a message body (binary mode: the body is the event's JSON).
 pub fn key(body: &[u8]) -> Key {
@@ -237,18 +214,16 @@ impl Drop for StartRabbitOnDrop {
 }
 
 fn rabbitmqctl(command: &str) {
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", command])
-        .status()
-        .expect("rabbitmqctl (Debian's rabbitmq-server package)");
-    assert!(status.success(), "rabbitmqctl {command}");
+    outbox_tests::run_command("rabbitmqctl", &["-q", command]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_stopped_and_restarted_under_the_relay() {
     let _serial = serial().await;
     const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    let queue = format!("reliability-{}", uuid::Uuid::new_v4().simple());
+    // The relay publishes to the default exchange with the destination as routing key: the queue's name.
+    let prefix = format!("reliability-{}.", uuid::Uuid::new_v4().simple());
+    let queue = format!("{prefix}com.example.account");
     let declare = async || {
         let connection = lapin::Connection::connect(URL, Default::default())
             .await
@@ -268,9 +243,9 @@ async fn rabbitmq_stopped_and_restarted_under_the_relay() {
     let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
     let _restart_guard = StartRabbitOnDrop;
     let outage = through_an_outage(
-        Arc::new(To {
+        Arc::new(Prefixed {
             inner: rabbit,
-            destination: queue.clone(),
+            prefix,
         }),
         async || {
             tokio::task::spawn_blocking(|| rabbitmqctl("stop_app"))

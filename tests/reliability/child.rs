@@ -130,11 +130,7 @@ impl RelayProcess {
     pub fn terminate(mut self, within: Duration) -> (ExitStatus, Duration) {
         let started = Instant::now();
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGTERM was delivered");
+        outbox_tests::run_command("kill", &["-TERM", &pid]);
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the relay") {
                 return (status, started.elapsed());

@@ -13,7 +13,7 @@ pub const CHILD_BATCH: usize = 50;
 
 /// A pause drawn uniformly from `[low, high)` milliseconds: kills land at random points of the relay's work.
 pub fn random_pause(low: u64, high: u64) -> Duration {
-    Duration::from_millis(low + (uuid::Uuid::new_v4().as_u128() % u128::from(high - low)) as u64)
+    Duration::from_millis(fastrand::u64(low..high))
 }
 
 /// Waits until every committed event arrived (two minutes at most), then counts.

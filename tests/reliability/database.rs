@@ -1,6 +1,5 @@
 //! The database goes away under the relay: its connections terminated, or PostgreSQL restarted.
 
-use std::process::Command;
 use std::time::Duration;
 
 use outbox::sea_orm::{ConnectionTrait, Statement};
@@ -61,11 +60,10 @@ fn restart_postgres() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .expect("one PostgreSQL cluster");
-    let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .expect("pg_ctlcluster");
-    assert!(status.success(), "PostgreSQL restarted");
+    outbox_tests::run_command(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", "restart"],
+    );
 }
 
 /// The shared PostgreSQL is restarted: writers, relay and test all lose every connection at once.

@@ -124,7 +124,7 @@ impl Writer {
                 *s += 1;
                 keys.push((aggregate.clone(), *s));
             }
-            let rollback = uuid::Uuid::new_v4().as_u128().is_multiple_of(3);
+            let rollback = fastrand::u8(..3) == 0;
             let target = match self.transaction(&keys, rollback).await {
                 Outcome::Committed => {
                     self.committed.fetch_add(keys.len(), Ordering::Relaxed);

@@ -41,7 +41,7 @@ impl TestDb {
     }
 
     pub async fn with_config(backend: Backend, config: OutboxConfig) -> Self {
-        let suffix = format!("{:016x}", fastrand_u64());
+        let suffix = format!("{:016x}", fastrand::u64(..));
         let mut dir = None;
         let (url, max_connections) = match backend {
             Backend::Postgres => (
@@ -144,10 +144,6 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
             .rows_affected()
     }
-}
-
-fn fastrand_u64() -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 /// Generates one `#[tokio::test]` per backend for each listed async fn taking a `Backend`.

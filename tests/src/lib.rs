@@ -2,11 +2,21 @@
 
 pub mod backend;
 pub mod events;
+pub mod prefixed;
 pub mod running;
 pub mod servers;
 
 use std::path::PathBuf;
 use std::process::Command;
+
+/// Runs `program` with `args` to completion, failing the test unless it succeeds.
+pub fn run_command(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(status.success(), "{program} {}: {status}", args.join(" "));
+}
 
 /// The Python interpreter the interop tests use: `$PYTHON`, else `python3`.
 pub fn python() -> String {

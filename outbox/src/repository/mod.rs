@@ -456,10 +456,11 @@ impl OutboxRepository {
             sql::COLUMNS
         );
         let started = std::time::Instant::now();
+        let from = self.inner.scan.next(started);
         let values = vec![
             now.into(),
             now.into(),
-            self.inner.scan.next(started).into(),
+            from.into(),
             window.into(),
             token.0.into(),
             lease_until.into(),
@@ -494,7 +495,7 @@ impl OutboxRepository {
         }
         self.commit(txn).await?;
         // Only once committed: a claim rolled back saw nothing that lasts.
-        self.inner.scan.saw(started, bounds);
+        self.inner.scan.saw(started, from, bounds);
         Ok(rows)
     }
 

@@ -39,23 +39,24 @@ struct State {
 impl ScanStart {
     /// The id the next claim reads from: 0 when a full scan is due.
     pub(crate) fn next(&self, now: Instant) -> i64 {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let full_due = state
             .last_full
-            .is_none_or(|at| now.duration_since(at) >= FULL_SCAN_EVERY)
-        {
-            state.last_full = Some(now);
-            return 0;
-        }
-        state.from
+            .is_none_or(|at| now.duration_since(at) >= FULL_SCAN_EVERY);
+        if full_due { 0 } else { state.from }
     }
 
-    /// What a claim's window held: its oldest pending id and its newest id (`None` for an empty window).
-    pub(crate) fn saw(&self, now: Instant, window: Option<(i64, i64)>) {
+    /// What a committed claim that read from `from` saw: its window's oldest pending id and newest id (`None` when
+    /// the window came back empty). A claim that failed reports nothing, so a full scan it was to make is not
+    /// counted as made.
+    pub(crate) fn saw(&self, now: Instant, from: i64, window: Option<(i64, i64)>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if from == 0 {
+            state.last_full = Some(now);
+        }
         let Some((oldest_pending, newest)) = window else {
             return;
         };
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.seen.push_back((now, newest));
         while state
             .seen
@@ -79,23 +80,29 @@ impl ScanStart {
 mod tests {
     use super::*;
 
+    /// A committed claim at `at` whose window held `window`.
+    fn claim(scan: &ScanStart, at: Instant, window: Option<(i64, i64)>) {
+        let from = scan.next(at);
+        scan.saw(at, from, window);
+    }
+
     #[test]
     fn starts_at_the_head_then_follows_what_settled() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
         assert_eq!(scan.next(t0), 0, "the first claim reads from the head");
-        scan.saw(t0, Some((100, 1_000)));
+        claim(&scan, t0, Some((100, 1_000)));
         assert_eq!(scan.next(t0), 0, "nothing is older than the guard yet");
         let t1 = t0 + GUARD;
-        scan.saw(t1, Some((600, 2_000)));
+        claim(&scan, t1, Some((600, 2_000)));
         assert_eq!(
             scan.next(t1),
             600,
             "ids up to 1,000 settled; 600 is still pending"
         );
-        let t2 = t0 + FULL_SCAN_EVERY;
+        let t2 = t1 + FULL_SCAN_EVERY;
         assert_eq!(scan.next(t2), 0, "a full scan is due");
-        scan.saw(t2, Some((1_900, 3_000)));
+        claim(&scan, t2, Some((1_900, 3_000)));
         assert_eq!(scan.next(t2), 1_900, "up to 2,000 settled");
     }
 
@@ -103,14 +110,13 @@ mod tests {
     fn a_pending_row_found_below_the_start_pulls_it_down() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        scan.next(t0);
-        scan.saw(t0, Some((500, 1_000)));
+        claim(&scan, t0, Some((500, 1_000)));
         let t1 = t0 + GUARD;
-        scan.saw(t1, Some((1_500, 2_000)));
+        claim(&scan, t1, Some((1_500, 2_000)));
         assert_eq!(scan.next(t1), 1_000);
-        let t2 = t0 + FULL_SCAN_EVERY;
+        let t2 = t1 + FULL_SCAN_EVERY;
         assert_eq!(scan.next(t2), 0);
-        scan.saw(t2, Some((40, 2_500)));
+        claim(&scan, t2, Some((40, 2_500)));
         assert_eq!(
             scan.next(t2),
             40,
@@ -122,9 +128,20 @@ mod tests {
     fn an_empty_window_changes_nothing() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        scan.next(t0);
-        scan.saw(t0, Some((10, 20)));
-        scan.saw(t0 + GUARD, None);
+        claim(&scan, t0, Some((10, 20)));
+        claim(&scan, t0 + GUARD, None);
         assert_eq!(scan.next(t0 + GUARD), 0);
+    }
+
+    #[test]
+    fn a_failed_full_scan_is_still_due() {
+        let scan = ScanStart::default();
+        let t0 = Instant::now();
+        claim(&scan, t0, Some((500, 1_000)));
+        claim(&scan, t0 + GUARD, Some((1_500, 2_000)));
+        let due = t0 + GUARD + FULL_SCAN_EVERY;
+        assert_eq!(scan.next(due), 0);
+        // That claim failed: it reports nothing, so the next one still reads from the head.
+        assert_eq!(scan.next(due + GUARD), 0);
     }
 }

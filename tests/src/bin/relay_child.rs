@@ -45,18 +45,13 @@ impl TableSink {
     }
 }
 
-/// A uniform draw in [0, 1).
-fn draw() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
-}
-
 #[async_trait::async_trait]
 impl Publisher for TableSink {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
-        if draw() < self.fail {
+        if fastrand::f64() < self.fail {
             return Err(PublishError::transient("injected failure"));
         }
-        if draw() < self.lose_ack {
+        if fastrand::f64() < self.lose_ack {
             self.insert(message, true).await?;
             return Err(PublishError::transient("injected lost acknowledgement"));
         }
