@@ -1,14 +1,16 @@
-//! Drain throughput: 100,000 pre-filled events published by one or more relays calling `publish_batch` back to
-//! back, to the in-memory publisher, on PostgreSQL, an SQLite file and MariaDB.
+//! Drain throughput: 100,000 pre-filled events published by one or more running relays to the in-memory
+//! publisher, on PostgreSQL, an SQLite file and MariaDB.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use outbox::OutboxConfig;
-use outbox::publisher::{InMemoryPublisher, Publisher};
+use outbox::publisher::{InMemoryPublisher, PublishError, Publisher};
 use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::DatabaseConnection;
+use outbox::{Message, OutboxConfig};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::Result;
@@ -83,36 +85,54 @@ async fn in_memory(
         prefill(db, &outbox, EVENTS, analyze).await?;
         let publisher: Arc<dyn Publisher> = Arc::new(InMemoryPublisher::new());
         row.values
-            .push(timed_drain(db, &outbox, publisher, relays, batch).await?);
+            .push(timed_drain(db, &outbox, publisher, relays).await?);
         drop_tables(db, &outbox).await?;
     }
     Ok(row)
 }
 
-/// Drains the 100k pending events of `outbox` with `relays` relays sharing `publisher`; events/s.
+/// Drains the 100k pending events of `outbox` with `relays` running relays (`Relay::run`, as a service runs
+/// them) sharing `publisher`, from their start until the last one returned after the last acknowledgement (its
+/// final marks included); events/s.
 pub async fn timed_drain(
     db: &DatabaseConnection,
     outbox: &OutboxRepository,
     publisher: Arc<dyn Publisher>,
     relays: usize,
-    batch: u32,
 ) -> Result<f64> {
+    let counted = Arc::new(Counted {
+        inner: publisher,
+        acked: AtomicU64::new(0),
+        all_acked: Notify::new(),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let tasks: Vec<_> = (0..relays)
         .map(|_| {
-            let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone())
+            let mut stopped = stopped.clone();
+            let relay = Relay::builder(db.clone(), outbox.clone(), counted.clone())
                 .listen(false)
                 .build();
-            tokio::spawn(async move { until_empty(&relay, batch).await })
+            tokio::spawn(relay.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
         })
         .collect();
-    let mut published = 0;
+    let acked = tokio::time::timeout(Duration::from_secs(600), counted.all_acked.notified()).await;
+    let _ = stop.send(true);
     for task in tasks {
-        published += task.await??;
+        task.await??;
     }
     let elapsed = start.elapsed();
-    if published != EVENTS as u64 {
-        return Err(format!("{}: published {published} of {EVENTS}", publisher.name()).into());
+    acked.map_err(|_| format!("{}: not drained within 600 s", counted.name()))?;
+    let pending = outbox.count_unpublished(db).await?;
+    if pending != 0 || counted.acked.load(Ordering::Relaxed) < EVENTS as u64 {
+        return Err(format!(
+            "{}: {} acknowledged, {pending} still pending",
+            counted.name(),
+            counted.acked.load(Ordering::Relaxed)
+        )
+        .into());
     }
     Ok(EVENTS as f64 / elapsed.as_secs_f64())
 }
@@ -126,5 +146,29 @@ pub async fn until_empty(relay: &Relay, batch: u32) -> Result<u64> {
         if report.claimed == 0 {
             return Ok(published);
         }
+    }
+}
+
+/// Counts acknowledged publishes, to stop the relays once all [`EVENTS`] went out.
+struct Counted {
+    inner: Arc<dyn Publisher>,
+    acked: AtomicU64,
+    all_acked: Notify,
+}
+
+#[async_trait::async_trait]
+impl Publisher for Counted {
+    async fn publish(&self, message: &Message) -> std::result::Result<(), PublishError> {
+        self.inner.publish(message).await?;
+        if self.acked.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS as u64 {
+            self.all_acked.notify_one();
+        }
+        Ok(())
+    }
+    async fn check(&self) -> std::result::Result<(), PublishError> {
+        self.inner.check().await
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
     }
 }

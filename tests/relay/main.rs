@@ -7,3 +7,4 @@ mod faults;
 mod hammer;
 mod health;
 mod lifecycle;
+mod pipeline;

@@ -20,7 +20,10 @@
 //!
 //! - **Batches**: one claim and one mark statement per batch; the batch's messages are published with up to
 //!   `max_in_flight` aggregates at once, and one after the other within an aggregate (each waits for the
-//!   previous one's acknowledgement).
+//!   previous one's acknowledgement). `run` keeps two batches in flight: it claims the next one while the current
+//!   one publishes (the claim hands it the events queued behind its own leases, see
+//!   [`LeaseOwner`](crate::repository::LeaseOwner)), and an aggregate's events in the next batch wait for its
+//!   events in the current one, or are given back if one of those failed.
 //! - **Wake-up**: on PostgreSQL a LISTEN on the table's channel (a trigger NOTIFYs on insert, delivered at
 //!   commit) wakes the relay within milliseconds; [`RelayHandle::wake`] does the same in-process; otherwise it
 //!   polls every `poll_interval`. A full batch is followed by another at once.
@@ -35,6 +38,7 @@ mod handler;
 mod heartbeat;
 mod listen;
 mod observe;
+mod order;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sea_orm::DatabaseConnection;
 
 pub use handler::{DefaultErrorHandler, ErrorHandler};
@@ -50,7 +55,10 @@ pub use heartbeat::RelayHandle;
 use crate::config::OutboxConfig;
 use crate::publisher::{PublishError, Publisher, Reason};
 use crate::registry::{Registry, RegistryError};
-use crate::repository::{ClaimedEvent, Failure, OutboxRepository, RepositoryError};
+use crate::repository::{
+    Claim, ClaimedEvent, Failure, LeaseOwner, OutboxRepository, RepositoryError,
+};
+use order::{Link, Order};
 
 /// Publishes stored events; see the [module docs](self).
 #[must_use = "a relay does nothing until `run` or `publish_batch` is called"]
@@ -61,6 +69,7 @@ pub struct Relay {
     handler: Arc<dyn ErrorHandler>,
     registry: &'static Registry,
     max_in_flight: usize,
+    max_batches_in_flight: usize,
     shutdown_timeout: Duration,
     publish_timeout: Option<Duration>,
     listen: bool,
@@ -73,6 +82,7 @@ impl std::fmt::Debug for Relay {
             .field("table", &self.repository.table())
             .field("publisher", &self.publisher.name())
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_batches_in_flight", &self.max_batches_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +103,15 @@ impl RelayBuilder {
     /// How many aggregates are published at once (default 256). Events of one aggregate are always sequential.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.relay.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// How many batches `run` keeps in flight (default 2). With 2 the relay claims its next batch while the
+    /// current one is publishing, and marks one while publishing the next; the claim hands it the events queued
+    /// behind its own leases, and each aggregate's events still go out one after the other across batches. 1
+    /// runs claim, publish and mark strictly one after another.
+    pub fn max_batches_in_flight(mut self, batches: usize) -> Self {
+        self.relay.max_batches_in_flight = batches.max(1);
         self
     }
 
@@ -193,6 +212,7 @@ impl Relay {
                 handler: Arc::new(handler),
                 registry: Registry::global(),
                 max_in_flight: 256,
+                max_batches_in_flight: 2,
                 shutdown_timeout: Duration::from_secs(10),
                 publish_timeout: None,
                 listen: true,
@@ -244,14 +264,23 @@ impl Relay {
     ///
     /// Use it to write a schedule of your own; [`run`](Self::run) is the ready one.
     pub async fn publish_batch(&self, limit: u32) -> Result<BatchReport, RelayError> {
-        self.batch(limit, &AtomicBool::new(false)).await
+        let started = Instant::now();
+        let claim = self.claim(&LeaseOwner::new(), limit).await?;
+        let runs = runs(&mut Order::default(), 1, &claim.events);
+        self.finish(started, claim, runs, &AtomicBool::new(false))
+            .await
     }
 
-    async fn batch(&self, limit: u32, stop: &AtomicBool) -> Result<BatchReport, RelayError> {
-        let started = Instant::now();
+    /// Publishes a claimed batch, each aggregate's run after its run in the batch before (see [`runs`]), and marks
+    /// the outcome.
+    async fn finish(
+        &self,
+        started: Instant,
+        claim: Claim,
+        runs: Vec<(Vec<usize>, Link)>,
+        stop: &AtomicBool,
+    ) -> Result<BatchReport, RelayError> {
         let metrics = self.config().enable_metrics;
-        observe::batch_started(limit);
-        let claim = self.claim(limit).await?;
         let mut report = BatchReport {
             claimed: (claim.events.len() + claim.dead_lettered.len()) as u64,
             dead_lettered: claim.dead_lettered.len() as u64,
@@ -268,8 +297,8 @@ impl Relay {
         // Set by the first chain that finds the broker unreachable, so the others stop too; unlike `stop`
         // (shutdown), it lasts one batch.
         let halt = AtomicBool::new(false);
-        let outcomes: Vec<ChainOutcome> = futures_util::stream::iter(chains(&claim.events))
-            .map(|chain| self.publish_chain(&claim.events, chain, stop, &halt))
+        let outcomes: Vec<ChainOutcome> = futures_util::stream::iter(runs)
+            .map(|(chain, link)| self.publish_chain(&claim.events, chain, link, stop, &halt))
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
@@ -333,10 +362,11 @@ impl Relay {
 
     /// Claims, running the claim again when the database aborted it for a conflict with another transaction
     /// (a deadlock victim claimed nothing, so this is safe).
-    async fn claim(&self, limit: u32) -> Result<crate::repository::Claim, RepositoryError> {
+    async fn claim(&self, owner: &LeaseOwner, limit: u32) -> Result<Claim, RepositoryError> {
+        observe::batch_started(limit);
         let mut attempt = 0;
         loop {
-            match self.repository.claim(&self.db, limit).await {
+            match self.repository.claim_as(&self.db, owner, limit).await {
                 Err(error) if error.is_conflict() && attempt < 5 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10 * attempt)))
@@ -385,15 +415,24 @@ impl Relay {
             })
     }
 
-    /// Publishes one aggregate's events in order, stopping at the first failure: the rest wait for it.
+    /// Publishes one aggregate's events in order, once its run in the batch before published everything, and
+    /// stops at the first failure: the rest wait for it.
     async fn publish_chain(
         &self,
         events: &[ClaimedEvent],
         chain: Vec<usize>,
+        link: Link,
         stop: &AtomicBool,
         halt: &AtomicBool,
     ) -> ChainOutcome {
         let mut outcome = ChainOutcome::default();
+        if let Some(after) = link.after
+            && !after.published_all().await
+        {
+            outcome.released = chain;
+            let _ = link.report.send(false);
+            return outcome;
+        }
         for (position, &i) in chain.iter().enumerate() {
             if stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
                 outcome.released.extend_from_slice(&chain[position..]);
@@ -419,6 +458,9 @@ impl Relay {
                 }
             }
         }
+        // The next batch's run of this aggregate may go as soon as this one is published, before it is marked:
+        // a mark that fails later makes this run's events duplicates, never late.
+        let _ = link.report.send(outcome.published.len() == chain.len());
         outcome
     }
 
@@ -442,9 +484,22 @@ impl Relay {
         let config = self.config().clone();
         let stop = AtomicBool::new(false);
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut owner = LeaseOwner::new();
+        let mut order = Order::default();
+        let mut in_flight = FuturesUnordered::new();
+        let mut batches: u64 = 0;
+        // When the next claim may start (None: as soon as a batch slot is free), and whether a wake-up may cut
+        // the wait short: an idle poll may, a backoff may not.
+        let mut pause: Option<(Instant, bool)> = None;
         let mut trouble_streak: u32 = 0;
         let mut last_stats: Option<Instant> = None;
-        loop {
+        let mut stopping = false;
+        // Set when a batch gave events back (after a failure, an outage): the next claim waits until no batch is
+        // in flight. Otherwise it would queue the same aggregate's events behind runs that are being given back,
+        // and be given back in turn, over and over; once everything in flight is settled, the database says
+        // which events wait for a retry.
+        let mut settle_first = false;
+        while !stopping {
             self.handle.beat();
             if config.enable_metrics
                 && last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
@@ -458,64 +513,111 @@ impl Relay {
                 last_stats = Some(Instant::now());
             }
 
-            let batch = self.batch(config.batch_size, &stop);
-            let mut batch = std::pin::pin!(batch);
-            let (result, stopping) = tokio::select! {
-                result = &mut batch => (result, false),
-                () = &mut shutdown => {
-                    tracing::info!(target: "outbox", "shutdown requested: finishing the batch in hand");
-                    stop.store(true, Ordering::Relaxed);
-                    match tokio::time::timeout(self.shutdown_timeout, &mut batch).await {
-                        Ok(result) => (result, true),
-                        Err(_) => {
-                            tracing::warn!(
-                                target: "outbox",
-                                timeout = ?self.shutdown_timeout,
-                                "shutdown deadline passed with publishes in flight; their events return to another \
-                                 relay when the lease expires"
-                            );
-                            return Ok(());
+            settle_first &= !in_flight.is_empty();
+            let room = if settle_first {
+                in_flight.is_empty()
+            } else {
+                in_flight.len() < self.max_batches_in_flight
+            };
+            let mut finished = Vec::new();
+            if room && pause.is_none_or(|(at, _)| Instant::now() >= at) {
+                // Claim while the batches in flight go on publishing; their outcomes wait until the claim is in,
+                // so `order` still knows every run the claim may have queued events behind.
+                let started = Instant::now();
+                let claimed = {
+                    let mut claim = std::pin::pin!(self.claim(&owner, config.batch_size));
+                    loop {
+                        tokio::select! {
+                            result = &mut claim => break result,
+                            Some(done) = in_flight.next() => finished.push(done),
+                            () = &mut shutdown, if !stopping => stopping = self.stopping(&stop),
                         }
                     }
-                }
-            };
-            if stopping {
-                if let Err(error) = result {
-                    tracing::error!(target: "outbox", %error, "last batch before shutdown failed");
-                }
-                return Ok(());
-            }
-
-            let pause = match result {
-                Ok(report) if report.publisher_unavailable.is_some() => {
-                    trouble_streak += 1;
-                    Some(backoff(&config, trouble_streak))
-                }
-                Ok(report) => {
-                    trouble_streak = 0;
-                    if report.claimed >= u64::from(config.batch_size) {
-                        None // a full batch: there is probably more, fetch again at once
-                    } else {
-                        Some(config.poll_interval)
+                };
+                match claimed {
+                    Ok(claim) => {
+                        let full = claim.events.len() + claim.dead_lettered.len()
+                            >= config.batch_size as usize;
+                        // A full batch: there is probably more, claim again as soon as there is room.
+                        pause = (!full).then(|| (Instant::now() + config.poll_interval, true));
+                        batches += 1;
+                        let (batch, stop) = (batches, &stop);
+                        let runs = runs(&mut order, batch, &claim.events);
+                        in_flight.push(Box::pin(async move {
+                            (batch, self.finish(started, claim, runs, stop).await)
+                        }));
+                    }
+                    Err(error) => {
+                        trouble_streak += 1;
+                        let delay = backoff(&config, trouble_streak);
+                        tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay claim failed");
+                        pause = Some((Instant::now() + delay, false));
                     }
                 }
-                Err(error) => {
-                    trouble_streak += 1;
-                    let delay = backoff(&config, trouble_streak);
-                    tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay batch failed");
-                    Some(delay)
-                }
-            };
-            if let Some(pause) = pause {
+            } else {
+                let resume = pause.map_or_else(Instant::now, |(at, _)| at);
+                let wakeable = pause.is_some_and(|(_, wakeable)| wakeable);
                 // A wake-up (NOTIFY or RelayHandle::wake) cuts an idle wait short, not a backoff.
                 let woken = self.handle.shared.wake.notified();
                 tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(pause) => {}
-                    () = woken, if trouble_streak == 0 => {}
+                    Some(done) = in_flight.next() => finished.push(done),
+                    () = tokio::time::sleep_until(resume.into()), if room => pause = None,
+                    () = woken, if room && wakeable => pause = None,
+                    () = &mut shutdown, if !stopping => stopping = self.stopping(&stop),
+                    else => {}
                 }
             }
+
+            for (batch, result) in finished {
+                if let Ok(report) = &result {
+                    settle_first |= report.released + report.failed + report.dead_lettered > 0;
+                }
+                match result {
+                    Ok(report) if report.publisher_unavailable.is_some() => {
+                        trouble_streak += 1;
+                        pause = Some((Instant::now() + backoff(&config, trouble_streak), false));
+                    }
+                    Ok(_) => trouble_streak = 0,
+                    Err(error) => {
+                        // The batch's outcome may not be in the database, its leases still standing: under a new
+                        // owner they count as another relay's, so no claim of ours takes events queued behind them.
+                        owner = LeaseOwner::new();
+                        trouble_streak += 1;
+                        let delay = backoff(&config, trouble_streak);
+                        tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay batch failed");
+                        pause = Some((Instant::now() + delay, false));
+                    }
+                }
+                order.settled(batch);
+            }
         }
+
+        let drain = async {
+            while let Some((_, result)) = in_flight.next().await {
+                if let Err(error) = result {
+                    tracing::error!(target: "outbox", %error, "last batch before shutdown failed");
+                }
+            }
+        };
+        if tokio::time::timeout(self.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "outbox",
+                timeout = ?self.shutdown_timeout,
+                "shutdown deadline passed with publishes in flight; their events return to another relay when the \
+                 lease expires"
+            );
+        }
+        Ok(())
+    }
+
+    /// Shutdown was requested: no more claims, and the batches in flight give back what they have not published.
+    fn stopping(&self, stop: &AtomicBool) -> bool {
+        tracing::info!(target: "outbox", "shutdown requested: finishing the batches in hand");
+        stop.store(true, Ordering::Relaxed);
+        true
     }
 
     fn start_listener(&self) -> Option<listen::Listener> {
@@ -531,6 +633,17 @@ fn backoff(config: &OutboxConfig, streak: u32) -> Duration {
     config
         .retry_delay(streak)
         .mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// The batch's runs (see [`chains`]), each linked in `order` to its aggregate's run in the batch before.
+fn runs(order: &mut Order, batch: u64, events: &[ClaimedEvent]) -> Vec<(Vec<usize>, Link)> {
+    let chains = chains(events);
+    let aggregates = chains.iter().map(|chain| {
+        let first = &events[chain[0]];
+        (first.aggregate_type.as_str(), first.aggregate_id.as_str())
+    });
+    let links = order.link(batch, aggregates);
+    chains.into_iter().zip(links).collect()
 }
 
 /// The batch's events grouped by aggregate, each group in write order; groups ordered by their first event.

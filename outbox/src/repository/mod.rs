@@ -22,6 +22,7 @@
 
 mod connect;
 mod error;
+mod lease;
 mod row;
 mod scan;
 mod sql;
@@ -38,6 +39,7 @@ use uuid::Uuid;
 
 pub use connect::connect;
 pub use error::RepositoryError;
+pub use lease::{ClaimToken, LeaseOwner};
 pub use row::{EventStatus, StoredEvent};
 pub(crate) use sql::{TableName, schema};
 
@@ -135,11 +137,6 @@ pub enum BuildError {
     #[error("invalid outbox configuration:\n{0}")]
     Config(#[from] crate::ConfigError),
 }
-
-/// Identifies one claim. Marking requires it, so a relay whose lease expired (and whose events another relay
-/// claimed since) cannot overwrite the other relay's outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClaimToken(i64);
 
 /// Events claimed for publishing: leased to this claim until the lease expires.
 #[derive(Debug)]
@@ -374,20 +371,28 @@ impl OutboxRepository {
     where
         C: ConnectionTrait + TransactionTrait,
     {
-        let token = ClaimToken(fastrand::i64(..));
+        self.claim_as(db, &LeaseOwner::new(), limit).await
+    }
+
+    /// [`claim`](Self::claim) on behalf of `owner`, which may then also receive the events queued behind its own
+    /// unexpired leases: see [`LeaseOwner`] for the promise that comes with them.
+    pub async fn claim_as<C>(&self, db: &C, owner: &LeaseOwner, limit: u32) -> Result<Claim>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
         let now = now_micros();
-        let lease_until = now + micros(self.inner.config.lease_duration);
+        let lease = Lease {
+            token: owner.next_token(),
+            owner: owner.tokens(),
+            now,
+            until: now + micros(self.inner.config.lease_duration),
+        };
+        let token = lease.token;
         let backend = db.get_database_backend();
         let rows = match backend {
-            DbBackend::MySql => self.claim_mysql(db, token, now, lease_until, limit).await?,
-            DbBackend::Postgres => {
-                self.claim_postgres(db, token, now, lease_until, limit)
-                    .await?
-            }
-            _ => {
-                self.claim_sqlite(db, token, now, lease_until, limit)
-                    .await?
-            }
+            DbBackend::MySql => self.claim_mysql(db, &lease, limit).await?,
+            DbBackend::Postgres => self.claim_postgres(db, &lease, limit).await?,
+            _ => self.claim_sqlite(db, &lease, limit).await?,
         };
 
         let mut claim = Claim {
@@ -429,14 +434,7 @@ impl OutboxRepository {
     /// PostgreSQL: the window of the oldest pending rows from where nothing older is pending (see
     /// [`sql::CLAIM_POSTGRES_WINDOW`] and `scan.rs`), then the full statement for the rest if the window was full
     /// and fell short; in one transaction under the claim lock.
-    async fn claim_postgres<C>(
-        &self,
-        db: &C,
-        token: ClaimToken,
-        now: i64,
-        lease_until: i64,
-        limit: u32,
-    ) -> Result<Vec<QueryResult>>
+    async fn claim_postgres<C>(&self, db: &C, lease: &Lease, limit: u32) -> Result<Vec<QueryResult>>
     where
         C: ConnectionTrait + TransactionTrait,
     {
@@ -457,13 +455,17 @@ impl OutboxRepository {
         );
         let started = std::time::Instant::now();
         let from = self.inner.scan.next(started);
+        let (now, (mine_from, mine_to)) = (lease.now, lease.owner);
         let values = vec![
             now.into(),
             now.into(),
+            mine_from.into(),
+            mine_to.into(),
+            now.into(),
             from.into(),
             window.into(),
-            token.0.into(),
-            lease_until.into(),
+            lease.token.0.into(),
+            lease.until.into(),
             limit.into(),
         ];
         let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
@@ -484,9 +486,11 @@ impl OutboxRepository {
             let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);
             let values = vec![
                 now.into(),
+                mine_from.into(),
+                mine_to.into(),
                 now.into(),
-                token.0.into(),
-                lease_until.into(),
+                lease.token.0.into(),
+                lease.until.into(),
                 now.into(),
                 now.into(),
                 missing.into(),
@@ -503,9 +507,7 @@ impl OutboxRepository {
     async fn claim_sqlite<C: ConnectionTrait>(
         &self,
         db: &C,
-        token: ClaimToken,
-        now: i64,
-        lease_until: i64,
+        lease: &Lease,
         limit: u32,
     ) -> Result<Vec<QueryResult>> {
         let update = format!(
@@ -515,8 +517,8 @@ impl OutboxRepository {
             sql::CLAIMABLE,
             sql::COLUMNS
         );
-        let mut values: Vec<Value> = vec![token.0.into(), lease_until.into()];
-        values.extend(claimable_values(now, limit));
+        let mut values: Vec<Value> = vec![lease.token.0.into(), lease.until.into()];
+        values.extend(lease.claimable_values(limit));
         self.query(db, "claiming events", &update, values).await
     }
 
@@ -525,14 +527,7 @@ impl OutboxRepository {
     /// this claim's token. No data row is locked by a read, so marks running on other relays cannot deadlock with
     /// the claim (they did, measured, with `SELECT ... FOR UPDATE`); a row whose expired lease its old owner
     /// marks at the same moment simply does not come back.
-    async fn claim_mysql<C>(
-        &self,
-        db: &C,
-        token: ClaimToken,
-        now: i64,
-        lease_until: i64,
-        limit: u32,
-    ) -> Result<Vec<QueryResult>>
+    async fn claim_mysql<C>(&self, db: &C, lease: &Lease, limit: u32) -> Result<Vec<QueryResult>>
     where
         C: ConnectionTrait + TransactionTrait,
     {
@@ -545,7 +540,7 @@ impl OutboxRepository {
                 &txn,
                 "claiming events",
                 &select,
-                claimable_values(now, limit),
+                lease.claimable_values(limit),
             )
             .await?;
         let ids: Vec<i64> = candidates
@@ -560,7 +555,7 @@ impl OutboxRepository {
                 "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND id IN ({id_list})",
                 sql::PENDING
             );
-            let mut values: Vec<Value> = vec![token.0.into(), lease_until.into()];
+            let mut values: Vec<Value> = vec![lease.token.0.into(), lease.until.into()];
             values.extend(ids.iter().map(|&id| Value::from(id)));
             self.execute(&txn, "claiming events", &update, values)
                 .await?;
@@ -568,7 +563,7 @@ impl OutboxRepository {
                 "SELECT {} FROM {{t}} WHERE claim_token = ? AND id IN ({id_list})",
                 sql::COLUMNS
             );
-            let mut values: Vec<Value> = vec![token.0.into()];
+            let mut values: Vec<Value> = vec![lease.token.0.into()];
             values.extend(ids.iter().map(|&id| Value::from(id)));
             rows = self.query(&txn, "claiming events", &read, values).await?;
         }
@@ -1054,8 +1049,28 @@ impl OutboxRepository {
     }
 }
 
-fn claimable_values(now: i64, limit: u32) -> Vec<Value> {
-    vec![now.into(), now.into(), now.into(), now.into(), limit.into()]
+/// One claim's lease: its token, its owner's token range, the time it is judged at and when it expires.
+struct Lease {
+    token: ClaimToken,
+    owner: (i64, i64),
+    now: i64,
+    until: i64,
+}
+
+impl Lease {
+    /// The values of [`sql::CLAIMABLE`].
+    fn claimable_values(&self, limit: u32) -> Vec<Value> {
+        let (now, (mine_from, mine_to)) = (self.now, self.owner);
+        vec![
+            now.into(),
+            now.into(),
+            now.into(),
+            mine_from.into(),
+            mine_to.into(),
+            now.into(),
+            limit.into(),
+        ]
+    }
 }
 
 fn now_micros() -> i64 {

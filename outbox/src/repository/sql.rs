@@ -127,9 +127,10 @@ pub fn schema(backend: DbBackend, table: &TableName) -> Vec<String> {
 pub const LOCK: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE";
 
 /// Pending rows that may be claimed now, oldest first: not leased, due, and with no earlier pending event of the
-/// same aggregate that is leased or waiting for a retry (so an aggregate's events are handed out in order, and a
-/// failing event holds back only its own aggregate). Preceded by the columns to select. Values: now, now, now,
-/// now, limit.
+/// same aggregate that is leased by another owner or waiting for a retry (so an aggregate's events are handed out
+/// in order, and a failing event holds back only its own aggregate). Events behind the claiming owner's own leases
+/// are claimable: the owner publishes them after the leased ones (see `LeaseOwner`). Preceded by the columns to
+/// select. Values: now, now, now, owner's first token, owner's last token, now, limit.
 pub const CLAIMABLE: &str = "FROM {t} o \
      WHERE o.status = 0 \
        AND (o.locked_until IS NULL OR o.locked_until < ?) \
@@ -137,7 +138,8 @@ pub const CLAIMABLE: &str = "FROM {t} o \
        AND NOT EXISTS ( \
          SELECT 1 FROM {t} p \
          WHERE p.status = 0 AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id \
-           AND p.id < o.id AND (p.locked_until >= ? OR p.next_attempt_at > ?)) \
+           AND p.id < o.id \
+           AND ((p.locked_until >= ? AND p.claim_token NOT BETWEEN ? AND ?) OR p.next_attempt_at > ?)) \
      ORDER BY o.id LIMIT ?";
 
 /// PostgreSQL's fast claim: the first `window` pending rows by id, walked in the pending index (with bitmap and
@@ -147,14 +149,17 @@ pub const CLAIMABLE: &str = "FROM {t} o \
 /// whatever the statistics say: without them the planner reads every pending row and sorts (372 ms for a batch of
 /// 50 over 350k pending rows, measured; 40 ms for 1,000 this way). When the window holds fewer claimable rows
 /// than asked (many heads leased or retrying), [`CLAIM_POSTGRES`] claims the rest. The window starts at an id
-/// below which nothing is pending (see `scan.rs`). Values: now, now, start id, window, token, lease until, limit.
+/// below which nothing is pending (see `scan.rs`). A row is `leased` by anyone, `held` when it keeps its
+/// aggregate's later events back (leased by another owner, or retrying). Values: now, now, owner's first token,
+/// owner's last token, now, start id, window, token, lease until, limit.
 pub const CLAIM_POSTGRES_WINDOW: &str = "WITH head AS MATERIALIZED ( \
-       SELECT id, aggregate_type, aggregate_id, \
-              (COALESCE(locked_until >= ?, FALSE) OR COALESCE(next_attempt_at > ?, FALSE)) AS held \
+       SELECT id, aggregate_type, aggregate_id, COALESCE(locked_until >= ?, FALSE) AS leased, \
+              (COALESCE(locked_until >= ? AND claim_token NOT BETWEEN ? AND ?, FALSE) \
+               OR COALESCE(next_attempt_at > ?, FALSE)) AS held \
        FROM {t} WHERE status = 0 AND id >= ? ORDER BY id LIMIT ?) \
      UPDATE {t} SET claim_token = ?, locked_until = ? \
      WHERE status = 0 AND id = ANY(ARRAY( \
-       SELECT o.id FROM head o WHERE NOT o.held \
+       SELECT o.id FROM head o WHERE NOT o.leased AND NOT o.held \
          AND NOT EXISTS (SELECT 1 FROM head b WHERE b.held AND b.aggregate_type = o.aggregate_type \
            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
        ORDER BY o.id LIMIT ?))";
@@ -174,9 +179,9 @@ pub const FREE_PLANNER: &str = "SELECT set_config('enable_bitmapscan', 'on', tru
 /// PostgreSQL's claim, one statement. The planner cannot be trusted with `CLAIMABLE` as an `IN` subquery: on a
 /// queue table whose statistics lag its churn it re-ran the subquery for every pending row (5 s for 800 rows,
 /// measured). Here the few blocked aggregates are materialized first, from a small partial index, and the claimed
-/// ids are collected into an array before the UPDATE looks rows up by primary key. Values: now, now, token,
-/// lease until, now, now, limit.
-pub const CLAIM_POSTGRES: &str = "WITH blocked AS MATERIALIZED (        SELECT aggregate_type, aggregate_id, MIN(id) AS first_id FROM {t}        WHERE status = 0 AND (locked_until >= ? OR next_attempt_at > ?)        GROUP BY aggregate_type, aggregate_id)      UPDATE {t} SET claim_token = ?, locked_until = ?      WHERE status = 0 AND id = ANY(ARRAY(        SELECT o.id FROM {t} o        WHERE o.status = 0          AND (o.locked_until IS NULL OR o.locked_until < ?)          AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?)          AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.aggregate_type = o.aggregate_type            AND b.aggregate_id = o.aggregate_id AND b.first_id < o.id)        ORDER BY o.id LIMIT ?))";
+/// ids are collected into an array before the UPDATE looks rows up by primary key. Values: now, owner's first
+/// token, owner's last token, now, token, lease until, now, now, limit.
+pub const CLAIM_POSTGRES: &str = "WITH blocked AS MATERIALIZED (        SELECT aggregate_type, aggregate_id, MIN(id) AS first_id FROM {t}        WHERE status = 0          AND ((locked_until >= ? AND claim_token NOT BETWEEN ? AND ?) OR next_attempt_at > ?)        GROUP BY aggregate_type, aggregate_id)      UPDATE {t} SET claim_token = ?, locked_until = ?      WHERE status = 0 AND id = ANY(ARRAY(        SELECT o.id FROM {t} o        WHERE o.status = 0          AND (o.locked_until IS NULL OR o.locked_until < ?)          AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?)          AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.aggregate_type = o.aggregate_type            AND b.aggregate_id = o.aggregate_id AND b.first_id < o.id)        ORDER BY o.id LIMIT ?))";
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,125 @@
+//! Batches in flight: the relay claims its next batch, behind its own leases, while the current one publishes,
+//! and an aggregate's events still go out in order when one of them fails.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use outbox::publisher::{InMemoryPublisher, PublishError, Publisher, Reason};
+use outbox::relay::Relay;
+use outbox::{EventEnvelope, Message};
+use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::{AccountOpened, opened};
+use outbox_tests::on_every_backend;
+use outbox_tests::running::Running;
+
+use crate::accounting::{account, fast_config};
+
+on_every_backend!(
+    the_next_batch_is_claimed_behind_the_relays_own_leases,
+    a_failure_gives_back_the_next_batchs_events_of_its_aggregate,
+);
+
+const BATCH: u32 = 10;
+
+/// `events` events of one aggregate, in one transaction.
+async fn one_aggregate(t: &TestDb, events: u32) -> HashSet<uuid::Uuid> {
+    let envelopes: Vec<_> = (1..=events)
+        .map(|seq| EventEnvelope::new(opened("agg-0", seq)))
+        .collect();
+    t.outbox
+        .add_events(&t.db, envelopes)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn test_db(backend: Backend) -> TestDb {
+    let mut config = fast_config();
+    config.batch_size = BATCH;
+    TestDb::with_config(backend, config).await
+}
+
+fn relay(t: &TestDb, publisher: impl Publisher) -> Relay {
+    Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build()
+}
+
+async fn the_next_batch_is_claimed_behind_the_relays_own_leases(backend: Backend) {
+    let t = test_db(backend).await;
+    let written = one_aggregate(&t, 3 * BATCH).await;
+    let broker = InMemoryPublisher::new();
+    broker.set_delay(Duration::from_millis(50)); // the first batch takes half a second
+    let running = Running::start(relay(&t, broker.clone()));
+
+    // While the first batch publishes, its successor is leased too: twice the batch, one aggregate.
+    let leased = "SELECT COUNT(*) FROM {t} WHERE status = 0 AND locked_until IS NOT NULL";
+    let mut most = 0;
+    while broker.len() < BATCH as usize / 2 {
+        most = most.max(t.scalar(leased).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        most,
+        2 * i64::from(BATCH),
+        "{backend:?}: the second batch was not claimed while the first was publishing"
+    );
+
+    assert!(
+        broker
+            .wait_for(written.len(), Duration::from_secs(30))
+            .await
+    );
+    running.stop().await;
+    let totals = account(&broker, &written);
+    assert_eq!(totals.duplicates, 0, "{backend:?}: {totals:?}");
+    t.drop_tables().await;
+}
+
+/// Fails the first attempt at one event, as a broker that nacks it would.
+struct FailOnce {
+    inner: InMemoryPublisher,
+    seq: u32,
+    failed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Publisher for FailOnce {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let event: AccountOpened = serde_json::from_str(message.data.get()).unwrap();
+        if event.seq == self.seq && !self.failed.swap(true, Ordering::Relaxed) {
+            return Err(PublishError::transient(Reason("nacked once".to_owned())));
+        }
+        self.inner.publish(message).await
+    }
+    fn name(&self) -> &str {
+        "fail-once"
+    }
+}
+
+async fn a_failure_gives_back_the_next_batchs_events_of_its_aggregate(backend: Backend) {
+    let t = test_db(backend).await;
+    let written = one_aggregate(&t, 3 * BATCH).await;
+    let broker = InMemoryPublisher::new();
+    // Slow enough that the second batch (events 11-20) is claimed, behind the first's leases, before event 5
+    // fails: it must then wait for event 5's retry instead of going out.
+    broker.set_delay(Duration::from_millis(20));
+    let publisher = FailOnce {
+        inner: broker.clone(),
+        seq: 5,
+        failed: AtomicBool::new(false),
+    };
+    let running = Running::start(relay(&t, publisher));
+    assert!(
+        broker
+            .wait_for(written.len(), Duration::from_secs(30))
+            .await,
+        "{backend:?}: {} of {} arrived",
+        broker.len(),
+        written.len()
+    );
+    running.stop().await;
+    let totals = account(&broker, &written); // first arrivals in order: 1-4, then 5 (retried), 6, ...
+    assert_eq!(totals.duplicates, 0, "{backend:?}: {totals:?}");
+    t.drop_tables().await;
+}
