@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::repository::{DeadLetterFilter, EventStatus, Failure, OutboxRepository};
+use outbox::repository::{DeadLetterFilter, EventStatus, Failure, LeaseOwner, OutboxRepository};
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use outbox::{EventEnvelope, OutboxConfig, OutboxEvent};
 
@@ -20,6 +20,7 @@ on_every_backend!(
     an_expired_lease_is_claimed_again,
     a_fenced_out_claim_cannot_mark,
     a_failing_event_holds_back_only_its_own_aggregate,
+    an_owner_may_claim_behind_its_own_leases_and_nobody_else_may,
     failures_back_off_then_dead_letter,
     dead_letters_replay_and_purge,
     undecodable_rows_become_dead_letters_without_stopping_others,
@@ -403,6 +404,62 @@ async fn a_failing_event_holds_back_only_its_own_aggregate(backend: Backend) {
         ]
     );
     assert_eq!(retry.events[0].attempts, 1);
+    t.drop_tables().await;
+}
+
+async fn an_owner_may_claim_behind_its_own_leases_and_nobody_else_may(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    t.outbox
+        .add_events(&t.db, (1..=6).map(|seq| opened("x", seq)))
+        .await
+        .unwrap();
+    let seqs = |c: &outbox::repository::Claim| -> Vec<u32> {
+        c.events
+            .iter()
+            .map(|e| {
+                e.envelope
+                    .event()
+                    .downcast_ref::<AccountOpened>()
+                    .unwrap()
+                    .seq
+            })
+            .collect()
+    };
+    let relay = LeaseOwner::new();
+    let first = t.outbox.claim_as(&t.db, &relay, 2).await.unwrap();
+    assert_eq!(seqs(&first), [1, 2]);
+    assert!(
+        t.outbox.claim(&t.db, 10).await.unwrap().events.is_empty(),
+        "another owner waits for x1 and x2"
+    );
+    let second = t.outbox.claim_as(&t.db, &relay, 2).await.unwrap();
+    assert_eq!(
+        seqs(&second),
+        [3, 4],
+        "the owner's own leases do not hold it back"
+    );
+    assert_ne!(first.token, second.token);
+
+    // x3 fails: it holds the aggregate for its owner too, until its retry.
+    t.outbox
+        .mark_failed(
+            &t.db,
+            second.token,
+            &[Failure::new(&second.events[0], "nacked")],
+        )
+        .await
+        .unwrap();
+    let x4 = [second.events[1].id];
+    t.outbox.release(&t.db, second.token, &x4).await.unwrap();
+    assert!(
+        t.outbox
+            .claim_as(&t.db, &relay, 10)
+            .await
+            .unwrap()
+            .events
+            .is_empty(),
+        "x3 waits for its retry, and x4 behind it"
+    );
     t.drop_tables().await;
 }
 
