@@ -9,7 +9,7 @@ use outbox::publisher::{Publisher, from_url};
 use outbox::sea_orm::DatabaseConnection;
 
 use crate::Result;
-use crate::drain::timed_drain;
+use crate::drain::{Shape, timed_drain};
 use crate::report::Row;
 use crate::workload::{drop_tables, fresh, prefill};
 
@@ -43,7 +43,7 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
             prefill(db, &outbox, 100_000, true).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);
             row.values
-                .push(timed_drain(db, &outbox, publisher, 1).await?);
+                .push(timed_drain(db, &outbox, publisher, Shape::ONE).await?);
             drop_tables(db, &outbox).await?;
         }
         prepare(url).await?;

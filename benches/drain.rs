@@ -19,22 +19,54 @@ use crate::workload::{drop_tables, fresh, prefill};
 
 const EVENTS: usize = 100_000;
 
-/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics.
+/// How the relays drain: how many, their batch size and batches in flight, and whether the table has statistics.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub relays: usize,
+    pub batch: u32,
+    pub batches_in_flight: usize,
+    pub analyze: bool,
+}
+
+impl Shape {
+    /// One relay, batch 1000, two batches in flight (the default), analyzed.
+    pub const ONE: Shape = Shape {
+        relays: 1,
+        batch: 1000,
+        batches_in_flight: 2,
+        analyze: true,
+    };
+}
+
+/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, and one batch in
+/// flight instead of two (claim, publish and mark one after another).
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
+    let one = Shape::ONE;
     let mut rows = Vec::new();
-    for (relays, batch, analyze) in [
-        (1, 1000, false),
-        (1, 1000, true),
-        (4, 1000, true),
-        (1, 100, true),
+    for (shape, note) in [
+        (
+            Shape {
+                analyze: false,
+                ..one
+            },
+            "fresh table, no statistics",
+        ),
+        (one, "analyzed"),
+        (
+            Shape {
+                batches_in_flight: 1,
+                ..one
+            },
+            "analyzed, 1 batch in flight",
+        ),
+        (Shape { relays: 4, ..one }, "analyzed"),
+        (Shape { batch: 100, ..one }, "analyzed"),
     ] {
-        let stats = if analyze {
-            "analyzed"
-        } else {
-            "fresh table, no statistics"
-        };
-        let label = format!("drain 100k, {relays} relay(s), batch {batch}, in-memory, {stats}");
-        rows.push(in_memory(db, runs, relays, batch, analyze, label).await?);
+        let label = format!(
+            "drain 100k, {} relay(s), batch {}, in-memory, {note}",
+            shape.relays, shape.batch
+        );
+        rows.push(in_memory(db, runs, shape, label).await?);
     }
     Ok(rows)
 }
@@ -43,15 +75,8 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
 pub async fn sqlite(runs: usize) -> Result<Vec<Row>> {
     let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", Uuid::new_v4().simple()));
     let db = connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
-    let row = in_memory(
-        &db,
-        runs,
-        1,
-        1000,
-        true,
-        "drain 100k, 1 relay, batch 1000, in-memory, SQLite file".into(),
-    )
-    .await;
+    let label = "drain 100k, 1 relay, batch 1000, in-memory, SQLite file";
+    let row = in_memory(&db, runs, Shape::ONE, label.into()).await;
     db.close().await?;
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -65,40 +90,38 @@ pub async fn mariadb(runs: usize) -> Result<Vec<Row>> {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let db = connect(&url).await?;
     let label = "drain 100k, 1 relay, batch 1000, in-memory, MariaDB".to_owned();
-    Ok(vec![in_memory(&db, runs, 1, 1000, true, label).await?])
+    Ok(vec![in_memory(&db, runs, Shape::ONE, label).await?])
 }
 
 /// `runs` drains of 100k events on fresh tables of `db` to the in-memory publisher.
 async fn in_memory(
     db: &DatabaseConnection,
     runs: usize,
-    relays: usize,
-    batch: u32,
-    analyze: bool,
+    shape: Shape,
     label: String,
 ) -> Result<Row> {
     let mut row = Row::new(label, "events/s");
     for _ in 0..runs {
         let mut config = OutboxConfig::default();
-        config.batch_size = batch;
+        config.batch_size = shape.batch;
         let outbox = fresh(db, config).await?;
-        prefill(db, &outbox, EVENTS, analyze).await?;
+        prefill(db, &outbox, EVENTS, shape.analyze).await?;
         let publisher: Arc<dyn Publisher> = Arc::new(InMemoryPublisher::new());
         row.values
-            .push(timed_drain(db, &outbox, publisher, relays).await?);
+            .push(timed_drain(db, &outbox, publisher, shape).await?);
         drop_tables(db, &outbox).await?;
     }
     Ok(row)
 }
 
-/// Drains the 100k pending events of `outbox` with `relays` running relays (`Relay::run`, as a service runs
-/// them) sharing `publisher`, from their start until the last one returned after the last acknowledgement (its
-/// final marks included); events/s.
+/// Drains the 100k pending events of `outbox` with running relays (`Relay::run`, as a service runs them) sharing
+/// `publisher`, from their start until the last one returned after the last acknowledgement (its final marks
+/// included); events/s. The batch size is `outbox`'s.
 pub async fn timed_drain(
     db: &DatabaseConnection,
     outbox: &OutboxRepository,
     publisher: Arc<dyn Publisher>,
-    relays: usize,
+    shape: Shape,
 ) -> Result<f64> {
     let counted = Arc::new(Counted {
         inner: publisher,
@@ -107,11 +130,12 @@ pub async fn timed_drain(
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..relays)
+    let tasks: Vec<_> = (0..shape.relays)
         .map(|_| {
             let mut stopped = stopped.clone();
             let relay = Relay::builder(db.clone(), outbox.clone(), counted.clone())
                 .listen(false)
+                .max_batches_in_flight(shape.batches_in_flight)
                 .build();
             tokio::spawn(relay.run(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
