@@ -18,6 +18,7 @@ use crate::accounting::{account, fast_config};
 on_every_backend!(
     the_next_batch_is_claimed_behind_the_relays_own_leases,
     a_failure_gives_back_the_next_batchs_events_of_its_aggregate,
+    no_publish_starts_that_could_outlast_the_lease,
 );
 
 const BATCH: u32 = 10;
@@ -121,5 +122,39 @@ async fn a_failure_gives_back_the_next_batchs_events_of_its_aggregate(backend: B
     running.stop().await;
     let totals = account(&broker, &written); // first arrivals in order: 1-4, then 5 (retried), 6, ...
     assert_eq!(totals.duplicates, 0, "{backend:?}: {totals:?}");
+    t.drop_tables().await;
+}
+
+/// Two relays, one aggregate, publishes of 200 ms and a lease of 1 s: a batch of ten would take 2 s, so past
+/// half its lease a relay gives the rest back rather than publish events the other relay may claim meanwhile.
+async fn no_publish_starts_that_could_outlast_the_lease(backend: Backend) {
+    let mut config = fast_config();
+    config.batch_size = BATCH;
+    config.lease_duration = Duration::from_secs(1);
+    let t = TestDb::with_config(backend, config).await;
+    let written = one_aggregate(&t, BATCH).await;
+    let broker = InMemoryPublisher::new();
+    broker.set_delay(Duration::from_millis(200));
+    let relays = [
+        Running::start(relay(&t, broker.clone())),
+        Running::start(relay(&t, broker.clone())),
+    ];
+    // Until every event is published and marked (counting arrivals would count duplicates).
+    let drained = async {
+        while t.outbox.count_unpublished(&t.db).await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), drained)
+        .await
+        .unwrap_or_else(|_| panic!("{backend:?}: not drained; {} arrived", broker.len()));
+    for running in relays {
+        running.stop().await;
+    }
+    let totals = account(&broker, &written);
+    assert_eq!(
+        totals.duplicates, 0,
+        "{backend:?}: an event was published after its lease ran out: {totals:?}"
+    );
     t.drop_tables().await;
 }

@@ -193,6 +193,8 @@ struct ChainOutcome {
     failed: Option<(usize, PublishError)>,
     released: Vec<usize>,
     unavailable: Option<String>,
+    /// The rest was given back because the lease would have expired during its publishes.
+    lease_ran_out: bool,
 }
 
 impl Relay {
@@ -297,15 +299,26 @@ impl Relay {
         // Set by the first chain that finds the broker unreachable, so the others stop too; unlike `stop`
         // (shutdown), it lasts one batch.
         let halt = AtomicBool::new(false);
+        // No publish starts that could still be running when the lease expires (counted from before the claim, so
+        // a little early): another relay may claim the event then, and both would publish it. A run that waited
+        // long for the batch before, or a slow broker, gives the rest back instead.
+        let lease = self.config().lease_duration;
+        let last_start = started + lease - self.publish_timeout().min(lease / 2);
         let outcomes: Vec<ChainOutcome> = futures_util::stream::iter(runs)
-            .map(|(chain, link)| self.publish_chain(&claim.events, chain, link, stop, &halt))
+            .map(|(chain, link)| {
+                self.publish_chain(&claim.events, chain, link, last_start, stop, &halt)
+            })
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
 
         let mut tally = observe::Tally::default();
         let (mut published, mut failures, mut released) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lease_ran_out = 0;
         for outcome in outcomes {
+            if outcome.lease_ran_out {
+                lease_ran_out += outcome.released.len();
+            }
             for i in outcome.published {
                 observe::event_published(&mut tally, &claim.events[i], metrics);
                 published.push(claim.events[i].id);
@@ -350,6 +363,14 @@ impl Relay {
                 fenced_out = report.fenced_out,
                 "lease expired before the batch was marked: another relay owns these events and will publish them \
                  again (raise OUTBOX_LEASE_DURATION if batches take this long)"
+            );
+        }
+        if lease_ran_out > 0 {
+            tracing::warn!(
+                target: "outbox",
+                given_back = lease_ran_out,
+                "the batch's lease would have run out before these events were published: given back unpublished \
+                 (raise OUTBOX_LEASE_DURATION if batches take this long)"
             );
         }
         if let Some(error) = &report.publisher_unavailable {
@@ -399,12 +420,16 @@ impl Relay {
         }
     }
 
+    /// How long one publish may take: past the lease another relay takes the event over anyway, so waiting
+    /// longer only stalls this one.
+    fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
+            .unwrap_or(self.config().lease_duration / 2)
+    }
+
     /// One publish, bounded by the publish timeout.
     async fn publish(&self, message: &crate::Message) -> Result<(), PublishError> {
-        // Past the lease another relay takes the event over anyway: waiting longer only stalls this one.
-        let timeout = self
-            .publish_timeout
-            .unwrap_or(self.config().lease_duration / 2);
+        let timeout = self.publish_timeout();
         tokio::time::timeout(timeout, self.publisher.publish(message))
             .await
             .unwrap_or_else(|_| {
@@ -422,6 +447,7 @@ impl Relay {
         events: &[ClaimedEvent],
         chain: Vec<usize>,
         link: Link,
+        last_start: Instant,
         stop: &AtomicBool,
         halt: &AtomicBool,
     ) -> ChainOutcome {
@@ -434,7 +460,9 @@ impl Relay {
             return outcome;
         }
         for (position, &i) in chain.iter().enumerate() {
-            if stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
+            outcome.lease_ran_out = Instant::now() >= last_start;
+            if stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) || outcome.lease_ran_out
+            {
                 outcome.released.extend_from_slice(&chain[position..]);
                 break;
             }
