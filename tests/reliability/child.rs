@@ -28,6 +28,11 @@ impl Sink {
         ))
         .await
         .expect("create the deliveries table");
+        t.db.execute_unprepared(&format!(
+            "CREATE TABLE {table}_cut (event_id TEXT NOT NULL)"
+        ))
+        .await
+        .expect("create the cut-publishes table");
         Self { table }
     }
 
@@ -45,6 +50,19 @@ impl Sink {
     pub async fn lost_acks(&self, t: &TestDb) -> usize {
         self.count(t, "SELECT COUNT(*) FROM {sink} WHERE lost_ack")
             .await
+    }
+
+    /// Publishes the relay's publish timeout cut before they answered: each may have been delivered anyway, and
+    /// then is delivered again (a documented duplicate window).
+    /// How many, and a note for the report when there are any.
+    pub async fn cut(&self, t: &TestDb) -> (usize, String) {
+        let cut = self.count(t, "SELECT COUNT(*) FROM {sink}_cut").await;
+        let note = if cut > 0 {
+            format!("; {cut} publishes cut by the 1-s publish timeout")
+        } else {
+            String::new()
+        };
+        (cut, note)
     }
 
     /// Waits until `n` distinct events arrived, failing the test after `within`.
@@ -84,7 +102,7 @@ impl Sink {
 
     pub async fn drop(self, t: &TestDb) {
         let _ =
-            t.db.execute_unprepared(&format!("DROP TABLE {}", self.table))
+            t.db.execute_unprepared(&format!("DROP TABLE {0}, {0}_cut", self.table))
                 .await;
     }
 }

@@ -61,10 +61,11 @@ async fn a_relay_killed_at_random_points_loses_nothing() {
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
     drop(relay);
+    let (cut, note) = sink.cut(&t).await;
     tally.check(
         "1. relay process SIGKILLed while writers run",
-        &format!("{kills} SIGKILLs at random points, relay restarted after each"),
-        kills * CHILD_BATCH,
+        &format!("{kills} SIGKILLs at random points, relay restarted after each{note}"),
+        kills * CHILD_BATCH + cut,
     );
     sink.drop(&t).await;
     t.drop_tables().await;
@@ -101,12 +102,13 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
     let lost_acks = sink.lost_acks(&t).await;
+    let (cut, note) = sink.cut(&t).await;
     tally.check(
         "4. four relay processes, two SIGKILLed in turn",
         &format!(
-            "{rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% lost acks ({lost_acks} lost)"
+            "{rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% lost acks ({lost_acks} lost){note}"
         ),
-        rounds * CHILD_BATCH + lost_acks,
+        rounds * CHILD_BATCH + lost_acks + cut,
     );
     sink.drop(&t).await;
     t.drop_tables().await;
@@ -134,13 +136,14 @@ async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
+    let (cut, note) = sink.cut(&t).await;
     tally.check(
         "8. graceful shutdown under load",
         &format!(
-            "SIGTERM mid-publish: exit 0 after {} ms (deadline 5 s), {leased} leases left; restarted",
+            "SIGTERM mid-publish: exit 0 after {} ms (deadline 5 s), {leased} leases left; restarted{note}",
             took.as_millis()
         ),
-        0,
+        cut,
     );
     sink.drop(&t).await;
     t.drop_tables().await;

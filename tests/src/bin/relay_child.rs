@@ -4,8 +4,9 @@
 //! Usage: `relay_child <database url> <outbox table> <deliveries table> [failure fraction] [lost-ack fraction]`
 //!
 //! A failure is a publish refused before anything is delivered; a lost ack is a delivery whose success the relay
-//! never hears of (the row is written with `lost_ack = true`, then the publish reports an error), the one way,
-//! besides a crash between publish and mark, that a consumer receives an event twice.
+//! never hears of (the row is written with `lost_ack = true`, then the publish reports an error). The other way,
+//! besides a crash between publish and mark, that a consumer receives an event twice is a publish cut by the
+//! relay's publish timeout whose INSERT still commits: each cut publish is recorded in `<deliveries>_cut`.
 
 use std::time::Duration;
 
@@ -24,8 +25,43 @@ struct TableSink {
     lose_ack: f64,
 }
 
+/// Records a publish dropped before it answered (the relay's publish timeout): its INSERT may still commit.
+struct CutGuard<'a> {
+    sink: &'a TableSink,
+    event_id: String,
+    answered: bool,
+}
+
+impl Drop for CutGuard<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let db = self.sink.db.clone();
+        let sql = format!("INSERT INTO {}_cut (event_id) VALUES ($1)", self.sink.table);
+        let values = vec![std::mem::take(&mut self.event_id).into()];
+        tokio::spawn(async move {
+            let backend = db.get_database_backend();
+            let _ = db
+                .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await;
+        });
+    }
+}
+
 impl TableSink {
     async fn insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
+        let mut guard = CutGuard {
+            sink: self,
+            event_id: message.id.to_string(),
+            answered: false,
+        };
+        let result = self.execute_insert(message, lost_ack).await;
+        guard.answered = true;
+        result
+    }
+
+    async fn execute_insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
         let backend = self.db.get_database_backend();
         let sql = format!(
             "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack) VALUES ($1, $2, $3, $4)",
@@ -82,6 +118,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Nothing else in this binary references the events' crate, so the linker would drop it and its registrations
     // with it: register the type explicitly (the registry's documented fallback).
     outbox::Registry::global().register::<outbox_tests::events::AccountOpened>()?;
+    // The relay's warnings (outages, leases running out, fenced-out marks) go to the test's output.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("outbox=warn"))
+        .init();
     let db = connect(url).await?;
     let mut config = OutboxConfig::default();
     config.batch_size = 50;
