@@ -43,7 +43,7 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
             prefill(db, &outbox, 100_000, true).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);
             row.values
-                .push(timed_drain(db, &outbox, publisher, Shape::ONE).await?);
+                .push(timed_drain(db, &outbox, publisher, Shape::one()?).await?);
             drop_tables(db, &outbox).await?;
         }
         prepare(url).await?;

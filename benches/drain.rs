@@ -29,19 +29,21 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// One relay, batch 1000, two batches in flight (the default), analyzed.
-    pub const ONE: Shape = Shape {
-        relays: 1,
-        batch: 1000,
-        batches_in_flight: 2,
-        analyze: true,
-    };
+    /// One relay, batch 1000, `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2, the library's), analyzed.
+    pub fn one() -> Result<Shape> {
+        Ok(Shape {
+            relays: 1,
+            batch: 1000,
+            batches_in_flight: crate::service::batches_in_flight()?,
+            analyze: true,
+        })
+    }
 }
 
 /// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, and one batch in
 /// flight instead of two (claim, publish and mark one after another).
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
-    let one = Shape::ONE;
+    let one = Shape::one()?;
     let mut rows = Vec::new();
     for (shape, note) in [
         (
@@ -76,7 +78,7 @@ pub async fn sqlite(runs: usize) -> Result<Vec<Row>> {
     let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", Uuid::new_v4().simple()));
     let db = connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
     let label = "drain 100k, 1 relay, batch 1000, in-memory, SQLite file";
-    let row = in_memory(&db, runs, Shape::ONE, label.into()).await;
+    let row = in_memory(&db, runs, Shape::one()?, label.into()).await;
     db.close().await?;
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -90,7 +92,7 @@ pub async fn mariadb(runs: usize) -> Result<Vec<Row>> {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let db = connect(&url).await?;
     let label = "drain 100k, 1 relay, batch 1000, in-memory, MariaDB".to_owned();
-    Ok(vec![in_memory(&db, runs, Shape::ONE, label).await?])
+    Ok(vec![in_memory(&db, runs, Shape::one()?, label).await?])
 }
 
 /// `runs` drains of 100k events on fresh tables of `db` to the in-memory publisher.

@@ -38,6 +38,7 @@ impl InService {
         prefill(db, &outbox, HISTORY, true).await?;
         let relay = Relay::builder(db.clone(), outbox.clone(), publisher)
             .listen(listen)
+            .max_batches_in_flight(batches_in_flight()?)
             .build();
         until_empty(&relay, batch).await?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -58,5 +59,16 @@ impl InService {
         let _ = self.stop.send(());
         self.relay.await??;
         drop_tables(db, &self.outbox).await
+    }
+}
+
+/// `BENCH_BATCHES_IN_FLIGHT` (default 2, the library's): the running relays' `max_batches_in_flight`, to compare
+/// the pipeline with one batch at a time.
+pub fn batches_in_flight() -> Result<usize> {
+    match std::env::var("BENCH_BATCHES_IN_FLIGHT") {
+        Ok(n) => Ok(n
+            .parse()
+            .map_err(|_| format!("BENCH_BATCHES_IN_FLIGHT={n}: expected a number of batches"))?),
+        Err(_) => Ok(2),
     }
 }

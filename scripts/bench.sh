@@ -58,7 +58,7 @@ if [ -n "${QUICK:-}" ]; then
 else
   plan=(
     write:3:        # 0.3
-    drain:2:        # 1.4
+    drain:2:        # 2.2: 5 shapes x 2 runs
     baseline:3:     # 0.5-1
     brokers:1:      # 0.7
     latency:3:10    # 2.4: 4 loads x 3 runs x (10 s + set-up)

@@ -42,8 +42,11 @@ async fn test_db(backend: Backend) -> TestDb {
     TestDb::with_config(backend, config).await
 }
 
+/// Two batches in flight on every backend (the default on PostgreSQL only), so the mechanism is tested on all.
 fn relay(t: &TestDb, publisher: impl Publisher) -> Relay {
-    Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build()
+    Relay::builder(t.db.clone(), t.outbox.clone(), publisher)
+        .max_batches_in_flight(2)
+        .build()
 }
 
 async fn the_next_batch_is_claimed_behind_the_relays_own_leases(backend: Backend) {
