@@ -118,10 +118,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Nothing else in this binary references the events' crate, so the linker would drop it and its registrations
     // with it: register the type explicitly (the registry's documented fallback).
     outbox::Registry::global().register::<outbox_tests::events::AccountOpened>()?;
-    // The relay's warnings (outages, leases running out, fenced-out marks) go to the test's output.
+    let (fail, lose_ack) = (fraction(0)?, fraction(1)?);
+    // The relay's warnings (outages, leases running out, fenced-out marks) go to the test's output, except
+    // where failures are injected: each of those is a warning too, thousands of them.
+    let level = if fail + lose_ack > 0.0 {
+        "error"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("outbox=warn"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "outbox={level}"
+        )))
         .init();
     let db = connect(url).await?;
     let mut config = OutboxConfig::default();
@@ -138,8 +147,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let publisher = TableSink {
         db: db.clone(),
         table: sink.clone(),
-        fail: fraction(0)?,
-        lose_ack: fraction(1)?,
+        fail,
+        lose_ack,
     };
     let mut terminate = signal(SignalKind::terminate())?;
     let relay = Relay::builder(db, repository, publisher)
