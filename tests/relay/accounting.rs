@@ -3,9 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use outbox::OutboxConfig;
 use outbox::publisher::InMemoryPublisher;
-use outbox_tests::events::AccountOpened;
+use outbox::{EventEnvelope, OutboxConfig};
+use outbox_tests::backend::TestDb;
+use outbox_tests::events::{AccountOpened, opened};
 use uuid::Uuid;
 
 /// The totals of one scenario.
@@ -67,4 +68,17 @@ pub fn fast_config() -> OutboxConfig {
     config.retry_initial_delay = Duration::from_millis(2);
     config.retry_max_delay = Duration::from_millis(20);
     config
+}
+
+/// `events` events over `aggregates` aggregates (`agg-<seq % aggregates>`), in one transaction; their ids.
+pub async fn write(t: &TestDb, aggregates: u32, events: u32) -> HashSet<Uuid> {
+    let envelopes: Vec<_> = (1..=events)
+        .map(|seq| EventEnvelope::new(opened(&format!("agg-{}", seq % aggregates), seq)))
+        .collect();
+    t.outbox
+        .add_events(&t.db, envelopes)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }

@@ -4,26 +4,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use outbox::OutboxConfig;
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::{ErrorHandler, Relay};
-use outbox::{EventEnvelope, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
-use outbox_tests::events::opened;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config};
-
-async fn write(t: &TestDb, aggregates: u32, events: u32) -> HashSet<uuid::Uuid> {
-    let envelopes: Vec<_> = (1..=events)
-        .map(|seq| EventEnvelope::new(opened(&format!("agg-{}", seq % aggregates), seq)))
-        .collect();
-    t.outbox
-        .add_events(&t.db, envelopes)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
-}
+use crate::accounting::{account, fast_config, write};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_task_aborted_mid_batch_loses_nothing() {

@@ -1,19 +1,18 @@
 //! Batches in flight: the relay claims its next batch, behind its own leases, while the current one publishes,
 //! and an aggregate's events still go out in order when one of them fails.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use outbox::Message;
 use outbox::publisher::{InMemoryPublisher, PublishError, Publisher, Reason};
 use outbox::relay::Relay;
-use outbox::{EventEnvelope, Message};
 use outbox_tests::backend::{Backend, TestDb};
-use outbox_tests::events::{AccountOpened, opened};
+use outbox_tests::events::AccountOpened;
 use outbox_tests::on_every_backend;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config};
+use crate::accounting::{account, fast_config, write};
 
 on_every_backend!(
     the_next_batch_is_claimed_behind_the_relays_own_leases,
@@ -22,19 +21,6 @@ on_every_backend!(
 );
 
 const BATCH: u32 = 10;
-
-/// `events` events of one aggregate, in one transaction.
-async fn one_aggregate(t: &TestDb, events: u32) -> HashSet<uuid::Uuid> {
-    let envelopes: Vec<_> = (1..=events)
-        .map(|seq| EventEnvelope::new(opened("agg-0", seq)))
-        .collect();
-    t.outbox
-        .add_events(&t.db, envelopes)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
-}
 
 async fn test_db(backend: Backend) -> TestDb {
     let mut config = fast_config();
@@ -51,7 +37,7 @@ fn relay(t: &TestDb, publisher: impl Publisher) -> Relay {
 
 async fn the_next_batch_is_claimed_behind_the_relays_own_leases(backend: Backend) {
     let t = test_db(backend).await;
-    let written = one_aggregate(&t, 3 * BATCH).await;
+    let written = write(&t, 1, 3 * BATCH).await;
     let broker = InMemoryPublisher::new();
     broker.set_delay(Duration::from_millis(50)); // the first batch takes half a second
     let running = Running::start(relay(&t, broker.clone()));
@@ -103,7 +89,7 @@ impl Publisher for FailOnce {
 
 async fn a_failure_gives_back_the_next_batchs_events_of_its_aggregate(backend: Backend) {
     let t = test_db(backend).await;
-    let written = one_aggregate(&t, 3 * BATCH).await;
+    let written = write(&t, 1, 3 * BATCH).await;
     let broker = InMemoryPublisher::new();
     // Slow enough that the second batch (events 11-20) is claimed, behind the first's leases, before event 5
     // fails: it must then wait for event 5's retry instead of going out.
@@ -135,7 +121,7 @@ async fn no_publish_starts_that_could_outlast_the_lease(backend: Backend) {
     config.batch_size = BATCH;
     config.lease_duration = Duration::from_secs(1);
     let t = TestDb::with_config(backend, config).await;
-    let written = one_aggregate(&t, BATCH).await;
+    let written = write(&t, 1, BATCH).await;
     let broker = InMemoryPublisher::new();
     broker.set_delay(Duration::from_millis(200));
     let relays = [

@@ -587,13 +587,8 @@ impl Relay {
                         }));
                     }
                     Err(error) => {
-                        // A claim whose commit was cut may have leased events all the same: retire the owner
-                        // so that nothing is claimed behind leases this relay knows nothing of.
-                        owner = LeaseOwner::new();
-                        trouble_streak += 1;
-                        let delay = backoff(&config, trouble_streak);
-                        tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay claim failed");
-                        pause = Some((Instant::now() + delay, false));
+                        // A claim whose commit was cut may have leased events all the same.
+                        pause = Some(recover(&config, &mut owner, &mut trouble_streak, &error));
                     }
                 }
             } else {
@@ -621,13 +616,8 @@ impl Relay {
                     }
                     Ok(_) => trouble_streak = 0,
                     Err(error) => {
-                        // The batch's outcome may not be in the database, its leases still standing: under a new
-                        // owner they count as another relay's, so no claim of ours takes events queued behind them.
-                        owner = LeaseOwner::new();
-                        trouble_streak += 1;
-                        let delay = backoff(&config, trouble_streak);
-                        tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay batch failed");
-                        pause = Some((Instant::now() + delay, false));
+                        // The batch's outcome may not be in the database, its leases still standing.
+                        pause = Some(recover(&config, &mut owner, &mut trouble_streak, &error));
                     }
                 }
                 order.settled(batch);
@@ -668,6 +658,22 @@ impl Relay {
         }
         listen::Listener::start(&self.db, self.repository.table(), self.handle.clone())
     }
+}
+
+/// After a claim or a batch failed, when leases this relay knows nothing of may stand: a new owner, under which
+/// they count as another relay's (so no claim of ours takes events queued behind them), and a backoff, until
+/// which the next claim waits (no wake-up cuts it short).
+fn recover(
+    config: &OutboxConfig,
+    owner: &mut LeaseOwner,
+    streak: &mut u32,
+    error: &dyn std::fmt::Display,
+) -> (Instant, bool) {
+    *owner = LeaseOwner::new();
+    *streak += 1;
+    let delay = backoff(config, *streak);
+    tracing::error!(target: "outbox", %error, retry_in = ?delay, "relay batch failed");
+    (Instant::now() + delay, false)
 }
 
 /// Back-off while the broker or database is unavailable: the retry schedule of the config, with jitter.
