@@ -7,7 +7,7 @@ use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox_tests::backend::TestDb;
 use outbox_tests::events::AccountOpened;
 
-use crate::ledger::Key;
+use crate::ledger::{Key, Tally};
 
 pub fn postgres_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
@@ -52,17 +52,28 @@ impl Sink {
             .await
     }
 
-    /// Publishes the relay's publish timeout cut before they answered: each may have been delivered anyway, and
-    /// then is delivered again (a documented duplicate window).
-    /// How many, and a note for the report when there are any.
-    pub async fn cut(&self, t: &TestDb) -> (usize, String) {
+    /// Judges `tally` (see [`Tally::check`]), counting among the duplicates it explains every publish the relay's
+    /// publish timeout cut before it answered: its INSERT may have committed all the same, and the event is then
+    /// delivered again (a documented duplicate window). The row names them when there are any.
+    pub async fn check(
+        &self,
+        t: &TestDb,
+        tally: &Tally,
+        scenario: &str,
+        injected: &str,
+        allowed_duplicates: usize,
+    ) {
         let cut = self.count(t, "SELECT COUNT(*) FROM {sink}_cut").await;
         let note = if cut > 0 {
             format!("; {cut} publishes cut by the 1-s publish timeout")
         } else {
             String::new()
         };
-        (cut, note)
+        tally.check(
+            scenario,
+            &format!("{injected}{note}"),
+            allowed_duplicates + cut,
+        );
     }
 
     /// Waits until `n` distinct events arrived, failing the test after `within`.
