@@ -84,7 +84,7 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
     let t = TestDb::new(Backend::Postgres).await;
     let sink = Sink::create(&t).await;
     let writers = Writers::start(&t, steady_writers(1000));
-    let _steady = [
+    let steady = [
         RelayProcess::spawn(&t, &sink, faults),
         RelayProcess::spawn(&t, &sink, faults),
     ];
@@ -114,6 +114,7 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
         rounds * CHILD_BATCH + lost_acks,
     )
     .await;
+    drop((steady, victims)); // before their tables go
     sink.drop(&t).await;
     t.drop_tables().await;
 }
@@ -136,7 +137,7 @@ async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
         leased, 0,
         "a graceful stop releases what it did not publish"
     );
-    let _restarted = RelayProcess::spawn(&t, &sink, Faults::default());
+    let restarted = RelayProcess::spawn(&t, &sink, Faults::default());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
@@ -151,6 +152,7 @@ async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
         0,
     )
     .await;
+    drop(restarted); // before its tables go
     sink.drop(&t).await;
     t.drop_tables().await;
 }

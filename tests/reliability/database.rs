@@ -22,7 +22,7 @@ async fn the_relay_survives_its_connections_being_terminated() {
     let separator = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{separator}application_name={name}");
     let writers = Writers::start(&t, steady_writers(100));
-    let _relay = RelayProcess::spawn_on(&url, &t, &sink, Faults::default());
+    let relay = RelayProcess::spawn_on(&url, &t, &sink, Faults::default());
     sink.wait_for(&t, 100, Duration::from_secs(60)).await;
     let kill = format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
@@ -51,6 +51,7 @@ async fn the_relay_survives_its_connections_being_terminated() {
         cuts * CHILD_BATCH,
     )
     .await;
+    drop(relay); // before its tables go
     sink.drop(&t).await;
     t.drop_tables().await;
 }
@@ -76,7 +77,7 @@ async fn the_relay_survives_a_postgres_restart() {
     let t = TestDb::new(Backend::Postgres).await;
     let sink = Sink::create(&t).await;
     let writers = Writers::start(&t, steady_writers(100));
-    let _relay = RelayProcess::spawn(&t, &sink, Faults::default());
+    let relay = RelayProcess::spawn(&t, &sink, Faults::default());
     sink.wait_for(&t, 200, Duration::from_secs(60)).await;
     let before = writers.committed();
     tokio::task::spawn_blocking(restart_postgres)
@@ -97,6 +98,7 @@ async fn the_relay_survives_a_postgres_restart() {
         CHILD_BATCH,
     )
     .await;
+    drop(relay); // before its tables go
     sink.drop(&t).await;
     t.drop_tables().await;
 }
