@@ -111,10 +111,14 @@ impl Sink {
             .collect()
     }
 
-    pub async fn drop(self, t: &TestDb) {
+    /// Ends a scenario: stops the relays that deliver here (they would otherwise spend their last moments on
+    /// tables that are gone), then drops the deliveries tables and the outbox tables.
+    pub async fn tear_down(self, t: TestDb, relays: impl IntoIterator<Item = RelayProcess>) {
+        relays.into_iter().for_each(drop);
         let _ =
             t.db.execute_unprepared(&format!("DROP TABLE {0}, {0}_cut", self.table))
                 .await;
+        t.drop_tables().await;
     }
 }
 

@@ -60,7 +60,6 @@ async fn a_relay_killed_at_random_points_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
-    drop(relay);
     sink.check(
         &t,
         &tally,
@@ -69,8 +68,7 @@ async fn a_relay_killed_at_random_points_loses_nothing() {
         kills * CHILD_BATCH,
     )
     .await;
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, [relay]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,9 +112,8 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
         rounds * CHILD_BATCH + lost_acks,
     )
     .await;
-    drop((steady, victims)); // before their tables go
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, steady.into_iter().chain(victims.into_iter().flatten()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +149,5 @@ async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
         0,
     )
     .await;
-    drop(restarted); // before its tables go
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, [restarted]).await;
 }

@@ -51,9 +51,7 @@ async fn the_relay_survives_its_connections_being_terminated() {
         cuts * CHILD_BATCH,
     )
     .await;
-    drop(relay); // before its tables go
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, [relay]).await;
 }
 
 fn restart_postgres() {
@@ -98,7 +96,5 @@ async fn the_relay_survives_a_postgres_restart() {
         CHILD_BATCH,
     )
     .await;
-    drop(relay); // before its tables go
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, [relay]).await;
 }

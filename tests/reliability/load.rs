@@ -74,7 +74,5 @@ async fn full_speed_writers_keep_the_relay_memory_flat() {
         late <= early + early / 4 + 8 * 1024,
         "the relay's memory grew from {early} KiB to {late} KiB"
     );
-    drop(relay);
-    sink.drop(&t).await;
-    t.drop_tables().await;
+    sink.tear_down(t, [relay]).await;
 }
