@@ -19,29 +19,33 @@ use crate::workload::{drop_tables, fresh, prefill};
 
 const EVENTS: usize = 100_000;
 
-/// How the relays drain: how many, their batch size and batches in flight, and whether the table has statistics.
+/// How the relays drain: how many, their batch size and batches in flight, whether the table has statistics, and
+/// whether published rows are deleted rather than marked.
 #[derive(Clone, Copy)]
 pub struct Shape {
     pub relays: usize,
     pub batch: u32,
     pub batches_in_flight: usize,
     pub analyze: bool,
+    pub delete_on_publish: bool,
 }
 
 impl Shape {
-    /// One relay, batch 1000, `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2, the library's), analyzed.
+    /// One relay, batch 1000, `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2, the library's), analyzed,
+    /// rows marked published (the library's default).
     pub fn one() -> Result<Shape> {
         Ok(Shape {
             relays: 1,
             batch: 1000,
             batches_in_flight: crate::service::batches_in_flight()?,
             analyze: true,
+            delete_on_publish: false,
         })
     }
 }
 
-/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, and one batch in
-/// flight instead of two (claim, publish and mark one after another).
+/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, one batch in flight
+/// instead of two (claim, publish and mark one after another), and published rows deleted instead of marked.
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let one = Shape::one()?;
     let mut rows = Vec::new();
@@ -60,6 +64,13 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
                 ..one
             },
             "analyzed, 1 batch in flight",
+        ),
+        (
+            Shape {
+                delete_on_publish: true,
+                ..one
+            },
+            "analyzed, delete on publish",
         ),
         (Shape { relays: 4, ..one }, "analyzed"),
         (Shape { batch: 100, ..one }, "analyzed"),
@@ -106,6 +117,7 @@ async fn in_memory(
     for _ in 0..runs {
         let mut config = OutboxConfig::default();
         config.batch_size = shape.batch;
+        config.delete_on_publish = shape.delete_on_publish;
         let outbox = fresh(db, config).await?;
         prefill(db, &outbox, EVENTS, shape.analyze).await?;
         let publisher: Arc<dyn Publisher> = Arc::new(InMemoryPublisher::new());

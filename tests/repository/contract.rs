@@ -21,6 +21,7 @@ on_every_backend!(
     a_fenced_out_claim_cannot_mark,
     a_failing_event_holds_back_only_its_own_aggregate,
     an_owner_may_claim_behind_its_own_leases_and_nobody_else_may,
+    a_lease_beyond_every_window_still_holds_its_aggregate_back,
     failures_back_off_then_dead_letter,
     dead_letters_replay_and_purge,
     undecodable_rows_become_dead_letters_without_stopping_others,
@@ -460,6 +461,39 @@ async fn an_owner_may_claim_behind_its_own_leases_and_nobody_else_may(backend: B
             .is_empty(),
         "x3 waits for its retry, and x4 behind it"
     );
+    t.drop_tables().await;
+}
+
+/// PostgreSQL claims from windows of 4 and 16 times the batch size, then reads every pending row for the leased
+/// ones (leases are in no index there). A claim of 2 behind 40 rows another relay leased gets past both windows:
+/// it must still see those leases, and claim only the aggregate nobody holds.
+async fn a_lease_beyond_every_window_still_holds_its_aggregate_back(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let busy = (1..=10).flat_map(|seq| (0..4).map(move |a| opened(&format!("busy-{a}"), seq)));
+    t.outbox.add_events(&t.db, busy).await.unwrap();
+    t.outbox
+        .add_events(&t.db, [opened("free", 1), opened("busy-0", 11)])
+        .await
+        .unwrap();
+    let other = t.outbox.claim(&t.db, 40).await.unwrap();
+    assert_eq!(other.events.len(), 40);
+
+    let claim = t.outbox.claim(&t.db, 2).await.unwrap();
+    let claimed: Vec<&str> = claim
+        .events
+        .iter()
+        .map(|e| e.aggregate_id.as_str())
+        .collect();
+    assert_eq!(claimed, ["free"], "busy-0's 11th event waits for its 10th");
+
+    let ids: Vec<i64> = other.events.iter().map(|e| e.id).collect();
+    t.outbox
+        .mark_published(&t.db, other.token, &ids)
+        .await
+        .unwrap();
+    let next = t.outbox.claim(&t.db, 2).await.unwrap();
+    assert_eq!(next.events.len(), 1);
+    assert_eq!(next.events[0].aggregate_id, "busy-0");
     t.drop_tables().await;
 }
 

@@ -51,6 +51,11 @@ use scan::ScanStart;
 
 /// Rows per INSERT and per `IN (...)` list: well under every backend's limit on bound parameters.
 const CHUNK: usize = 500;
+
+/// The PostgreSQL claim's windows, in multiples of the batch size: the first fits a backlog whose head is this
+/// relay's own or free; the second reaches past the batches other relays hold at the head (4 relays with 2
+/// batches in flight each lease 8 batches there).
+const WINDOWS: [i64; 2] = [4, 16];
 /// Longest error text kept per event; the rest is cut so one huge message cannot bloat the table.
 const MAX_ERROR_LEN: usize = 4096;
 
@@ -446,7 +451,6 @@ impl OutboxRepository {
             Vec::new(),
         )
         .await?;
-        let window = i64::from(limit) * 4;
         let claim = format!(
             "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows, \
              (SELECT MIN(id) FROM head) AS window_start, (SELECT MAX(id) FROM head) AS window_end",
@@ -456,31 +460,44 @@ impl OutboxRepository {
         let started = std::time::Instant::now();
         let from = self.inner.scan.next(started);
         let (now, (mine_from, mine_to)) = (lease.now, lease.owner);
-        let values = vec![
-            now.into(),
-            now.into(),
-            mine_from.into(),
-            mine_to.into(),
-            now.into(),
-            from.into(),
-            window.into(),
-            lease.token.0.into(),
-            lease.until.into(),
-            limit.into(),
-        ];
-        let mut rows = self.query(&txn, "claiming events", &claim, values).await?;
-        let bounds = rows.first().and_then(|row| {
-            let start = row.try_get::<i64>("", "window_start").ok()?;
-            Some((start, row.try_get::<i64>("", "window_end").ok()?))
-        });
-        let missing = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(limit));
-        // A window that was not full held every pending row from its start: nothing is left beyond it.
-        let window_full = rows.first().is_none_or(|row| {
-            row.try_get::<i64>("", "window_rows")
-                .is_ok_and(|n| n >= window)
-        });
+        let mut rows: Vec<QueryResult> = Vec::new();
+        let mut bounds = None;
+        let mut missing = limit;
+        // A window that was not full held every pending row from its start: nothing is left beyond it. One that
+        // was full but short (its head leased by other relays or retrying) is tried once more, wider, before the
+        // full statement, which reads every pending row.
+        let mut window_full = true;
+        for window in WINDOWS.map(|times| i64::from(limit) * times) {
+            if missing == 0 || !window_full {
+                break;
+            }
+            let values = vec![
+                now.into(),
+                now.into(),
+                mine_from.into(),
+                mine_to.into(),
+                now.into(),
+                from.into(),
+                window.into(),
+                lease.token.0.into(),
+                lease.until.into(),
+                missing.into(),
+            ];
+            let claimed = self.query(&txn, "claiming events", &claim, values).await?;
+            if let Some(row) = claimed.first() {
+                window_full = row
+                    .try_get::<i64>("", "window_rows")
+                    .is_ok_and(|n| n >= window);
+                let start = row.try_get::<i64>("", "window_start");
+                let end = row.try_get::<i64>("", "window_end");
+                if let (Ok(start), Ok(end)) = (start, end) {
+                    bounds = Some((start, end));
+                }
+            }
+            missing = missing.saturating_sub(u32::try_from(claimed.len()).unwrap_or(missing));
+            rows.extend(claimed);
+        }
         if missing > 0 && window_full {
-            // Rows this claim just leased now count as held: their aggregates' later events wait.
             self.query(&txn, "planning the claim", sql::FREE_PLANNER, Vec::new())
                 .await?;
             let claim = format!("{} RETURNING {}", sql::CLAIM_POSTGRES, sql::COLUMNS);

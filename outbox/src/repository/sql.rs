@@ -178,10 +178,28 @@ pub const FREE_PLANNER: &str = "SELECT set_config('enable_bitmapscan', 'on', tru
 
 /// PostgreSQL's claim, one statement. The planner cannot be trusted with `CLAIMABLE` as an `IN` subquery: on a
 /// queue table whose statistics lag its churn it re-ran the subquery for every pending row (5 s for 800 rows,
-/// measured). Here the few blocked aggregates are materialized first, from a small partial index, and the claimed
-/// ids are collected into an array before the UPDATE looks rows up by primary key. Values: now, owner's first
-/// token, owner's last token, now, token, lease until, now, now, limit.
-pub const CLAIM_POSTGRES: &str = "WITH blocked AS MATERIALIZED (        SELECT aggregate_type, aggregate_id, MIN(id) AS first_id FROM {t}        WHERE status = 0          AND ((locked_until >= ? AND claim_token NOT BETWEEN ? AND ?) OR next_attempt_at > ?)        GROUP BY aggregate_type, aggregate_id)      UPDATE {t} SET claim_token = ?, locked_until = ?      WHERE status = 0 AND id = ANY(ARRAY(        SELECT o.id FROM {t} o        WHERE o.status = 0          AND (o.locked_until IS NULL OR o.locked_until < ?)          AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?)          AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.aggregate_type = o.aggregate_type            AND b.aggregate_id = o.aggregate_id AND b.first_id < o.id)        ORDER BY o.id LIMIT ?))";
+/// measured). Here the blocked aggregates are materialized first and the claimed ids are collected into an array
+/// before the UPDATE looks rows up by primary key. Retrying rows come from their small partial index; leased rows
+/// are in no index (so that leasing stays a HOT update) and are found by walking the pending index, which costs a
+/// read of every pending row: this statement only runs when even the widest window held too few claimable rows.
+/// Values: now, owner's first token, owner's last token, now, token, lease until, now, now, limit.
+pub const CLAIM_POSTGRES: &str = "WITH blocked AS MATERIALIZED ( \
+       SELECT aggregate_type, aggregate_id, MIN(id) AS first_id FROM ( \
+         SELECT aggregate_type, aggregate_id, id FROM {t} \
+         WHERE status = 0 AND locked_until >= ? AND claim_token NOT BETWEEN ? AND ? \
+         UNION ALL \
+         SELECT aggregate_type, aggregate_id, id FROM {t} \
+         WHERE status = 0 AND next_attempt_at IS NOT NULL AND next_attempt_at > ?) h \
+       GROUP BY aggregate_type, aggregate_id) \
+     UPDATE {t} SET claim_token = ?, locked_until = ? \
+     WHERE status = 0 AND id = ANY(ARRAY( \
+       SELECT o.id FROM {t} o \
+       WHERE o.status = 0 \
+         AND (o.locked_until IS NULL OR o.locked_until < ?) \
+         AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= ?) \
+         AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.aggregate_type = o.aggregate_type \
+           AND b.aggregate_id = o.aggregate_id AND b.first_id < o.id) \
+       ORDER BY o.id LIMIT ?))";
 
 #[cfg(test)]
 mod tests {
