@@ -46,8 +46,10 @@ impl Shape {
 
 /// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, one batch in flight
 /// instead of two (claim, publish and mark one after another), and published rows deleted instead of marked.
+/// `BENCH_DRAIN_ONLY` keeps the rows whose label contains it, for A/B runs and profiles of one shape.
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let one = Shape::one()?;
+    let only = std::env::var("BENCH_DRAIN_ONLY").ok();
     let mut rows = Vec::new();
     for (shape, note) in [
         (
@@ -79,7 +81,9 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
             "drain 100k, {} relay(s), batch {}, in-memory, {note}",
             shape.relays, shape.batch
         );
-        rows.push(in_memory(db, runs, shape, label).await?);
+        if only.as_deref().is_none_or(|only| label.contains(only)) {
+            rows.push(in_memory(db, runs, shape, label).await?);
+        }
     }
     Ok(rows)
 }

@@ -157,6 +157,21 @@ pub struct Claim {
     pub dead_lettered: Vec<DeadLettered>,
 }
 
+/// Rows a claim leased, in write order, not decoded yet (see `OutboxRepository::lease_as`).
+pub(crate) struct Leased {
+    pub(crate) token: ClaimToken,
+    backend: DbBackend,
+    pub(crate) rows: Vec<LeasedRow>,
+}
+
+/// One leased row: its id and aggregate, read at once for the ordering, and the row to decode later.
+pub(crate) struct LeasedRow {
+    pub(crate) id: i64,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    row: QueryResult,
+}
+
 /// A claimed, decoded event.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -385,6 +400,17 @@ impl OutboxRepository {
     where
         C: ConnectionTrait + TransactionTrait,
     {
+        let leased = self.lease_as(db, owner, limit).await?;
+        self.decode_leased(db, leased).await
+    }
+
+    /// The first half of [`claim_as`](Self::claim_as): leases the rows and reads their ids and aggregates, leaving
+    /// the events undecoded. The relay decodes them with [`decode_leased`](Self::decode_leased) while its next
+    /// claim runs, so that decoding is off the path that claims follow one another on.
+    pub(crate) async fn lease_as<C>(&self, db: &C, owner: &LeaseOwner, limit: u32) -> Result<Leased>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
         let now = now_micros();
         let lease = Lease {
             token: owner.next_token(),
@@ -392,14 +418,42 @@ impl OutboxRepository {
             now,
             until: now + micros(self.inner.config.lease_duration),
         };
-        let token = lease.token;
         let backend = db.get_database_backend();
         let rows = match backend {
             DbBackend::MySql => self.claim_mysql(db, &lease, limit).await?,
             DbBackend::Postgres => self.claim_postgres(db, &lease, limit).await?,
             _ => self.claim_sqlite(db, &lease, limit).await?,
         };
+        // Columns 0, 4 and 5 of `sql::COLUMNS`; a row whose key cannot be read is dead-lettered by the decoding.
+        let mut rows: Vec<LeasedRow> = rows
+            .into_iter()
+            .map(|row| LeasedRow {
+                id: row.try_get_by_index(0).unwrap_or_default(),
+                aggregate_type: row.try_get_by_index(4).unwrap_or_default(),
+                aggregate_id: row.try_get_by_index(5).unwrap_or_default(),
+                row,
+            })
+            .collect();
+        rows.sort_by_key(|row| row.id);
+        Ok(Leased {
+            token: lease.token,
+            backend,
+            rows,
+        })
+    }
 
+    /// The second half of [`claim_as`](Self::claim_as): decodes leased rows into events, in write order, and turns
+    /// the rows that cannot be decoded into dead letters.
+    pub(crate) async fn decode_leased<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        leased: Leased,
+    ) -> Result<Claim> {
+        let Leased {
+            token,
+            backend,
+            rows,
+        } = leased;
         let mut claim = Claim {
             token,
             events: Vec::with_capacity(rows.len()),
@@ -407,7 +461,7 @@ impl OutboxRepository {
         };
         let mut failures = Vec::new();
         for row in &rows {
-            match self.decode_claimed(backend, row) {
+            match self.decode_claimed(backend, &row.row) {
                 Ok(event) => claim.events.push(event),
                 Err(dead) => {
                     failures.push(Failure {
@@ -420,7 +474,6 @@ impl OutboxRepository {
                 }
             }
         }
-        claim.events.sort_by_key(|e| e.id);
         if !failures.is_empty() {
             for dead in &claim.dead_lettered {
                 tracing::error!(
