@@ -23,7 +23,8 @@ pub struct Written {
 }
 
 /// Writes `n` events alternating between aggregates `a` and `b` (opened ×(n-2), then one closed each), all with
-/// one correlation id, then publishes them with a relay through `publisher`.
+/// one correlation id, then publishes them with a relay through `publisher`, up to 4 of an aggregate's events
+/// unacknowledged at once.
 pub async fn write_and_relay(publisher: impl Publisher, n: u32) -> Written {
     let t = TestDb::new(Backend::SqliteMemory).await;
     let correlation = format!("req-{}", suffix());
@@ -55,7 +56,11 @@ pub async fn write_and_relay(publisher: impl Publisher, n: u32) -> Written {
             .push(e.event_id());
     }
     let ids = t.outbox.add_events(&t.db, envelopes).await.unwrap();
-    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build();
+    // Sending ahead, so every broker test also checks that what the publisher sends before an acknowledgement
+    // arrives in order (publishers that cannot promise it wait for each acknowledgement whatever this says).
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher)
+        .unacknowledged_per_aggregate(4)
+        .build();
     let report = relay.publish_batch(1000).await.unwrap();
     assert_eq!(report.published as usize, ids.len(), "{report:?}");
     Written {

@@ -3,6 +3,7 @@
 //! health and metrics. Every scenario ends with an accounting of what was written against what arrived.
 
 mod accounting;
+mod ahead;
 mod faults;
 mod hammer;
 mod health;

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,12 +11,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
+use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
 use crate::message::Message;
 
-/// Publishes to Kafka with an idempotent producer (`enable.idempotence`, `acks=all`) and waits for each
-/// delivery report; the relay keeps many in flight, so librdkafka batches them.
+/// Publishes to Kafka with an idempotent producer (`enable.idempotence`, `acks=all`) and reports each delivery
+/// report; the relay keeps many in flight, so librdkafka batches them.
 ///
 /// - Topic: the message's destination (one per aggregate type by default); record key: the aggregate id, so an
 ///   aggregate's events land in one partition, in order.
@@ -140,6 +140,13 @@ impl KafkaPublisher {
 #[async_trait::async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        self.send(message).await?.await
+    }
+
+    /// The idempotent producer keeps a partition's records in the order sent, through its own retries, and an
+    /// aggregate's records share a partition (the key is the aggregate id): an aggregate's next event may be
+    /// sent before the previous one's delivery report.
+    async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
         self.ensure_topic(&message.destination).await?;
         let mut pairs = match self.encoding {
             Encoding::Binary => BinaryMode::KAFKA.headers(message),
@@ -164,15 +171,33 @@ impl Publisher for KafkaPublisher {
             });
         }
         let body = self.encoding.body(message);
-        let record = FutureRecord::to(&message.destination)
+        let mut record = FutureRecord::to(&message.destination)
             .key(message.key.as_bytes())
             .payload(&body)
             .headers(headers);
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(drop)
-            .map_err(|(error, _)| classify(error))
+        // A full local queue drains as librdkafka delivers: wait for room, as `FutureProducer::send` does.
+        let deadline = Instant::now() + self.timeout;
+        let delivery = loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => return Err(classify(error)),
+            }
+        };
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(classify(error)),
+                Err(_) => Err(PublishError::unavailable(Reason(
+                    "the Kafka producer was dropped before the delivery report".into(),
+                ))),
+            }
+        }))
     }
 
     async fn check(&self) -> Result<(), PublishError> {

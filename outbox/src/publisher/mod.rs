@@ -40,11 +40,27 @@ pub use redis::{RedisPublisher, faststream_envelope};
 pub use stdout::StdoutPublisher;
 pub use url::from_url;
 
+/// The broker's answer to a message already sent: resolves when it acknowledges or refuses the message.
+pub type Acknowledgement = futures_util::future::BoxFuture<'static, Result<(), PublishError>>;
+
 /// Sends messages to a broker.
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync + 'static {
     /// Sends `message` and waits for the broker's acknowledgement.
     async fn publish(&self, message: &Message) -> Result<(), PublishError>;
+
+    /// Sends `message` without waiting for its acknowledgement, and returns the acknowledgement to wait for; the
+    /// relay uses it to keep several of an aggregate's events unacknowledged at once
+    /// ([`RelayBuilder::unacknowledged_per_aggregate`](crate::relay::RelayBuilder::unacknowledged_per_aggregate)).
+    ///
+    /// An implementation must guarantee that messages sent one after the other reach their destination in that
+    /// order unless one is refused: RabbitMQ does for one channel and one queue, NATS JetStream for one
+    /// connection and one stream, Kafka's idempotent producer for one partition. The default waits for the acknowledgement ([`publish`](Self::publish)), so a
+    /// publisher that cannot promise that order never has two of an aggregate's messages in flight.
+    async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
+        self.publish(message).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// Whether the broker is reachable now, for health checks and the relay's start-up check.
     async fn check(&self) -> Result<(), PublishError> {
@@ -63,6 +79,9 @@ macro_rules! forward_publisher {
         impl<P: Publisher + ?Sized> Publisher for $pointer<P> {
             async fn publish(&self, message: &Message) -> Result<(), PublishError> {
                 (**self).publish(message).await
+            }
+            async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
+                (**self).send(message).await
             }
             async fn check(&self) -> Result<(), PublishError> {
                 (**self).check().await

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 
-use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
+use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
 use crate::message::Message;
 
@@ -103,6 +103,12 @@ impl NatsPublisher {
 #[async_trait::async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        self.send(message).await?.await
+    }
+
+    /// Messages published on one connection are stored in the order sent, so an aggregate's events may be sent
+    /// before the previous one's acknowledgement.
+    async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
         let payload = self.encoding.body(message);
         let ack = self
             .jetstream
@@ -113,9 +119,10 @@ impl Publisher for NatsPublisher {
             )
             .await
             .map_err(|e| classify(&message.destination, e))?;
-        ack.await
-            .map(drop)
-            .map_err(|e| classify(&message.destination, e))
+        let subject = message.destination.clone();
+        Ok(Box::pin(async move {
+            ack.await.map(drop).map_err(|e| classify(&subject, e))
+        }))
     }
 
     async fn check(&self) -> Result<(), PublishError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
+use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
 use crate::message::Message;
 
@@ -135,6 +135,12 @@ async fn open(uri: &str) -> Result<Channel, PublishError> {
 #[async_trait::async_trait]
 impl Publisher for RabbitMqPublisher {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        self.send(message).await?.await
+    }
+
+    /// One channel delivers messages to a queue in the order it sent them, so an aggregate's events may be sent
+    /// before the previous one's confirm.
+    async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
         let channel = self.channel().await?;
         let body = self.encoding.body(message);
         let confirm = channel
@@ -150,21 +156,25 @@ impl Publisher for RabbitMqPublisher {
             )
             .await
             .map_err(PublishError::unavailable)?;
-        match confirm.await.map_err(PublishError::unavailable)? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(PublishError::permanent(Reason(format!(
-                    "unroutable: no queue is bound for routing key `{}` on exchange `{}` ({} {})",
-                    message.destination, self.exchange, returned.reply_code, returned.reply_text
-                ))))
+        let (routing_key, exchange) = (message.destination.clone(), self.exchange.clone());
+        Ok(Box::pin(async move {
+            match confirm.await.map_err(PublishError::unavailable)? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                    Err(PublishError::permanent(Reason(format!(
+                        "unroutable: no queue is bound for routing key `{routing_key}` on exchange `{exchange}` \
+                         ({} {})",
+                        returned.reply_code, returned.reply_text
+                    ))))
+                }
+                Confirmation::Nack(None) => Err(PublishError::transient(Reason(
+                    "the broker nacked the message".into(),
+                ))),
+                Confirmation::NotRequested => Err(PublishError::unavailable(Reason(
+                    "publisher confirms are off on this channel".into(),
+                ))),
             }
-            Confirmation::Nack(None) => Err(PublishError::transient(Reason(
-                "the broker nacked the message".into(),
-            ))),
-            Confirmation::NotRequested => Err(PublishError::unavailable(Reason(
-                "publisher confirms are off on this channel".into(),
-            ))),
-        }
+        }))
     }
 
     async fn check(&self) -> Result<(), PublishError> {
