@@ -1,6 +1,8 @@
 //! Drains to the real brokers: 100,000 pre-filled events published by one relay to each broker (with
 //! acknowledgements / confirms / delivery reports), batch 1000, analyzed table. The destination is
-//! `com.example.user` on every broker.
+//! `com.example.user` on every broker. NATS, RabbitMQ and Kafka, whose publishers can send an aggregate's next
+//! event before the previous acknowledgement, run once more with `BENCH_UNACKNOWLEDGED` (default 4) of them at
+//! once, and both ways again with 20k events over 4 aggregates.
 
 use std::sync::Arc;
 
@@ -11,39 +13,73 @@ use outbox::sea_orm::DatabaseConnection;
 use crate::Result;
 use crate::drain::{Shape, timed_drain};
 use crate::report::Row;
-use crate::workload::{drop_tables, fresh, prefill};
+use crate::workload::{drop_tables, fresh, prefill_over};
 
 /// The NATS JetStream publisher, creating the stream `OUTBOXBENCH` for the workload's subject.
 pub const NATS: &str = "nats://127.0.0.1:4222?stream=OUTBOXBENCH&subjects=com.example.user";
 
+/// How many events and aggregates a drain has: the workload's 100k over 100, or few aggregates, where each
+/// aggregate's wait for acknowledgements is what limits the relay.
+const WORKLOAD: (usize, usize) = (100_000, 100);
+const FEW_AGGREGATES: (usize, usize) = (20_000, 4);
+
 pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+    const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    const KAFKA: &str = "kafka://127.0.0.1:9092?partitions=1";
+    let ahead: usize = crate::env("BENCH_UNACKNOWLEDGED")?.unwrap_or(4);
+    let mut drains = vec![
+        ("NATS JetStream", NATS, WORKLOAD, 1),
+        ("NATS JetStream", NATS, WORKLOAD, ahead),
+        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, 1),
+        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead),
+        ("Redis Streams", "redis://127.0.0.1:6379", WORKLOAD, 1),
+        ("Kafka (tansu)", KAFKA, WORKLOAD, 1),
+        ("Kafka (tansu)", KAFKA, WORKLOAD, ahead),
+    ];
     for (name, url) in [
         ("NATS JetStream", NATS),
-        (
-            "RabbitMQ (confirms)",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ),
-        ("Redis Streams", "redis://127.0.0.1:6379"),
-        ("Kafka (tansu)", "kafka://127.0.0.1:9092?partitions=1"),
+        ("RabbitMQ (confirms)", RABBITMQ),
+        ("Kafka (tansu)", KAFKA),
     ] {
+        drains.push((name, url, FEW_AGGREGATES, 1));
+        drains.push((name, url, FEW_AGGREGATES, ahead));
+    }
+    let mut rows = Vec::new();
+    for (name, url, (events, aggregates), unacknowledged) in drains {
         if url.starts_with("kafka") && std::env::var_os("BENCH_SKIP_KAFKA").is_some() {
             eprintln!("BENCH_SKIP_KAFKA is set: no Kafka drain");
             continue;
         }
+        let ahead = if unacknowledged > 1 {
+            format!(", {unacknowledged} unacknowledged per aggregate")
+        } else {
+            String::new()
+        };
+        let few = if aggregates == WORKLOAD.1 {
+            String::new()
+        } else {
+            format!(" over {aggregates} aggregates")
+        };
         let mut row = Row::new(
-            format!("drain 100k to {name}, 1 relay, batch 1000"),
+            format!(
+                "drain {}k{few} to {name}, 1 relay, batch 1000{ahead}",
+                events / 1000
+            ),
             "events/s",
         );
+        let shape = Shape {
+            unacknowledged_per_aggregate: unacknowledged,
+            ..Shape::one()?
+        };
         for _ in 0..runs {
             prepare(url).await?;
             let mut config = OutboxConfig::default();
             config.batch_size = 1000;
             let outbox = fresh(db, config).await?;
-            prefill(db, &outbox, 100_000, true).await?;
+            prefill_over(db, &outbox, events, aggregates, true).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);
             row.values
-                .push(timed_drain(db, &outbox, publisher, Shape::one()?).await?);
+                .push(timed_drain(db, &outbox, publisher, shape).await?);
             drop_tables(db, &outbox).await?;
         }
         prepare(url).await?;

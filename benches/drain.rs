@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox::publisher::{InMemoryPublisher, PublishError, Publisher};
+use outbox::publisher::{Acknowledgement, InMemoryPublisher, PublishError, Publisher};
 use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::DatabaseConnection;
@@ -19,8 +19,9 @@ use crate::workload::{drop_tables, fresh, prefill};
 
 const EVENTS: usize = 100_000;
 
-/// How the relays drain: how many, their batch size and batches in flight, whether the table has statistics, and
-/// whether published rows are deleted rather than marked.
+/// How the relays drain: how many, their batch size and batches in flight, whether the table has statistics,
+/// whether published rows are deleted rather than marked, and how many of an aggregate's events may await their
+/// acknowledgement at once.
 #[derive(Clone, Copy)]
 pub struct Shape {
     pub relays: usize,
@@ -28,11 +29,12 @@ pub struct Shape {
     pub batches_in_flight: usize,
     pub analyze: bool,
     pub delete_on_publish: bool,
+    pub unacknowledged_per_aggregate: usize,
 }
 
 impl Shape {
     /// One relay, batch 1000, `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2, the library's), analyzed,
-    /// rows marked published (the library's default).
+    /// rows marked published, one unacknowledged event per aggregate (the library's defaults).
     pub fn one() -> Result<Shape> {
         Ok(Shape {
             relays: 1,
@@ -40,6 +42,7 @@ impl Shape {
             batches_in_flight: crate::service::batches_in_flight()?,
             analyze: true,
             delete_on_publish: false,
+            unacknowledged_per_aggregate: 1,
         })
     }
 }
@@ -132,7 +135,7 @@ async fn in_memory(
     Ok(row)
 }
 
-/// Drains the 100k pending events of `outbox` with running relays (`Relay::run`, as a service runs them) sharing
+/// Drains the pending events of `outbox` with running relays (`Relay::run`, as a service runs them) sharing
 /// `publisher`, from their start until the last one returned after the last acknowledgement (its final marks
 /// included); events/s. The batch size is `outbox`'s.
 pub async fn timed_drain(
@@ -141,10 +144,14 @@ pub async fn timed_drain(
     publisher: Arc<dyn Publisher>,
     shape: Shape,
 ) -> Result<f64> {
+    let events = outbox.count_unpublished(db).await?;
     let counted = Arc::new(Counted {
         inner: publisher,
-        acked: AtomicU64::new(0),
-        all_acked: Notify::new(),
+        tally: Arc::new(Tally {
+            events,
+            acked: AtomicU64::new(0),
+            all_acked: Notify::new(),
+        }),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let start = Instant::now();
@@ -154,13 +161,15 @@ pub async fn timed_drain(
             let relay = Relay::builder(db.clone(), outbox.clone(), counted.clone())
                 .listen(false)
                 .max_batches_in_flight(shape.batches_in_flight)
+                .unacknowledged_per_aggregate(shape.unacknowledged_per_aggregate)
                 .build();
             tokio::spawn(relay.run(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }))
         })
         .collect();
-    let acked = tokio::time::timeout(Duration::from_secs(600), counted.all_acked.notified()).await;
+    let acked =
+        tokio::time::timeout(Duration::from_secs(600), counted.tally.all_acked.notified()).await;
     let _ = stop.send(true);
     for task in tasks {
         task.await??;
@@ -168,15 +177,15 @@ pub async fn timed_drain(
     let elapsed = start.elapsed();
     acked.map_err(|_| format!("{}: not drained within 600 s", counted.name()))?;
     let pending = outbox.count_unpublished(db).await?;
-    if pending != 0 || counted.acked.load(Ordering::Relaxed) < EVENTS as u64 {
+    if pending != 0 || counted.tally.acked.load(Ordering::Relaxed) < events {
         return Err(format!(
             "{}: {} acknowledged, {pending} still pending",
             counted.name(),
-            counted.acked.load(Ordering::Relaxed)
+            counted.tally.acked.load(Ordering::Relaxed)
         )
         .into());
     }
-    Ok(EVENTS as f64 / elapsed.as_secs_f64())
+    Ok(events as f64 / elapsed.as_secs_f64())
 }
 
 /// Publishes batches until a claim comes back empty; how many events were published.
@@ -191,21 +200,42 @@ pub async fn until_empty(relay: &Relay, batch: u32) -> Result<u64> {
     }
 }
 
-/// Counts acknowledged publishes, to stop the relays once all [`EVENTS`] went out.
+/// Counts acknowledged publishes, to stop the relays once all `events` went out. Forwards `send` too, so
+/// publishers that send ahead of acknowledgements still do.
 struct Counted {
     inner: Arc<dyn Publisher>,
+    tally: Arc<Tally>,
+}
+
+struct Tally {
+    events: u64,
     acked: AtomicU64,
     all_acked: Notify,
+}
+
+impl Tally {
+    fn acked(&self) {
+        if self.acked.fetch_add(1, Ordering::Relaxed) + 1 == self.events {
+            self.all_acked.notify_one();
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Publisher for Counted {
     async fn publish(&self, message: &Message) -> std::result::Result<(), PublishError> {
         self.inner.publish(message).await?;
-        if self.acked.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS as u64 {
-            self.all_acked.notify_one();
-        }
+        self.tally.acked();
         Ok(())
+    }
+    async fn send(&self, message: &Message) -> std::result::Result<Acknowledgement, PublishError> {
+        let ack = self.inner.send(message).await?;
+        let tally = self.tally.clone();
+        Ok(Box::pin(async move {
+            ack.await?;
+            tally.acked();
+            Ok(())
+        }))
     }
     async fn check(&self) -> std::result::Result<(), PublishError> {
         self.inner.check().await

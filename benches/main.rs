@@ -55,7 +55,7 @@ pub struct Settings {
 }
 
 /// The variable `name` parsed, if it is set.
-fn env<T: FromStr>(name: &str) -> Result<Option<T>>
+pub fn env<T: FromStr>(name: &str) -> Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {

@@ -19,11 +19,15 @@ pub struct UserCreated {
     name: String,
 }
 
-/// The `i`-th event of the workload.
+/// The `i`-th event of the workload, over its 100 aggregates.
 pub fn event(i: usize) -> UserCreated {
-    // 100 aggregates: the user ids cycle through 100 fixed values.
+    event_over(i, 100)
+}
+
+/// The `i`-th event with `aggregates` aggregates: the user ids cycle through that many fixed values.
+pub fn event_over(i: usize, aggregates: usize) -> UserCreated {
     UserCreated {
-        user_id: Uuid::from_u128(0x1000 + (i % 100) as u128),
+        user_id: Uuid::from_u128(0x1000 + (i % aggregates) as u128),
         email: format!("user{i:08}@example.com"),
         name: format!("Benchmark User Number {i:08} With A Long Name"),
     }
@@ -53,18 +57,29 @@ pub async fn drop_tables(db: &DatabaseConnection, outbox: &OutboxRepository) -> 
     Ok(())
 }
 
-/// Stores `n` events, 1000 per statement pair, each its own transaction.
+/// Stores `n` events of the workload, 1000 per statement pair, each its own transaction.
 pub async fn prefill(
     db: &DatabaseConnection,
     outbox: &OutboxRepository,
     n: usize,
     analyze: bool,
 ) -> Result<()> {
+    prefill_over(db, outbox, n, 100, analyze).await
+}
+
+/// [`prefill`] with `aggregates` aggregates instead of the workload's 100.
+pub async fn prefill_over(
+    db: &DatabaseConnection,
+    outbox: &OutboxRepository,
+    n: usize,
+    aggregates: usize,
+    analyze: bool,
+) -> Result<()> {
     for chunk in 0..n / 1000 {
         outbox
             .add_events(
                 db,
-                (0..1000).map(|i| EventEnvelope::new(event(chunk * 1000 + i))),
+                (0..1000).map(|i| EventEnvelope::new(event_over(chunk * 1000 + i, aggregates))),
             )
             .await?;
     }
