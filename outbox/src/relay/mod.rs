@@ -525,6 +525,9 @@ impl Relay {
                     sending = false;
                     continue;
                 }
+                // A publisher that answers at once (in memory, stdout) never makes this loop wait; counting each
+                // send against tokio's budget lets the claim and the service's own tasks run in between.
+                tokio::task::consume_budget().await;
                 let i = chain[next];
                 next += 1;
                 let deadline = Instant::now() + self.publish_timeout();

@@ -461,6 +461,9 @@ impl OutboxRepository {
         };
         let mut failures = Vec::new();
         for row in &rows {
+            // Decoding a batch takes milliseconds: yield to the runtime's other tasks (the relay's next claim, the
+            // service) when tokio's budget says so.
+            tokio::task::consume_budget().await;
             match self.decode_claimed(backend, &row.row) {
                 Ok(event) => claim.events.push(event),
                 Err(dead) => {
