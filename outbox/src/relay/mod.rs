@@ -472,7 +472,6 @@ impl Relay {
             .unwrap_or(self.config().lease_duration / 2)
     }
 
-    /// One publish, bounded by the publish timeout.
     /// One step of a publish (sending, or waiting for the acknowledgement), bounded by the publish's deadline.
     async fn timed<T>(
         &self,

@@ -56,6 +56,7 @@ const CHUNK: usize = 500;
 /// relay's own or free; the second reaches past the batches other relays hold at the head (4 relays with 2
 /// batches in flight each lease 8 batches there).
 const WINDOWS: [i64; 2] = [4, 16];
+
 /// Longest error text kept per event; the rest is cut so one huge message cannot bloat the table.
 const MAX_ERROR_LEN: usize = 4096;
 
