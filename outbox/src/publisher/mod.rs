@@ -55,8 +55,10 @@ pub trait Publisher: Send + Sync + 'static {
     ///
     /// An implementation must guarantee that messages sent one after the other reach their destination in that
     /// order unless one is refused: RabbitMQ does for one channel and one queue, NATS JetStream for one
-    /// connection and one stream, Kafka's idempotent producer for one partition. The default waits for the acknowledgement ([`publish`](Self::publish)), so a
-    /// publisher that cannot promise that order never has two of an aggregate's messages in flight.
+    /// connection and one stream, Kafka's idempotent producer for one partition. The default waits for the
+    /// acknowledgement ([`publish`](Self::publish)), so a publisher that cannot promise that order never has two
+    /// of an aggregate's messages in flight. A publisher that wraps another (to rename destinations, count, trace)
+    /// must forward `send` as well, or every message through it waits for its acknowledgement.
     async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
         self.publish(message).await?;
         Ok(Box::pin(std::future::ready(Ok(()))))

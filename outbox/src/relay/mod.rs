@@ -307,7 +307,7 @@ impl Relay {
         runs: Vec<(Vec<usize>, Link)>,
         stop: &AtomicBool,
     ) -> Result<BatchReport, RelayError> {
-        if runs.is_empty() {
+        if leased.rows.is_empty() {
             observe::no_events();
             return Ok(BatchReport {
                 duration: started.elapsed(),
@@ -316,22 +316,21 @@ impl Relay {
         }
         let ids: Vec<i64> = leased.rows.iter().map(|row| row.id).collect();
         let claim = self.repository.decode_leased(&self.db, leased).await?;
-        // The runs count leased rows; the decoded events leave out the dead letters. A run left empty still waits
-        // for its turn and reports, so the aggregate's next run goes on.
-        let position: std::collections::HashMap<i64, usize> = claim
-            .events
-            .iter()
-            .enumerate()
-            .map(|(i, event)| (event.id, i))
-            .collect();
+        // The runs index leased rows; the decoded events are the same rows in the same (id) order, less the dead
+        // letters. A run left empty still waits for its turn and reports, so the aggregate's next run goes on.
+        let position: Vec<Option<usize>> = {
+            let mut decoded = claim.events.iter().enumerate().peekable();
+            ids.iter()
+                .map(|&id| decoded.next_if(|(_, event)| event.id == id).map(|(i, _)| i))
+                .collect()
+        };
         let runs: Vec<(Vec<usize>, Link)> = runs
             .into_iter()
             .map(|(chain, link)| {
-                let chain = chain
-                    .into_iter()
-                    .filter_map(|row| position.get(&ids[row]).copied())
-                    .collect();
-                (chain, link)
+                (
+                    chain.into_iter().filter_map(|row| position[row]).collect(),
+                    link,
+                )
             })
             .collect();
         let metrics = self.config().enable_metrics;
