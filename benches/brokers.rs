@@ -60,21 +60,22 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         } else {
             format!(" over {aggregates} aggregates")
         };
-        let mut row = Row::new(
-            format!(
-                "drain {}k{few} to {name}, 1 relay, batch 1000{ahead}",
-                events / 1000
-            ),
-            "events/s",
-        );
         let shape = Shape {
             unacknowledged_per_aggregate: unacknowledged,
             ..Shape::one()?
         };
+        let mut row = Row::new(
+            format!(
+                "drain {}k{few} to {name}, 1 relay, batch {}{ahead}",
+                events / 1000,
+                shape.batch
+            ),
+            "events/s",
+        );
         for _ in 0..runs {
             prepare(url).await?;
             let mut config = OutboxConfig::default();
-            config.batch_size = 1000;
+            config.batch_size = shape.batch;
             let outbox = fresh(db, config).await?;
             prefill_over(db, &outbox, events, aggregates, true).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);

@@ -33,12 +33,13 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// One relay, batch 1000, `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2, the library's), analyzed,
-    /// rows marked published, one unacknowledged event per aggregate (the library's defaults).
+    /// One relay, batch `BENCH_BATCH` (default 1000), `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2,
+    /// the library's), analyzed, rows marked published, one unacknowledged event per aggregate (the library's
+    /// defaults).
     pub fn one() -> Result<Shape> {
         Ok(Shape {
             relays: 1,
-            batch: 1000,
+            batch: crate::env("BENCH_BATCH")?.unwrap_or(1000),
             batches_in_flight: crate::service::batches_in_flight()?,
             analyze: true,
             delete_on_publish: false,
@@ -47,8 +48,9 @@ impl Shape {
     }
 }
 
-/// PostgreSQL: 1 and 4 relays, batches of 1000 and 100, with and without table statistics, one batch in flight
-/// instead of two (claim, publish and mark one after another), and published rows deleted instead of marked.
+/// PostgreSQL: 1 and 4 relays, batches of 1000, 100 and 4000, with and without table statistics, one batch in
+/// flight instead of two (claim, publish and mark one after another), and published rows deleted instead of
+/// marked.
 /// `BENCH_DRAIN_ONLY` keeps the rows whose label contains it, for A/B runs and profiles of one shape.
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let one = Shape::one()?;
@@ -79,6 +81,16 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
         ),
         (Shape { relays: 4, ..one }, "analyzed"),
         (Shape { batch: 100, ..one }, "analyzed"),
+        // The claim's fixed cost spread over bigger batches, with rows marked and deleted.
+        (Shape { batch: 4000, ..one }, "analyzed"),
+        (
+            Shape {
+                batch: 4000,
+                delete_on_publish: true,
+                ..one
+            },
+            "analyzed, delete on publish",
+        ),
     ] {
         let label = format!(
             "drain 100k, {} relay(s), batch {}, in-memory, {note}",
@@ -95,8 +107,12 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
 pub async fn sqlite(runs: usize) -> Result<Vec<Row>> {
     let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", Uuid::new_v4().simple()));
     let db = connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
-    let label = "drain 100k, 1 relay, batch 1000, in-memory, SQLite file";
-    let row = in_memory(&db, runs, Shape::one()?, label.into()).await;
+    let shape = Shape::one()?;
+    let label = format!(
+        "drain 100k, 1 relay, batch {}, in-memory, SQLite file",
+        shape.batch
+    );
+    let row = in_memory(&db, runs, shape, label).await;
     db.close().await?;
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -109,8 +125,12 @@ pub async fn mariadb(runs: usize) -> Result<Vec<Row>> {
     let url = std::env::var("BENCH_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let db = connect(&url).await?;
-    let label = "drain 100k, 1 relay, batch 1000, in-memory, MariaDB".to_owned();
-    Ok(vec![in_memory(&db, runs, Shape::one()?, label).await?])
+    let shape = Shape::one()?;
+    let label = format!(
+        "drain 100k, 1 relay, batch {}, in-memory, MariaDB",
+        shape.batch
+    );
+    Ok(vec![in_memory(&db, runs, shape, label).await?])
 }
 
 /// `runs` drains of 100k events on fresh tables of `db` to the in-memory publisher.

@@ -291,7 +291,7 @@ async fn a_bad_variable_stops_the_service_at_start_naming_it() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("OUTBOX_BATCH_SIZE=0: must be between 1 and 1000"),
+        stderr.contains("OUTBOX_BATCH_SIZE=0: must be between 1 and 10000"),
         "{stderr}"
     );
 }

@@ -64,12 +64,12 @@ fn a_bad_value_names_the_variable_the_value_and_the_range() {
         (
             "OUTBOX_BATCH_SIZE",
             "0",
-            "OUTBOX_BATCH_SIZE=0: must be between 1 and 1000",
+            "OUTBOX_BATCH_SIZE=0: must be between 1 and 10000",
         ),
         (
             "OUTBOX_BATCH_SIZE",
-            "1001",
-            "OUTBOX_BATCH_SIZE=1001: must be between 1 and 1000",
+            "10001",
+            "OUTBOX_BATCH_SIZE=10001: must be between 1 and 10000",
         ),
         (
             "OUTBOX_BATCH_SIZE",
