@@ -16,6 +16,7 @@ on_every_backend!(
     batches_keep_write_order_and_metadata,
     an_event_id_is_stored_once,
     claim_then_mark_published,
+    the_largest_batch_is_claimed_and_marked_whole,
     concurrent_claimers_never_share_a_row_and_keep_aggregate_order,
     an_expired_lease_is_claimed_again,
     a_fenced_out_claim_cannot_mark,
@@ -191,6 +192,40 @@ async fn claim_then_mark_published(backend: Backend) {
     );
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
     assert!(t.outbox.claim(&t.db, 100).await.unwrap().events.is_empty());
+    t.drop_tables().await;
+}
+
+/// `OUTBOX_BATCH_SIZE` allows 10,000: a claim and its mark of that many stay within every backend's limits on
+/// bound parameters and statement size.
+async fn the_largest_batch_is_claimed_and_marked_whole(backend: Backend) {
+    const LARGEST: u32 = 10_000;
+    let t = TestDb::new(backend).await;
+    let mut config = OutboxConfig::default();
+    config.batch_size = LARGEST;
+    config.validate().unwrap();
+    let written = t
+        .outbox
+        .add_events(
+            &t.db,
+            (0..LARGEST + 5).map(|i| opened(&format!("a{}", i % 100), i)),
+        )
+        .await
+        .unwrap();
+    let claim = t.outbox.claim(&t.db, LARGEST).await.unwrap();
+    let claimed: Vec<_> = claim.events.iter().map(|e| e.envelope.event_id()).collect();
+    assert_eq!(
+        claimed,
+        written[..LARGEST as usize],
+        "the oldest 10,000, in order"
+    );
+    let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
+    let marked = t
+        .outbox
+        .mark_published(&t.db, claim.token, &ids)
+        .await
+        .unwrap();
+    assert_eq!(marked, u64::from(LARGEST));
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 5);
     t.drop_tables().await;
 }
 
