@@ -150,16 +150,18 @@ pub const CLAIMABLE: &str = "FROM {t} o \
 /// 50 over 350k pending rows, measured; 40 ms for 1,000 this way). When the window holds fewer claimable rows
 /// than asked (many heads leased or retrying), [`CLAIM_POSTGRES`] claims the rest. The window starts at an id
 /// below which nothing is pending (see `scan.rs`). A row is `leased` by anyone, `held` when it keeps its
-/// aggregate's later events back (leased by another owner, or retrying). Values: now, now, owner's first token,
-/// owner's last token, now, start id, window, token, lease until, limit.
+/// aggregate's later events back (leased by another owner, or retrying). The UPDATE finds the chosen rows by
+/// their physical address (`ctid`), read with the window, rather than by a second walk of the pending index (7%
+/// of the statement, measured). Values: now, now, owner's first token, owner's last token, now, start id, window,
+/// token, lease until, limit.
 pub const CLAIM_POSTGRES_WINDOW: &str = "WITH head AS MATERIALIZED ( \
-       SELECT id, aggregate_type, aggregate_id, COALESCE(locked_until >= ?, FALSE) AS leased, \
+       SELECT id, ctid AS tid, aggregate_type, aggregate_id, COALESCE(locked_until >= ?, FALSE) AS leased, \
               (COALESCE(locked_until >= ? AND claim_token NOT BETWEEN ? AND ?, FALSE) \
                OR COALESCE(next_attempt_at > ?, FALSE)) AS held \
        FROM {t} WHERE status = 0 AND id >= ? ORDER BY id LIMIT ?) \
      UPDATE {t} SET claim_token = ?, locked_until = ? \
-     WHERE status = 0 AND id = ANY(ARRAY( \
-       SELECT o.id FROM head o WHERE NOT o.leased AND NOT o.held \
+     WHERE status = 0 AND ctid = ANY(ARRAY( \
+       SELECT o.tid FROM head o WHERE NOT o.leased AND NOT o.held \
          AND NOT EXISTS (SELECT 1 FROM head b WHERE b.held AND b.aggregate_type = o.aggregate_type \
            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
        ORDER BY o.id LIMIT ?))";
