@@ -1,7 +1,7 @@
 //! Commit-to-publish latency under a steady load: from the moment a writer's commit returned to the moment the
 //! in-memory publisher accepted the message. It includes the wake-up (a NOTIFY through PostgreSQL, or the
-//! poll), the claim, the decode and the publish, not a broker's own latency. The relay is one `Relay::run` with
-//! the default batch of 100; `RelayHandle::wake` is not used.
+//! poll, or an in-process `RelayHandle::wake`), the claim, the decode and the publish, not a broker's own
+//! latency. The relay is one `Relay::run` with the default batch of 100.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,9 +19,22 @@ use crate::{Result, Settings};
 /// The poll interval of the polling runs (the library's default is 5 s; with it, latency is about half that).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How the relay learns of a commit.
+#[derive(Clone, Copy, PartialEq)]
+enum Wake {
+    /// LISTEN/NOTIFY through PostgreSQL, as across processes (fallback poll 1 s).
+    Notify,
+    /// `RelayHandle::wake` right after the writer's commit, as when writer and relay share a process (no
+    /// LISTEN; fallback poll 1 s).
+    InProcess,
+    /// Polling every [`POLL`], no LISTEN.
+    Poll,
+}
+
 /// 200 events/s as single-event transactions every 5 ms (the light load), and 5,000 events/s as 10-event
 /// transactions from 5 writers each committing every 10 ms (500 commits/s, each a NOTIFY); each with
-/// LISTEN/NOTIFY (fallback poll 1 s, far above what is measured) and polling every 100 ms.
+/// LISTEN/NOTIFY (fallback poll 1 s, far above what is measured), with an in-process wake after each commit,
+/// and polling every 100 ms.
 pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Vec<Row>> {
     let duration = settings.seconds.unwrap_or(Duration::from_secs(10));
     let mut rows = Vec::new();
@@ -43,16 +56,16 @@ pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Vec<Row
             "5,000 events/s in 10-event txns",
         ),
     ] {
-        for listen in [true, false] {
-            let wake = if listen {
-                "LISTEN/NOTIFY".to_owned()
-            } else {
-                format!("polling every {POLL:?}")
+        for wake in [Wake::Notify, Wake::InProcess, Wake::Poll] {
+            let how = match wake {
+                Wake::Notify => "LISTEN/NOTIFY".to_owned(),
+                Wake::InProcess => "in-process wake".to_owned(),
+                Wake::Poll => format!("polling every {POLL:?}"),
             };
-            let mut p50 = Row::new(format!("commit-to-publish p50, {name}, {wake}"), "ms");
-            let mut p99 = Row::new(format!("commit-to-publish p99, {name}, {wake}"), "ms");
+            let mut p50 = Row::new(format!("commit-to-publish p50, {name}, {how}"), "ms");
+            let mut p99 = Row::new(format!("commit-to-publish p99, {name}, {how}"), "ms");
             for _ in 0..settings.runs {
-                let mut latencies = measure(db, &load, listen, duration).await?;
+                let mut latencies = measure(db, &load, wake, duration).await?;
                 latencies.sort_by(f64::total_cmp);
                 p50.values.push(latencies[latencies.len() / 2]);
                 p99.values.push(latencies[latencies.len() * 99 / 100]);
@@ -67,17 +80,23 @@ pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Vec<Row
 async fn measure(
     db: &DatabaseConnection,
     load: &Load,
-    listen: bool,
+    wake: Wake,
     duration: Duration,
 ) -> Result<Vec<f64>> {
     let mut config = OutboxConfig::default();
-    config.poll_interval = if listen { Duration::from_secs(1) } else { POLL };
+    config.poll_interval = if wake == Wake::Poll {
+        POLL
+    } else {
+        Duration::from_secs(1)
+    };
     config.enable_metrics = false;
     let broker = InMemoryPublisher::new();
+    let listen = wake == Wake::Notify;
     let service = InService::start(db, config, listen, Arc::new(broker.clone())).await?;
     broker.clear(); // the table's history
+    let in_process = (wake == Wake::InProcess).then(|| service.handle.clone());
     let commits: HashMap<_, _> = load
-        .start(db, &service.outbox, duration, true)
+        .start(db, &service.outbox, duration, true, in_process)
         .finish()
         .await?
         .into_iter()

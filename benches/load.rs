@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use outbox::relay::RelayHandle;
 use outbox::repository::OutboxRepository;
 use outbox::sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::task::JoinHandle;
@@ -54,13 +55,16 @@ impl Sample {
 }
 
 impl Load {
-    /// Starts the writers for `duration`; with `record`, they keep every event's commit time (for latency).
+    /// Starts the writers for `duration`; with `record`, they keep every event's commit time (for latency); with
+    /// `wake`, they wake that relay in-process after each commit, as a service whose writers and relay share a
+    /// process would.
     pub fn start(
         &self,
         db: &DatabaseConnection,
         outbox: &OutboxRepository,
         duration: Duration,
         record: bool,
+        wake: Option<RelayHandle>,
     ) -> Writers {
         let started = Instant::now();
         let deadline = started + duration;
@@ -69,6 +73,7 @@ impl Load {
         let tasks = (0..self.writers)
             .map(|w| {
                 let (db, outbox, written) = (db.clone(), outbox.clone(), written.clone());
+                let wake = wake.clone();
                 let (writers, txn_size) = (self.writers, self.txn_size);
                 let first = started + period.mul_f64(w as f64 / writers as f64);
                 tokio::spawn(async move {
@@ -86,6 +91,9 @@ impl Load {
                             .await?;
                         txn.commit().await?;
                         let at = Instant::now();
+                        if let Some(relay) = &wake {
+                            relay.wake();
+                        }
                         written.fetch_add(txn_size as u64, Ordering::Relaxed);
                         if record {
                             commits.extend(ids.into_iter().map(|id| (id, at)));
@@ -112,7 +120,7 @@ impl Load {
         slices: u32,
         mut after_sample: impl FnMut(),
     ) -> Result<Vec<Sample>> {
-        let mut writers = self.start(db, outbox, duration, false);
+        let mut writers = self.start(db, outbox, duration, false, None);
         let mut samples = vec![writers.sample(db, outbox).await?];
         for k in 1..=slices {
             if k < slices {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use outbox::OutboxConfig;
 use outbox::publisher::Publisher;
-use outbox::relay::{Relay, RelayError};
+use outbox::relay::{Relay, RelayError, RelayHandle};
 use outbox::repository::OutboxRepository;
 use outbox::sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
@@ -20,6 +20,8 @@ const HISTORY: usize = 10_000;
 
 pub struct InService {
     pub outbox: OutboxRepository,
+    /// Wakes the running relay in-process (`RelayHandle::wake`).
+    pub handle: RelayHandle,
     stop: oneshot::Sender<()>,
     relay: JoinHandle<std::result::Result<(), RelayError>>,
 }
@@ -41,6 +43,7 @@ impl InService {
             .max_batches_in_flight(batches_in_flight()?)
             .build();
         until_empty(&relay, batch).await?;
+        let handle = relay.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let relay = tokio::spawn(relay.run(async {
             let _ = stopped.await;
@@ -49,6 +52,7 @@ impl InService {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         Ok(Self {
             outbox,
+            handle,
             stop,
             relay,
         })
