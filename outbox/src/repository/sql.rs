@@ -166,23 +166,17 @@ pub const CLAIM_POSTGRES_WINDOW: &str = "WITH head AS MATERIALIZED ( \
            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
        ORDER BY o.id LIMIT ?))";
 
-/// [`LOCK`] on PostgreSQL, which also fixes the shape of the rest of the claim transaction's plans (see
-/// [`CLAIM_POSTGRES_WINDOW`]): indexes walked in order (no bitmap or sequential scan) and no nested loop, so the
-/// anti-join over the window is a hash join whatever the planner estimates. With the shape fixed, the window's
-/// plan is the same for any values, and it is planned once per connection (`force_generic_plan`) instead of at
-/// every claim: planning took 1 ms a claim, most of what a claim of a few rows costs (measured). Left to the
-/// planner, a generic plan on a table without statistics was a nested-loop anti-join over the window: 800-1,050
-/// ms per claim instead of 5-6 ms (`EXPLAIN ANALYZE`, 100k pending rows). One round trip for all.
+/// [`LOCK`] on PostgreSQL, which also makes the rest of the claim transaction walk indexes in order (see
+/// [`CLAIM_POSTGRES_WINDOW`]) and plan each statement for its values: a generic plan, which sqlx's prepared
+/// statements get from the sixth execution on, does not know how far the window's start is from the head, and on
+/// a table without statistics took 600-800 ms per claim instead of 20 ms (measured). One round trip for all.
 pub const LOCK_POSTGRES: &str = "SELECT id, set_config('enable_bitmapscan', 'off', true), \
-     set_config('enable_seqscan', 'off', true), set_config('enable_nestloop', 'off', true), \
-     set_config('plan_cache_mode', 'force_generic_plan', true) \
+     set_config('enable_seqscan', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true) \
      FROM {t}_lock WHERE id = 1 FOR UPDATE";
 
-/// Gives the planner its choices back, for [`CLAIM_POSTGRES`] after the window, planned for its values: its cost
-/// depends on how many rows are pending and leased, which only the values and the statistics tell.
+/// Gives the planner its choices back, for [`CLAIM_POSTGRES`] after the window.
 pub const FREE_PLANNER: &str = "SELECT set_config('enable_bitmapscan', 'on', true), \
-     set_config('enable_seqscan', 'on', true), set_config('enable_nestloop', 'on', true), \
-     set_config('plan_cache_mode', 'force_custom_plan', true)";
+     set_config('enable_seqscan', 'on', true)";
 
 /// PostgreSQL's claim, one statement. The planner cannot be trusted with `CLAIMABLE` as an `IN` subquery: on a
 /// queue table whose statistics lag its churn it re-ran the subquery for every pending row (5 s for 800 rows,
