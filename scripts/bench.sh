@@ -58,10 +58,10 @@ if [ -n "${QUICK:-}" ]; then
 else
   plan=(
     write:3:        # 0.3
-    drain:2:        # 2.2: 5 shapes x 2 runs
+    drain:2:        # 2.5: 8 shapes x 2 runs
     baseline:3:     # 0.5-1
     brokers:1:      # 0.7
-    latency:3:10    # 2.4: 4 loads x 3 runs x (10 s + set-up)
+    latency:3:10    # 3.5: 6 loads x 3 runs x (10 s + set-up)
     sustained:1:60  # 3.1: 3 rates x (60 s + set-up)
     stability:1:60  # 2.1: with and without the idle transaction, 60 s each
     sqlite:2:       # 0.5
