@@ -43,7 +43,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct OutboxConfig {
-    /// Events claimed and published per batch. 1 to 10,000; default 100. A claim has a fixed cost (round trips,
+    /// Events claimed and published per batch. 1 to [`MAX_BATCH_SIZE`](Self::MAX_BATCH_SIZE) (10,000); default 100. A claim has a fixed cost (round trips,
     /// planning, commit) that a bigger batch spreads over more events: a 100k backlog drained 2-32% faster at
     /// 4,000 than at 1,000, depending on the run (BENCHMARKS.md). Keep a batch publishable well within
     /// [`lease_duration`](Self::lease_duration).
@@ -90,6 +90,10 @@ impl Default for OutboxConfig {
 }
 
 impl OutboxConfig {
+    /// The largest [`batch_size`](Self::batch_size): a claim and its marks of this many events stay within every
+    /// backend's limits on bound parameters (tested on all four).
+    pub const MAX_BATCH_SIZE: u32 = 10_000;
+
     /// Loads the configuration from the process environment (`OUTBOX_*`); unset variables keep their defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
         ConfigLoader::new().from_env()
@@ -146,7 +150,7 @@ impl OutboxConfig {
         check(
             "OUTBOX_BATCH_SIZE",
             self.batch_size.to_string(),
-            in_range(self.batch_size, 1, 10000),
+            in_range(self.batch_size, 1, Self::MAX_BATCH_SIZE),
         );
         check(
             "OUTBOX_POLL_INTERVAL",

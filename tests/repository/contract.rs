@@ -195,10 +195,10 @@ async fn claim_then_mark_published(backend: Backend) {
     t.drop_tables().await;
 }
 
-/// `OUTBOX_BATCH_SIZE` allows 10,000: a claim and its mark of that many stay within every backend's limits on
-/// bound parameters and statement size.
+/// `OutboxConfig::MAX_BATCH_SIZE`: a claim and its mark of that many stay within every backend's limits on bound
+/// parameters and statement size.
 async fn the_largest_batch_is_claimed_and_marked_whole(backend: Backend) {
-    const LARGEST: u32 = 10_000;
+    const LARGEST: u32 = OutboxConfig::MAX_BATCH_SIZE;
     let t = TestDb::new(backend).await;
     let mut config = OutboxConfig::default();
     config.batch_size = LARGEST;
@@ -216,7 +216,7 @@ async fn the_largest_batch_is_claimed_and_marked_whole(backend: Backend) {
     assert_eq!(
         claimed,
         written[..LARGEST as usize],
-        "the oldest 10,000, in order"
+        "the oldest MAX_BATCH_SIZE, in order"
     );
     let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
     let marked = t
