@@ -43,10 +43,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct OutboxConfig {
-    /// Events claimed and published per batch. 1 to [`MAX_BATCH_SIZE`](Self::MAX_BATCH_SIZE) (10,000); default 100. A claim has a fixed cost (round trips,
-    /// planning, commit) that a bigger batch spreads over more events: a 100k backlog drained 2-32% faster at
-    /// 4,000 than at 1,000, depending on the run (BENCHMARKS.md). Keep a batch publishable well within
-    /// [`lease_duration`](Self::lease_duration).
+    /// Events claimed and published per batch. 1 to [`MAX_BATCH_SIZE`](Self::MAX_BATCH_SIZE) (10,000); default
+    /// 100. A claim has a fixed cost (round trips, planning, commit) that a bigger batch spreads over more events:
+    /// a 100k backlog drained 2-32% faster at 4,000 than at 1,000, depending on the run (BENCHMARKS.md). Keep a
+    /// batch publishable well within [`lease_duration`](Self::lease_duration).
     pub batch_size: u32,
     /// How long an idle relay waits before looking again (a fallback where a notification wakes it sooner).
     /// 1 ms to 1 h; default 5 s.
