@@ -77,6 +77,10 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// Reads a row selected with [`sql::COLUMNS`].
     pub(crate) fn from_row(backend: DbBackend, row: &QueryResult) -> Result<Self, DbErr> {
+        #[cfg(feature = "postgres")]
+        if let Some(row) = row.try_as_pg_row() {
+            return Self::from_pg_row(row).map_err(|e| DbErr::Type(e.to_string()));
+        }
         let event_id = match backend {
             DbBackend::Postgres => row.try_get_by_index::<Uuid>(1)?,
             _ => {
@@ -104,6 +108,34 @@ impl StoredEvent {
             attempts: u32::try_from(attempts).unwrap_or(0),
             last_error: row.try_get_by_index(14)?,
             published_at: row.try_get_by_index(15)?,
+        })
+    }
+
+    /// [`from_row`](Self::from_row) on PostgreSQL, through sqlx: sea-orm's getters format an error message for
+    /// every NULL they read, which made decoding a fifth of the relay's instructions per event (callgrind).
+    #[cfg(feature = "postgres")]
+    fn from_pg_row(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Self, sea_orm::sqlx::Error> {
+        use sea_orm::sqlx::Row;
+        let status: i16 = row.try_get(12)?;
+        let attempts: i32 = row.try_get(13)?;
+        Ok(Self {
+            id: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            event_type: row.try_get(2)?,
+            data_version: row.try_get(3)?,
+            aggregate_type: row.try_get(4)?,
+            aggregate_id: row.try_get(5)?,
+            payload: row.try_get(6)?,
+            correlation_id: row.try_get(7)?,
+            causation_id: row.try_get(8)?,
+            traceparent: row.try_get(9)?,
+            tracestate: row.try_get(10)?,
+            occurred_at: row.try_get(11)?,
+            status: EventStatus::from_code(status)
+                .map_err(|e| sea_orm::sqlx::Error::Decode(e.into()))?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            last_error: row.try_get(14)?,
+            published_at: row.try_get(15)?,
         })
     }
 
@@ -160,6 +192,25 @@ impl StoredEvent {
         }
         envelope
     }
+}
+
+/// The id and aggregate of a claimed row (columns 0, 4 and 5 of [`sql::COLUMNS`]), read before the row is decoded.
+/// What cannot be read comes back empty: the decoding dead-letters that row.
+pub(crate) fn lease_key(row: &QueryResult) -> (i64, String, String) {
+    #[cfg(feature = "postgres")]
+    if let Some(row) = row.try_as_pg_row() {
+        use sea_orm::sqlx::Row;
+        return (
+            row.try_get(0).unwrap_or_default(),
+            row.try_get(4).unwrap_or_default(),
+            row.try_get(5).unwrap_or_default(),
+        );
+    }
+    (
+        row.try_get_by_index(0).unwrap_or_default(),
+        row.try_get_by_index(4).unwrap_or_default(),
+        row.try_get_by_index(5).unwrap_or_default(),
+    )
 }
 
 /// The event id as the backend stores it: a native UUID on PostgreSQL, text elsewhere.
