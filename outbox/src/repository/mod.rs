@@ -49,7 +49,7 @@ use crate::event::DynEvent;
 use crate::registry::Registry;
 use scan::ScanStart;
 
-/// Rows per INSERT and per `IN (...)` list: well under every backend's limit on bound parameters.
+/// Rows per INSERT and per UPDATE of failures: well under every backend's limit on bound parameters.
 const CHUNK: usize = 500;
 
 /// The PostgreSQL claim's windows, in multiples of the batch size: the first fits a backlog whose head is this
@@ -427,14 +427,16 @@ impl OutboxRepository {
             DbBackend::Postgres => self.claim_postgres(db, &lease, limit).await?,
             _ => self.claim_sqlite(db, &lease, limit).await?,
         };
-        // Columns 0, 4 and 5 of `sql::COLUMNS`; a row whose key cannot be read is dead-lettered by the decoding.
         let mut rows: Vec<LeasedRow> = rows
             .into_iter()
-            .map(|row| LeasedRow {
-                id: row.try_get_by_index(0).unwrap_or_default(),
-                aggregate_type: row.try_get_by_index(4).unwrap_or_default(),
-                aggregate_id: row.try_get_by_index(5).unwrap_or_default(),
-                row,
+            .map(|row| {
+                let (id, aggregate_type, aggregate_id) = row::lease_key(&row);
+                LeasedRow {
+                    id,
+                    aggregate_type,
+                    aggregate_id,
+                    row,
+                }
             })
             .collect();
         rows.sort_by_key(|row| row.id);
@@ -674,8 +676,8 @@ impl OutboxRepository {
         }
     }
 
-    /// Marks claimed events published in one statement per 500 (or deletes them, with
-    /// [`OutboxConfig::delete_on_publish`]). Returns how many were marked: fewer than given means the claim lost
+    /// Marks claimed events published in one statement (one per 500 on MySQL and SQLite), or deletes them with
+    /// [`OutboxConfig::delete_on_publish`]. Returns how many were marked: fewer than given means the claim lost
     /// the others (its lease expired and another relay claimed them, which will publish them again).
     pub async fn mark_published<C: ConnectionTrait>(
         &self,
@@ -683,14 +685,15 @@ impl OutboxRepository {
         token: ClaimToken,
         ids: &[i64],
     ) -> Result<u64> {
+        let backend = db.get_database_backend();
         let mut marked = 0;
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in ids.chunks(sql::id_chunk(backend)) {
+            let (id_in, id_values) = sql::id_in(backend, chunk);
             let (query, mut values) = if self.inner.config.delete_on_publish {
                 (
                     format!(
-                        "DELETE FROM {{t}} WHERE claim_token = ? AND status = {} AND id IN ({})",
+                        "DELETE FROM {{t}} WHERE claim_token = ? AND status = {} AND {id_in}",
                         sql::PENDING,
-                        sql::placeholders(chunk.len())
                     ),
                     vec![Value::from(token.0)],
                 )
@@ -698,15 +701,14 @@ impl OutboxRepository {
                 (
                     format!(
                         "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
-                         WHERE claim_token = ? AND status = {} AND id IN ({})",
+                         WHERE claim_token = ? AND status = {} AND {id_in}",
                         sql::PUBLISHED,
                         sql::PENDING,
-                        sql::placeholders(chunk.len())
                     ),
                     vec![Value::from(Utc::now()), Value::from(token.0)],
                 )
             };
-            values.extend(chunk.iter().map(|&id| Value::from(id)));
+            values.extend(id_values);
             marked += self
                 .execute(db, "marking events published", &query, values)
                 .await?;
@@ -763,13 +765,14 @@ impl OutboxRepository {
         status: i16,
     ) -> Result<u64> {
         let cases = vec![" WHEN ? THEN ?"; rows.len()].concat();
+        let ids: Vec<i64> = rows.iter().map(|(f, _)| f.id).collect();
+        let (id_in, id_values) = sql::id_in(db.get_database_backend(), &ids);
         let query = format!(
             "UPDATE {{t}} SET attempts = attempts + 1, status = {status}, \
              next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, \
              locked_until = NULL, claim_token = NULL \
-             WHERE claim_token = ? AND status = {} AND id IN ({})",
+             WHERE claim_token = ? AND status = {} AND {id_in}",
             sql::PENDING,
-            sql::placeholders(rows.len())
         );
         let mut values = Vec::with_capacity(rows.len() * 5 + 1);
         for (failure, next_attempt) in rows {
@@ -782,7 +785,7 @@ impl OutboxRepository {
             ]);
         }
         values.push(token.0.into());
-        values.extend(rows.iter().map(|(f, _)| Value::from(f.id)));
+        values.extend(id_values);
         self.execute(db, "recording failed publishes", &query, values)
             .await
     }
@@ -795,16 +798,17 @@ impl OutboxRepository {
         token: ClaimToken,
         ids: &[i64],
     ) -> Result<u64> {
+        let backend = db.get_database_backend();
         let mut released = 0;
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in ids.chunks(sql::id_chunk(backend)) {
+            let (id_in, id_values) = sql::id_in(backend, chunk);
             let query = format!(
                 "UPDATE {{t}} SET locked_until = NULL, claim_token = NULL \
-                 WHERE claim_token = ? AND status = {} AND id IN ({})",
+                 WHERE claim_token = ? AND status = {} AND {id_in}",
                 sql::PENDING,
-                sql::placeholders(chunk.len())
             );
             let mut values = vec![Value::from(token.0)];
-            values.extend(chunk.iter().map(|&id| Value::from(id)));
+            values.extend(id_values);
             released += self.execute(db, "releasing events", &query, values).await?;
         }
         Ok(released)
