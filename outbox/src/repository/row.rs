@@ -76,19 +76,15 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Reads a row selected with [`sql::COLUMNS`].
-    pub(crate) fn from_row(backend: DbBackend, row: &QueryResult) -> Result<Self, DbErr> {
+    pub(crate) fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
         #[cfg(feature = "postgres")]
         if let Some(row) = row.try_as_pg_row() {
             return Self::from_pg_row(row).map_err(|e| DbErr::Type(e.to_string()));
         }
-        let event_id = match backend {
-            DbBackend::Postgres => row.try_get_by_index::<Uuid>(1)?,
-            _ => {
-                let text: String = row.try_get_by_index(1)?;
-                Uuid::parse_str(&text)
-                    .map_err(|e| DbErr::Type(format!("event_id {text:?} is not a UUID: {e}")))?
-            }
-        };
+        // MySQL and SQLite store the event id as text.
+        let text: String = row.try_get_by_index(1)?;
+        let event_id = Uuid::parse_str(&text)
+            .map_err(|e| DbErr::Type(format!("event_id {text:?} is not a UUID: {e}")))?;
         let status: i16 = row.try_get_by_index(12)?;
         let attempts: i32 = row.try_get_by_index(13)?;
         Ok(Self {

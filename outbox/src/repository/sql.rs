@@ -66,6 +66,10 @@ pub fn statement(
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// Rows per INSERT, per UPDATE of failures and per [`id_in`] outside PostgreSQL: well under every backend's limit
+/// on bound parameters.
+pub const CHUNK: usize = 500;
+
 /// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`, ... (the SQL here has no `?` in literals).
 fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
@@ -108,13 +112,12 @@ pub fn id_in(backend: DbBackend, ids: &[i64]) -> (String, Vec<Value>) {
     (format!("id IN ({})", placeholders(ids.len())), values)
 }
 
-/// How many ids one [`id_in`] condition may take: any number on PostgreSQL (one parameter), 500 elsewhere, well
-/// under SQLite's and MySQL's limits on bound parameters.
+/// How many ids one [`id_in`] condition may take: any number on PostgreSQL (one parameter), [`CHUNK`] elsewhere.
 pub fn id_chunk(backend: DbBackend) -> usize {
     if backend == DbBackend::Postgres {
         usize::MAX
     } else {
-        500
+        CHUNK
     }
 }
 
