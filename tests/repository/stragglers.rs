@@ -1,7 +1,7 @@
 //! A straggler: a transaction that stored an event, stayed open while later events were claimed and published,
-//! and committed long after. Its event has an older id than events already gone; the claim must still find it.
-//! (PostgreSQL starts its claims past ids it believes settled and rescans from the head every 10 s: this is
-//! what the rescan is for.)
+//! and committed long after. Its event has an older id than events already gone; the claim must still find it,
+//! and before any later event of its own aggregate. (PostgreSQL starts its claims past ids that every
+//! transaction which could still write them has finished with, see `repository/scan.rs`.)
 
 use std::time::Duration;
 
@@ -43,6 +43,57 @@ async fn a_late_commit_with_an_old_id_is_still_claimed(backend: Backend) {
     t.drop_tables().await;
 }
 
+/// The slow-transaction case: a transaction holds an aggregate for longer than any wall-clock guard while other
+/// writers commit; the next transaction of that aggregate (serialized behind it) commits right after it. The
+/// claims must hand the slow transaction's event out first.
+async fn a_slow_transaction_is_not_overtaken_by_its_aggregates_next_event(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    // The first claim reads from the head; the next full read is 10 s away.
+    busy_round(&t, 0).await;
+    let slow = t.db.begin().await.unwrap();
+    let first = t
+        .outbox
+        .add_event(&slow, EventEnvelope::new(opened("slow", 1)))
+        .await
+        .unwrap();
+    let mut seq = 0;
+    let started = tokio::time::Instant::now();
+    // Longer than the 5 s a claim used to wait before reading past a transaction it could not see, shorter than
+    // the 10 s to the next read from the head.
+    while started.elapsed() < Duration::from_secs(6) {
+        seq += 1;
+        busy_round(&t, seq).await;
+    }
+    slow.commit().await.unwrap();
+    let second = t
+        .outbox
+        .add_event(&t.db, EventEnvelope::new(opened("slow", 2)))
+        .await
+        .unwrap();
+
+    let mut order = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while order.len() < 2 {
+        seq += 1;
+        order.extend(
+            busy_round(&t, seq)
+                .await
+                .into_iter()
+                .filter(|id| [first, second].contains(id)),
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow aggregate's events were not both claimed: {order:?}"
+        );
+    }
+    assert_eq!(
+        order,
+        [first, second],
+        "the slow transaction's event went out after its aggregate's next one"
+    );
+    t.drop_tables().await;
+}
+
 /// One newer event written, a claim published, 200 ms of pause: what a busy outbox does. Returns what was claimed.
 async fn busy_round(t: &TestDb, seq: u32) -> Vec<Uuid> {
     t.outbox
@@ -59,12 +110,31 @@ async fn busy_round(t: &TestDb, seq: u32) -> Vec<Uuid> {
     claim.events.iter().map(|e| e.envelope.event_id()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres() {
-    a_late_commit_with_an_old_id_is_still_claimed(Backend::Postgres).await;
+// SQLite has one writer: a transaction left open blocks every other writer, so it has no stragglers.
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_commit() {
+        a_late_commit_with_an_old_id_is_still_claimed(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_transaction() {
+        a_slow_transaction_is_not_overtaken_by_its_aggregates_next_event(Backend::Postgres).await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb() {
-    a_late_commit_with_an_old_id_is_still_claimed(Backend::MariaDb).await;
+mod mariadb {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_commit() {
+        a_late_commit_with_an_old_id_is_still_claimed(Backend::MariaDb).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_transaction() {
+        a_slow_transaction_is_not_overtaken_by_its_aggregates_next_event(Backend::MariaDb).await;
+    }
 }

@@ -496,24 +496,26 @@ impl OutboxRepository {
         C: ConnectionTrait + TransactionTrait,
     {
         let txn = self.begin(db).await?;
-        self.query(
-            &txn,
-            "taking the claim lock",
-            sql::LOCK_POSTGRES,
-            Vec::new(),
-        )
-        .await?;
+        let locked = self
+            .query(
+                &txn,
+                "taking the claim lock",
+                sql::LOCK_POSTGRES,
+                Vec::new(),
+            )
+            .await?;
+        let writers_before = locked.first().and_then(writers);
         let claim = format!(
-            "{} RETURNING {}, (SELECT COUNT(*) FROM head) AS window_rows, \
-             (SELECT MIN(id) FROM head) AS window_start, (SELECT MAX(id) FROM head) AS window_end",
+            "{} RETURNING {}, {}",
             sql::CLAIM_POSTGRES_WINDOW,
-            sql::COLUMNS
+            sql::COLUMNS,
+            sql::WINDOW_RETURNING
         );
         let started = std::time::Instant::now();
         let from = self.inner.scan.next(started);
         let (now, (mine_from, mine_to)) = (lease.now, lease.owner);
         let mut rows: Vec<QueryResult> = Vec::new();
-        let mut bounds = None;
+        let mut observation = None;
         let mut missing = limit;
         // A window that was not full held every pending row from its start: nothing is left beyond it. One that
         // was full but short (its head leased by other relays or retrying) is tried once more, wider, before the
@@ -542,8 +544,13 @@ impl OutboxRepository {
                     .is_ok_and(|n| n >= window);
                 let start = row.try_get::<i64>("", "window_start");
                 let end = row.try_get::<i64>("", "window_end");
-                if let (Ok(start), Ok(end)) = (start, end) {
-                    bounds = Some((start, end));
+                if let (Ok(oldest_pending), Ok(newest), Some(writers)) = (start, end, writers(row))
+                {
+                    observation = Some(scan::Observation {
+                        oldest_pending,
+                        newest,
+                        writers,
+                    });
                 }
             }
             missing = missing.saturating_sub(u32::try_from(claimed.len()).unwrap_or(missing));
@@ -568,7 +575,9 @@ impl OutboxRepository {
         }
         self.commit(txn).await?;
         // Only once committed: a claim rolled back saw nothing that lasts.
-        self.inner.scan.saw(started, from, bounds);
+        self.inner
+            .scan
+            .saw(started, from, writers_before.as_deref(), observation);
         Ok(rows)
     }
 
@@ -1137,6 +1146,15 @@ impl Lease {
             limit.into(),
         ]
     }
+}
+
+/// The `writers` column of [`sql::LOCK_POSTGRES`] and [`sql::WINDOW_RETURNING`]: virtual transaction ids. `None`
+/// when it cannot be read, which settles nothing.
+fn writers(row: &QueryResult) -> Option<Vec<String>> {
+    let list = row.try_get::<Option<String>>("", "writers").ok()?;
+    Some(list.map_or_else(Vec::new, |list| {
+        list.split(',').map(str::to_owned).collect()
+    }))
 }
 
 fn now_micros() -> i64 {

@@ -3,24 +3,33 @@
 //! Every claim and mark leaves dead entries at the head of the pending index, and PostgreSQL cannot remove them
 //! (nor let scans skip them) while any transaction older than them is open: a long idle transaction anywhere in
 //! the database makes every claim that starts at the head walk every event published since it began. So the claim
-//! starts at an id below which nothing is pending, as far as this process can tell, and a full scan from the head
-//! every [`FULL_SCAN_EVERY`] catches what it cannot tell: a transaction that allocated its ids long ago and
-//! committed only now (a straggler), or a dead letter replayed by another process.
+//! starts at an id below which nothing is pending, and a full scan from the head every [`FULL_SCAN_EVERY`] finds
+//! what no claim can tell about: a dead letter replayed by another process.
 //!
-//! The start is the lower of two bounds, both safe for everything but stragglers older than [`GUARD`]:
+//! The start is the lower of two bounds:
 //! - the oldest pending id the last claim saw (pending rows below it were all gone then);
-//! - the newest id seen at least [`GUARD`] ago: ids above it were allocated within the guard, so a transaction
-//!   still holding one has been open for less than that and is covered by the claims.
+//! - the newest id of an earlier claim's window once every transaction that could still add a row at or below it
+//!   has ended ([`Observation`]): until then a row of such a transaction (a *straggler*, which took its id before
+//!   newer events committed and went out) may still become visible, and the claim must read from below it.
+//!
+//! A transaction that stores an event holds a `RowExclusiveLock` on the outbox table from before it takes the
+//! event's id until it ends. So after a claim's window statement saw the newest id N, the transactions holding
+//! that lock (read in the same statement, after its snapshot) include every transaction that took an id at or
+//! below N and had not committed when the snapshot was taken. Once a later claim, before its own snapshot, finds
+//! none of them holding the lock any more, they have all ended, and nothing at or below N can appear: N is
+//! settled. Only transactions that wrote to the outbox table count, so a long transaction elsewhere (one that pins
+//! the vacuum horizon) does not hold the start back, and a slow writer holds it exactly as long as it is open.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How old a transaction must be to be found only by the next full scan.
-pub(crate) const GUARD: Duration = Duration::from_secs(5);
-
 /// How often a claim reads the pending index from its head.
 pub(crate) const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
+
+/// Observations kept waiting for their writers to end. Dropping newer ones while a slow writer is open only delays
+/// how far the start may move once it ends; the observations already kept are enough to move it then.
+const MAX_WAITING: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct ScanStart {
@@ -31,9 +40,20 @@ pub(crate) struct ScanStart {
 struct State {
     /// The id the next claim starts at.
     from: i64,
-    /// (when, the newest id a claim saw then), oldest first; one kept from beyond the guard.
-    seen: VecDeque<(Instant, i64)>,
+    /// The highest newest id known to be settled.
+    settled: i64,
+    /// Observations whose writers had not all ended at the last claim, oldest first.
+    waiting: VecDeque<Observation>,
     last_full: Option<Instant>,
+}
+
+/// What one claim's window statement saw: its oldest pending and newest ids, and the transactions (virtual
+/// transaction ids, as `pg_locks` names them) that held a write lock on the outbox table just after its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Observation {
+    pub(crate) oldest_pending: i64,
+    pub(crate) newest: i64,
+    pub(crate) writers: Vec<String>,
 }
 
 impl ScanStart {
@@ -46,33 +66,39 @@ impl ScanStart {
         if full_due { 0 } else { state.from }
     }
 
-    /// What a committed claim that read from `from` saw: its window's oldest pending id and newest id (`None` when
-    /// the window came back empty). A claim that failed reports nothing, so a full scan it was to make is not
-    /// counted as made.
-    pub(crate) fn saw(&self, now: Instant, from: i64, window: Option<(i64, i64)>) {
+    /// What a committed claim that read from `from` saw: the transactions writing to the outbox table before its
+    /// window statement (`writers_before`; `None` if they could not be read, which settles nothing), and what the
+    /// window statement saw (`None` when it claimed nothing). A claim that failed reports nothing, so a full scan
+    /// it was to make is not counted as made.
+    pub(crate) fn saw(
+        &self,
+        now: Instant,
+        from: i64,
+        writers_before: Option<&[String]>,
+        window: Option<Observation>,
+    ) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if from == 0 {
             state.last_full = Some(now);
         }
-        let Some((oldest_pending, newest)) = window else {
+        // A writer still running now was running when each later observation was made, so the observations
+        // settle in order: the first one that does not settle stops the rest.
+        while let (Some(first), Some(before)) = (state.waiting.front(), writers_before) {
+            if first.writers.iter().any(|w| before.contains(w)) {
+                break;
+            }
+            state.settled = state.settled.max(first.newest);
+            state.waiting.pop_front();
+        }
+        let Some(window) = window else {
             return;
         };
-        state.seen.push_back((now, newest));
-        while state
-            .seen
-            .get(1)
-            .is_some_and(|&(at, _)| now.duration_since(at) >= GUARD)
-        {
-            state.seen.pop_front();
-        }
-        let settled = state
-            .seen
-            .front()
-            .filter(|&&(at, _)| now.duration_since(at) >= GUARD)
-            .map_or(state.from, |&(_, id)| id);
         // Never above a pending row this claim saw: the ordering rule needs an aggregate's older pending events
         // inside the window, so a row found below the start (by a full scan) pulls the start down.
-        state.from = oldest_pending.min(settled);
+        state.from = window.oldest_pending.min(state.settled);
+        if state.waiting.len() < MAX_WAITING {
+            state.waiting.push_back(window);
+        }
     }
 }
 
@@ -80,68 +106,112 @@ impl ScanStart {
 mod tests {
     use super::*;
 
-    /// A committed claim at `at` whose window held `window`.
-    fn claim(scan: &ScanStart, at: Instant, window: Option<(i64, i64)>) {
+    fn seen(oldest_pending: i64, newest: i64, writers: &[&str]) -> Option<Observation> {
+        Some(Observation {
+            oldest_pending,
+            newest,
+            writers: writers.iter().map(|w| (*w).to_owned()).collect(),
+        })
+    }
+
+    fn writers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    /// A committed claim at `at`, with `before` writing when it started and its window's observation.
+    fn claim(scan: &ScanStart, at: Instant, before: &[&str], window: Option<Observation>) -> i64 {
         let from = scan.next(at);
-        scan.saw(at, from, window);
+        scan.saw(at, from, Some(&writers(before)), window);
+        from
     }
 
     #[test]
-    fn starts_at_the_head_then_follows_what_settled() {
+    fn follows_what_settled_once_its_writers_ended() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        assert_eq!(scan.next(t0), 0, "the first claim reads from the head");
-        claim(&scan, t0, Some((100, 1_000)));
-        assert_eq!(scan.next(t0), 0, "nothing is older than the guard yet");
-        let t1 = t0 + GUARD;
-        claim(&scan, t1, Some((600, 2_000)));
+        assert_eq!(claim(&scan, t0, &[], seen(100, 1_000, &["3/7"])), 0);
+        assert_eq!(scan.next(t0), 0, "1,000 is not settled while 3/7 writes");
+        claim(&scan, t0, &["3/7"], seen(600, 2_000, &["3/7", "4/9"]));
+        assert_eq!(scan.next(t0), 0, "3/7 still writes");
+        claim(&scan, t0, &["4/9"], seen(1_500, 3_000, &[]));
         assert_eq!(
-            scan.next(t1),
-            600,
-            "ids up to 1,000 settled; 600 is still pending"
+            scan.next(t0),
+            1_000,
+            "3/7 ended: ids up to 1,000 settled, 2,000 waits for 4/9"
         );
-        let t2 = t1 + FULL_SCAN_EVERY;
-        assert_eq!(scan.next(t2), 0, "a full scan is due");
-        claim(&scan, t2, Some((1_900, 3_000)));
-        assert_eq!(scan.next(t2), 1_900, "up to 2,000 settled");
+        claim(&scan, t0, &[], seen(2_500, 4_000, &[]));
+        assert_eq!(
+            scan.next(t0),
+            2_500,
+            "everything up to 3,000 settled; 2,500 is pending"
+        );
+        let later = t0 + FULL_SCAN_EVERY;
+        assert_eq!(scan.next(later), 0, "a full scan is due");
+    }
+
+    #[test]
+    fn a_slow_writer_holds_the_start_for_as_long_as_it_is_open() {
+        let scan = ScanStart::default();
+        let t0 = Instant::now();
+        claim(&scan, t0, &[], seen(10, 20, &[]));
+        claim(&scan, t0, &[], seen(30, 40, &["slow"]));
+        for i in 0..1_000 {
+            claim(&scan, t0, &["slow"], seen(50 + i, 60 + i, &["slow"]));
+            assert_eq!(scan.next(t0), 20, "the slow writer may hold an id above 20");
+        }
+        claim(&scan, t0, &[], seen(2_000, 3_000, &[]));
+        assert!(
+            scan.next(t0) > 40,
+            "the slow writer ended: {}",
+            scan.next(t0)
+        );
     }
 
     #[test]
     fn a_pending_row_found_below_the_start_pulls_it_down() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, Some((500, 1_000)));
-        let t1 = t0 + GUARD;
-        claim(&scan, t1, Some((1_500, 2_000)));
-        assert_eq!(scan.next(t1), 1_000);
-        let t2 = t1 + FULL_SCAN_EVERY;
-        assert_eq!(scan.next(t2), 0);
-        claim(&scan, t2, Some((40, 2_500)));
+        claim(&scan, t0, &[], seen(500, 1_000, &[]));
+        claim(&scan, t0, &[], seen(1_500, 2_000, &[]));
+        assert_eq!(scan.next(t0), 1_000);
+        let t1 = t0 + FULL_SCAN_EVERY;
+        assert_eq!(claim(&scan, t1, &[], seen(40, 2_500, &[])), 0);
         assert_eq!(
-            scan.next(t2),
+            scan.next(t1),
             40,
-            "a straggler at 40 is pending: start below it"
+            "a replayed row at 40 is pending: start below it"
         );
+    }
+
+    #[test]
+    fn writers_that_could_not_be_read_settle_nothing() {
+        let scan = ScanStart::default();
+        let t0 = Instant::now();
+        claim(&scan, t0, &[], seen(10, 20, &[]));
+        let from = scan.next(t0);
+        scan.saw(t0, from, None, seen(30, 40, &[]));
+        assert_eq!(scan.next(t0), 0);
+        claim(&scan, t0, &[], seen(50, 60, &[]));
+        assert_eq!(scan.next(t0), 40);
     }
 
     #[test]
     fn an_empty_window_changes_nothing() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, Some((10, 20)));
-        claim(&scan, t0 + GUARD, None);
-        assert_eq!(scan.next(t0 + GUARD), 0);
+        claim(&scan, t0, &[], seen(10, 20, &["w"]));
+        claim(&scan, t0, &[], None);
+        assert_eq!(scan.next(t0), 0);
     }
 
     #[test]
     fn a_failed_full_scan_is_still_due() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, Some((500, 1_000)));
-        claim(&scan, t0 + GUARD, Some((1_500, 2_000)));
-        let due = t0 + GUARD + FULL_SCAN_EVERY;
+        claim(&scan, t0, &[], seen(500, 1_000, &[]));
+        let due = t0 + FULL_SCAN_EVERY;
         assert_eq!(scan.next(due), 0);
         // That claim failed: it reports nothing, so the next one still reads from the head.
-        assert_eq!(scan.next(due + GUARD), 0);
+        assert_eq!(scan.next(due + Duration::from_secs(1)), 0);
     }
 }

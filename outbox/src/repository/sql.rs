@@ -205,13 +205,36 @@ pub const CLAIM_POSTGRES_WINDOW: &str = "WITH head AS MATERIALIZED ( \
            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
        ORDER BY o.id LIMIT ?))";
 
+/// The transactions other than this one that hold a write lock on the outbox table, as one comma-separated text
+/// of virtual transaction ids (see `scan.rs`). Every transaction that stores an event holds that lock from before
+/// it takes the event's id until it ends.
+macro_rules! writers {
+    () => {
+        "(SELECT string_agg(virtualtransaction, ',') FROM pg_locks WHERE locktype = 'relation' \
+         AND relation = CAST('{t}' AS regclass) AND mode = 'RowExclusiveLock' AND granted \
+         AND pid IS DISTINCT FROM pg_backend_pid()) AS writers"
+    };
+}
+
 /// [`LOCK`] on PostgreSQL, which also makes the rest of the claim transaction walk indexes in order (see
 /// [`CLAIM_POSTGRES_WINDOW`]) and plan each statement for its values: a generic plan, which sqlx's prepared
 /// statements get from the sixth execution on, does not know how far the window's start is from the head, and on
 /// a table without statistics took 600-800 ms per claim instead of 20 ms (measured). One round trip for all.
-pub const LOCK_POSTGRES: &str = "SELECT id, set_config('enable_bitmapscan', 'off', true), \
-     set_config('enable_seqscan', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true) \
-     FROM {t}_lock WHERE id = 1 FOR UPDATE";
+/// It also returns the transactions writing to the outbox table before the claim's window is read (`scan.rs`).
+pub const LOCK_POSTGRES: &str = concat!(
+    "SELECT id, set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), \
+     set_config('plan_cache_mode', 'force_custom_plan', true), ",
+    writers!(),
+    " FROM {t}_lock WHERE id = 1 FOR UPDATE"
+);
+
+/// What [`CLAIM_POSTGRES_WINDOW`] returns besides the columns: how many rows the window held, its first and last
+/// id, and the transactions writing to the outbox table just after its snapshot (`scan.rs`).
+pub const WINDOW_RETURNING: &str = concat!(
+    "(SELECT COUNT(*) FROM head) AS window_rows, (SELECT MIN(id) FROM head) AS window_start, \
+     (SELECT MAX(id) FROM head) AS window_end, ",
+    writers!()
+);
 
 /// Gives the planner its choices back, for [`CLAIM_POSTGRES`] after the window.
 pub const FREE_PLANNER: &str = "SELECT set_config('enable_bitmapscan', 'on', true), \
