@@ -10,12 +10,14 @@
 //! | `OUTBOX_RETRY_INITIAL_DELAY` | [`retry_initial_delay`](OutboxConfig::retry_initial_delay) | `1s` | `1ms` to `1h` |
 //! | `OUTBOX_RETRY_MAX_DELAY` | [`retry_max_delay`](OutboxConfig::retry_max_delay) | `5m` | `1ms` to `24h`, at least the initial delay |
 //! | `OUTBOX_LEASE_DURATION` | [`lease_duration`](OutboxConfig::lease_duration) | `30s` | `1s` to `1h` |
+//! | `OUTBOX_MAX_PAYLOAD_BYTES` | [`max_payload_bytes`](OutboxConfig::max_payload_bytes) | 1048576 (1 MiB) | 1024 to 268435456 (256 MiB) |
 //! | `OUTBOX_DELETE_ON_PUBLISH` | [`delete_on_publish`](OutboxConfig::delete_on_publish) | false | `true`/`false` |
 //! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
 //! | `OUTBOX_ENABLE_HEALTH_CHECK` | [`enable_health_check`](OutboxConfig::enable_health_check) | true | as above |
 //!
 //! A bad value is an error naming the variable, the value and what is allowed; an `OUTBOX_*` variable this
-//! crate does not know is an error too (with the closest known name), so a typo never passes silently.
+//! crate does not know is an error too (with the closest known name, and without its value, which may be a
+//! secret), so a typo never passes silently.
 //! Variables of your own that share the prefix are declared with [`ConfigLoader::allow`].
 //!
 //! ```
@@ -63,6 +65,10 @@ pub struct OutboxConfig {
     /// expires another relay claims the events again (a duplicate publish, never a loss). Choose it well above the
     /// time a batch takes to publish. 1 s to 1 h; default 30 s.
     pub lease_duration: Duration,
+    /// The largest event payload (its stored JSON, in bytes) `add_event` accepts: a larger one is refused at write
+    /// time, in the caller's transaction, rather than dead-lettered by the broker later. 1 KiB to 256 MiB; default
+    /// 1 MiB, what NATS and Kafka take by default. Raise it together with your broker's limit.
+    pub max_payload_bytes: usize,
     /// Delete events once published instead of marking them (no retention cleanup needed, no history kept).
     /// Default false.
     pub delete_on_publish: bool,
@@ -82,6 +88,7 @@ impl Default for OutboxConfig {
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
             lease_duration: Duration::from_secs(30),
+            max_payload_bytes: 1 << 20,
             delete_on_publish: false,
             enable_metrics: true,
             enable_health_check: true,
@@ -182,6 +189,11 @@ impl OutboxConfig {
             ),
         );
         check(
+            "OUTBOX_MAX_PAYLOAD_BYTES",
+            self.max_payload_bytes.to_string(),
+            in_range(self.max_payload_bytes, 1 << 10, 1 << 28),
+        );
+        check(
             "OUTBOX_LEASE_DURATION",
             show(self.lease_duration),
             duration_in(self.lease_duration, Duration::from_secs(1), HOUR),
@@ -233,11 +245,8 @@ impl ConfigLoader {
             };
             match value.into_string() {
                 Ok(value) => vars.push((key.to_owned(), value)),
-                Err(raw) => problems.push(ConfigProblem::new(
-                    key,
-                    Some(raw.to_string_lossy().into_owned()),
-                    "is not valid UTF-8".into(),
-                )),
+                // Not shown: the variable may be one of the application's, holding a secret.
+                Err(_) => problems.push(ConfigProblem::new(key, None, "is not valid UTF-8".into())),
             }
         }
         self.load(vars, problems)
@@ -277,13 +286,19 @@ impl ConfigLoader {
         }
         for (key, value) in &vars {
             let raw = value.trim();
-            let result = match SETTINGS.iter().find(|s| s.var == key) {
-                Some(setting) => (setting.set)(&mut config, raw),
-                None if self.allowed.iter().any(|a| a == key) => Ok(()),
-                None => Err(unknown_variable(key, &self.allowed)),
-            };
-            if let Err(message) = result {
-                problems.push(ConfigProblem::new(key, Some(value.clone()), message));
+            match SETTINGS.iter().find(|s| s.var == key) {
+                Some(setting) => {
+                    if let Err(message) = (setting.set)(&mut config, raw) {
+                        problems.push(ConfigProblem::new(key, Some(value.clone()), message));
+                    }
+                }
+                None if self.allowed.iter().any(|a| a == key) => {}
+                // Named without its value: a misspelt variable of the application's may hold a secret.
+                None => problems.push(ConfigProblem::new(
+                    key,
+                    None,
+                    unknown_variable(key, &self.allowed),
+                )),
             }
         }
         // Range problems of variables that failed to parse are already reported; defaults are always valid, so
@@ -346,6 +361,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         var: "OUTBOX_LEASE_DURATION",
         set: |c, v| parse_duration(v).map(|x| c.lease_duration = x),
+    },
+    Setting {
+        var: "OUTBOX_MAX_PAYLOAD_BYTES",
+        set: |c, v| parse_number(v, "a whole number of bytes").map(|x| c.max_payload_bytes = x),
     },
     Setting {
         var: "OUTBOX_DELETE_ON_PUBLISH",

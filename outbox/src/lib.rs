@@ -46,6 +46,7 @@ pub mod envelope;
 pub mod event;
 #[cfg(feature = "sea-orm")]
 pub mod health;
+pub mod limits;
 pub mod message;
 #[cfg(feature = "sea-orm")]
 pub mod migration;

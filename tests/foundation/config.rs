@@ -13,6 +13,7 @@ fn defaults_are_the_seeds() {
     assert_eq!(config.retry_backoff_multiplier, 2.0);
     assert!(config.enable_metrics);
     assert!(config.enable_health_check);
+    assert_eq!(config.max_payload_bytes, 1 << 20);
     assert!(config.validate().is_ok());
 }
 
@@ -27,6 +28,7 @@ fn every_seed_variable_is_read() {
         ("OUTBOX_ENABLE_HEALTH_CHECK", "0"),
         ("OUTBOX_RETRY_INITIAL_DELAY", "250ms"),
         ("OUTBOX_RETRY_MAX_DELAY", "1m 30s"),
+        ("OUTBOX_MAX_PAYLOAD_BYTES", "65536"),
         ("PATH", "/usr/bin"),
     ])
     .unwrap();
@@ -38,6 +40,7 @@ fn every_seed_variable_is_read() {
     assert!(!config.enable_health_check);
     assert_eq!(config.retry_initial_delay, Duration::from_millis(250));
     assert_eq!(config.retry_max_delay, Duration::from_secs(90));
+    assert_eq!(config.max_payload_bytes, 65536);
 }
 
 #[test]
@@ -126,6 +129,16 @@ fn a_bad_value_names_the_variable_the_value_and_the_range() {
             "100ms",
             "OUTBOX_RETRY_MAX_DELAY=100ms: must be between 1s and 1day",
         ),
+        (
+            "OUTBOX_MAX_PAYLOAD_BYTES",
+            "512",
+            "OUTBOX_MAX_PAYLOAD_BYTES=512: must be between 1024 and 268435456",
+        ),
+        (
+            "OUTBOX_MAX_PAYLOAD_BYTES",
+            "1MiB",
+            "OUTBOX_MAX_PAYLOAD_BYTES=1MiB: must be a whole number of bytes",
+        ),
     ];
     for (var, value, expected) in cases {
         let err = OutboxConfig::from_vars([(var, value)]).unwrap_err();
@@ -149,10 +162,25 @@ fn unknown_variables_are_reported_with_the_closest_name() {
     let err = OutboxConfig::from_vars([("OUTBOX_BATCH_SIZ", "10")]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "OUTBOX_BATCH_SIZ=10: unknown setting; did you mean OUTBOX_BATCH_SIZE?"
+        "OUTBOX_BATCH_SIZ: unknown setting; did you mean OUTBOX_BATCH_SIZE?"
     );
     let err = OutboxConfig::from_vars([("OUTBOX_COLOUR", "blue")]).unwrap_err();
     assert!(err.to_string().contains("unknown setting"), "{err}");
+}
+
+#[test]
+fn an_unknown_variable_is_named_without_its_value() {
+    // A misspelt application variable may hold a secret: the error names the variable only.
+    let secret = "amqp://user:s3cret@rabbit:5672/%2f";
+    let err = OutboxConfig::from_vars([("OUTBOX_BROKER_URL", secret)]).unwrap_err();
+    assert_eq!(err.problems[0].value, None);
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("OUTBOX_BROKER_URL: unknown setting"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -151,7 +151,10 @@ async fn an_oversized_message_is_dead_lettered_with_the_brokers_reason() {
     nats.ensure_stream(&stream, vec![format!("{prefix}>")])
         .await
         .unwrap();
-    let t = TestDb::new(Backend::Postgres).await;
+    // The outbox takes 4 MiB, the broker 1 MiB: what reaches the broker is its to refuse.
+    let mut config = OutboxConfig::default();
+    config.max_payload_bytes = 4 << 20;
+    let t = TestDb::with_config(Backend::Postgres, config).await;
     // agg-0: opened 1, a 2 MiB note (NATS takes at most 1 MiB), opened 2, 3; agg-1: opened 1..3.
     let mut envelopes: Vec<EventEnvelope<Box<dyn DynEvent>>> = Vec::new();
     let mut ledger = Ledger::default();

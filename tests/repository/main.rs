@@ -5,5 +5,6 @@
 //! `TEST_POSTGRES_URL` or `TEST_MYSQL_URL` to use others.
 
 mod contract;
+mod limits;
 mod setup;
 mod stragglers;

@@ -34,6 +34,9 @@ pub enum RepositoryError {
     /// An event could not be serialized for storage.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An event holds a value no broker could carry (see [`crate::limits`]); nothing was stored.
+    #[error(transparent)]
+    InvalidEvent(#[from] crate::limits::InvalidEvent),
     /// The configured table name cannot be used in SQL.
     #[error(
         "invalid outbox table name {0:?}: use 1 to 54 lowercase ASCII letters, digits or underscores, not starting with a digit"
@@ -79,7 +82,7 @@ impl RepositoryError {
     }
 
     /// Whether running the operation again later can succeed: anything but a missing table, a bad name or URL,
-    /// or an event that cannot be encoded.
+    /// or an event that cannot be encoded or is invalid.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Database { .. } | Self::Connect { .. })
     }

@@ -303,7 +303,10 @@ impl OutboxRepository {
     /// Stores one event on `db`, which may be the caller's transaction; never commits.
     ///
     /// On a transaction, the event is stored if and only if the transaction commits. On a plain connection the
-    /// INSERT is its own transaction. Returns the event id.
+    /// INSERT is its own transaction. Returns the event id. An event with a value no broker could carry (a
+    /// payload over [`OutboxConfig::max_payload_bytes`], a correlation id over 255 bytes, a header name with a
+    /// space: see [`crate::limits`]) is refused with [`RepositoryError::InvalidEvent`], naming the value and the
+    /// limit, and nothing is stored.
     pub async fn add_event<C, E>(&self, db: &C, event: impl Into<EventEnvelope<E>>) -> Result<Uuid>
     where
         C: ConnectionTrait,
@@ -313,7 +316,8 @@ impl OutboxRepository {
         Ok(ids[0])
     }
 
-    /// Stores several events on `db` with one INSERT per 500 events; never commits. Returns their ids.
+    /// Stores several events on `db` with one INSERT per 500 events; never commits. Returns their ids. Every
+    /// event is checked as [`add_event`](Self::add_event) does before anything is stored.
     ///
     /// Pass a transaction to store a large batch atomically: on a plain connection each INSERT of 500 is its own
     /// transaction. Events of mixed types can be passed as `EventEnvelope<Box<dyn DynEvent>>`.
@@ -326,16 +330,33 @@ impl OutboxRepository {
     {
         let backend = db.get_database_backend();
         let envelopes: Vec<EventEnvelope<E>> = events.into_iter().map(Into::into).collect();
-        let mut ids = Vec::with_capacity(envelopes.len());
-        for chunk in envelopes.chunks(sql::CHUNK) {
-            let mut values = Vec::with_capacity(chunk.len() * 11);
-            for envelope in chunk {
+        // Every event is encoded and checked before the first INSERT: on a plain connection each INSERT commits on
+        // its own, and a bad event must not leave the ones before it stored.
+        let payloads = envelopes
+            .iter()
+            .map(|envelope| {
                 let event = envelope.event().as_dyn();
-                let meta = event.meta();
                 let payload = event.to_json().map_err(|source| crate::EncodeError {
-                    event_type: meta.event_type,
+                    event_type: event.meta().event_type,
                     source,
                 })?;
+                crate::limits::check(
+                    envelope,
+                    payload.get().len(),
+                    self.inner.config.max_payload_bytes,
+                )?;
+                Ok(payload)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut ids = Vec::with_capacity(envelopes.len());
+        for (chunk, payloads) in envelopes
+            .chunks(sql::CHUNK)
+            .zip(payloads.chunks(sql::CHUNK))
+        {
+            let mut values = Vec::with_capacity(chunk.len() * 11);
+            for (envelope, payload) in chunk.iter().zip(payloads) {
+                let event = envelope.event().as_dyn();
+                let meta = event.meta();
                 let trace = envelope.trace_context();
                 values.extend([
                     row::event_id_value(backend, envelope.event_id()),
