@@ -10,6 +10,7 @@
 //! | `OUTBOX_RETRY_INITIAL_DELAY` | [`retry_initial_delay`](OutboxConfig::retry_initial_delay) | `1s` | `1ms` to `1h` |
 //! | `OUTBOX_RETRY_MAX_DELAY` | [`retry_max_delay`](OutboxConfig::retry_max_delay) | `5m` | `1ms` to `24h`, at least the initial delay |
 //! | `OUTBOX_LEASE_DURATION` | [`lease_duration`](OutboxConfig::lease_duration) | `30s` | `1s` to `1h` |
+//! | `OUTBOX_CLAIM_TIMEOUT` | [`claim_timeout`](OutboxConfig::claim_timeout) | `5s` | `100ms` to `1m` |
 //! | `OUTBOX_MAX_PAYLOAD_BYTES` | [`max_payload_bytes`](OutboxConfig::max_payload_bytes) | 1048576 (1 MiB) | 1024 to 268435456 (256 MiB) |
 //! | `OUTBOX_DELETE_ON_PUBLISH` | [`delete_on_publish`](OutboxConfig::delete_on_publish) | false | `true`/`false` |
 //! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
@@ -65,6 +66,11 @@ pub struct OutboxConfig {
     /// expires another relay claims the events again (a duplicate publish, never a loss). Choose it well above the
     /// time a batch takes to publish. 1 s to 1 h; default 30 s.
     pub lease_duration: Duration,
+    /// How long a claim may wait for the claim lock, run one statement, or sit idle inside its transaction
+    /// (PostgreSQL; MySQL and MariaDB bound the lock wait, MariaDB also the idle transaction, in whole seconds).
+    /// A relay frozen inside its claim has its session ended by the database after this long, so the other
+    /// relays go on; a claim that times out is tried again at once. 100 ms to 1 min; default 5 s.
+    pub claim_timeout: Duration,
     /// The largest event payload (its stored JSON, in bytes) `add_event` accepts: a larger one is refused at write
     /// time, in the caller's transaction, rather than dead-lettered by the broker later. 1 KiB to 256 MiB; default
     /// 1 MiB, what NATS and Kafka take by default. Raise it together with your broker's limit.
@@ -88,6 +94,7 @@ impl Default for OutboxConfig {
             retry_initial_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
             lease_duration: Duration::from_secs(30),
+            claim_timeout: Duration::from_secs(5),
             max_payload_bytes: 1 << 20,
             delete_on_publish: false,
             enable_metrics: true,
@@ -187,6 +194,11 @@ impl OutboxConfig {
                 self.retry_initial_delay.max(MS),
                 24 * HOUR,
             ),
+        );
+        check(
+            "OUTBOX_CLAIM_TIMEOUT",
+            show(self.claim_timeout),
+            duration_in(self.claim_timeout, 100 * MS, Duration::from_secs(60)),
         );
         check(
             "OUTBOX_MAX_PAYLOAD_BYTES",
@@ -361,6 +373,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         var: "OUTBOX_LEASE_DURATION",
         set: |c, v| parse_duration(v).map(|x| c.lease_duration = x),
+    },
+    Setting {
+        var: "OUTBOX_CLAIM_TIMEOUT",
+        set: |c, v| parse_duration(v).map(|x| c.claim_timeout = x),
     },
     Setting {
         var: "OUTBOX_MAX_PAYLOAD_BYTES",

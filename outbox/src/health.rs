@@ -19,7 +19,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde::Serialize;
 
 use crate::publisher::Publisher;
-use crate::relay::RelayHandle;
+use crate::relay::{HeldDestination, RelayHandle};
 use crate::repository::OutboxRepository;
 
 /// Overall or per-component health.
@@ -100,12 +100,18 @@ pub struct LagHealth {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct RelayHealth {
-    /// Its status.
+    /// Its status: unhealthy when the loop stopped or is stuck, degraded while a destination is held.
     pub status: HealthStatus,
     /// Whether the loop is running.
     pub running: bool,
     /// Seconds since the loop last went round.
     pub since_last_beat_seconds: Option<f64>,
+    /// Why the relay stopped, when it stopped on an error or a panic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Destinations the broker said cannot take messages: their events wait, the others flow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_destinations: Vec<HeldDestination>,
 }
 
 /// Everything [`HealthCheck::check_health`] found.
@@ -244,20 +250,26 @@ impl HealthCheck {
         }
     }
 
-    /// Whether the attached relay's loop is running and went round recently; `None` without a relay.
+    /// Whether the attached relay's loop is running and went round recently, and which destinations it holds;
+    /// `None` without a relay. A relay that stopped is unhealthy from that moment, with the error it stopped on.
     pub fn check_relay(&self) -> Option<RelayHealth> {
         let relay = self.relay.as_ref()?;
         let since = relay.since_last_beat();
         let alive =
             relay.is_running() && since.is_some_and(|s| s < self.thresholds.relay_stale_after);
+        let held_destinations = relay.held_destinations();
         Some(RelayHealth {
-            status: if alive {
-                HealthStatus::Healthy
-            } else {
+            status: if !alive {
                 HealthStatus::Unhealthy
+            } else if !held_destinations.is_empty() {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Healthy
             },
             running: relay.is_running(),
             since_last_beat_seconds: since.map(|s| s.as_secs_f64()),
+            error: relay.failure(),
+            held_destinations,
         })
     }
 

@@ -7,7 +7,7 @@
 //! - Teams that manage schemas with other tools take the SQL from `outbox/sql/{postgres,mysql,sqlite}.sql`
 //!   (the same statements, with the default table name).
 
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::prelude::*;
 
 use crate::repository::{RepositoryError, TableName};
@@ -81,7 +81,54 @@ pub async fn create_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(),
 
 async fn run_schema<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<(), DbErr> {
     for statement in crate::repository::schema(db.get_database_backend(), table) {
-        db.execute_unprepared(&statement).await?;
+        if !already_done(db, &statement).await? {
+            db.execute_unprepared(&statement).await?;
+        }
     }
     Ok(())
+}
+
+/// Whether `statement` would change nothing because what it creates is there already, as the catalog says.
+///
+/// Every statement of the schema is idempotent, but PostgreSQL takes its lock on the table before it looks:
+/// `CREATE INDEX IF NOT EXISTS` a `SHARE` lock, `CREATE OR REPLACE TRIGGER` a `SHARE ROW EXCLUSIVE` one. Both wait
+/// for any open transaction that wrote to the table, and every insert queues behind the waiting lock: one long
+/// transaction and a relay starting up (services migrate at every start) would stop all writers. Asked first,
+/// the catalog takes no lock on the table.
+async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<bool, DbErr> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let (kind, name) = match words.as_slice() {
+        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => ("table", *name),
+        ["CREATE", "INDEX", "IF", "NOT", "EXISTS", name, ..] => ("index", *name),
+        ["CREATE", "OR", "REPLACE", "TRIGGER", name, ..] => ("trigger", *name),
+        ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => ("fillfactor", *name),
+        _ => return Ok(false),
+    };
+    let backend = db.get_database_backend();
+    let query = match (backend, kind) {
+        (DbBackend::Postgres, "trigger") => {
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgname = $1 AND NOT tgisinternal"
+        }
+        (DbBackend::Postgres, "fillfactor") => {
+            "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass($1) \
+             AND reloptions @> ARRAY['fillfactor=50']"
+        }
+        (DbBackend::Postgres, _) => "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass($1)",
+        (DbBackend::MySql, _) => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = ?"
+        }
+        _ => "SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            query,
+            [name.into()],
+        ))
+        .await?;
+    Ok(row
+        .map(|row| row.try_get_by_index::<i64>(0))
+        .transpose()?
+        .is_some_and(|count| count > 0))
 }

@@ -2,11 +2,13 @@
 //! brokers restarted: the reliability suite.)
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use outbox::OutboxConfig;
-use outbox::publisher::InMemoryPublisher;
+use outbox::health::{HealthCheck, HealthStatus};
+use outbox::publisher::{InMemoryPublisher, PublishError, Publisher, Reason};
 use outbox::relay::{ErrorHandler, Relay};
+use outbox::{EventEnvelope, Message, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::running::Running;
 
@@ -230,4 +232,206 @@ async fn a_publish_that_never_answers_times_out_as_unavailable() {
         rows.iter().all(|r| r.attempts == 0),
         "a silent broker is not the events' failure"
     );
+}
+
+/// Panics on one aggregate's messages, as a publisher with a bug in some corner of its encoding would; passes
+/// the others on.
+struct PanicsOn {
+    inner: InMemoryPublisher,
+    aggregate: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Publisher for PanicsOn {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        assert_ne!(
+            message.key, self.aggregate,
+            "the publisher cannot encode this"
+        );
+        self.inner.publish(message).await
+    }
+
+    fn name(&self) -> &str {
+        "panics-on"
+    }
+}
+
+/// A panic while publishing one event is that event's permanent failure: a dead letter with the panic's
+/// message. The relay goes on, and so does everything else, the panicking event's own aggregate included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_publishing_one_event_dead_letters_it_and_the_relay_goes_on() {
+    for backend in [Backend::Postgres, Backend::SqliteMemory] {
+        let mut config = fast_config();
+        config.max_retry_count = 3;
+        let t = TestDb::with_config(backend, config).await;
+        let written = write(&t, 4, 40).await;
+        let broker = InMemoryPublisher::new();
+        let publisher = PanicsOn {
+            inner: broker.clone(),
+            aggregate: "agg-3",
+        };
+        let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build();
+        let handle = relay.handle();
+        let running = Running::start(relay);
+        // Every event of agg-3 panics once and becomes a dead letter: 10 of them; the other 30 arrive.
+        let settled = async {
+            while t.outbox.count_dead_letters(&t.db).await.unwrap() < 10 || broker.len() < 30 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), settled)
+            .await
+            .unwrap_or_else(|_| panic!("{backend:?}: {} arrived", broker.len()));
+        assert!(handle.is_running(), "{backend:?}: the relay stopped");
+        let dead = t.outbox.dead_letters(&t.db, 100, 0).await.unwrap();
+        for row in &dead {
+            assert_eq!(row.aggregate_id, "agg-3");
+            assert_eq!(row.attempts, 1, "permanent: no retry");
+            let error = row.last_error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains("panicked while publishing") && error.contains("cannot encode this"),
+                "{error}"
+            );
+        }
+        running.stop().await;
+        let dead: HashSet<_> = dead.iter().map(|d| d.event_id).collect();
+        let rest: HashSet<_> = written.difference(&dead).copied().collect();
+        account(&broker, &rest);
+        t.drop_tables().await;
+    }
+}
+
+/// Refuses one destination as a broker does when no stream captures a subject or a topic cannot be created,
+/// until told otherwise.
+struct RefusesDestination {
+    inner: InMemoryPublisher,
+    destination: &'static str,
+    refusing: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Publisher for RefusesDestination {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        if message.destination == self.destination && self.refusing.load(Ordering::Relaxed) {
+            return Err(PublishError::destination_unavailable(
+                &message.destination,
+                Reason("no stream captures it".into()),
+            ));
+        }
+        self.inner.publish(message).await
+    }
+
+    fn name(&self) -> &str {
+        "refuses-destination"
+    }
+}
+
+/// One destination that cannot take messages holds that destination only: its events wait with no attempt
+/// counted and no dead letter, the other destinations flow, health names the held destination, and once it
+/// takes messages again its events go out in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_takes_no_messages_holds_only_itself() {
+    let mut config = fast_config();
+    config.max_retry_count = 1;
+    config.retry_initial_delay = Duration::from_millis(100);
+    config.retry_max_delay = Duration::from_millis(300);
+    let t = TestDb::with_config(Backend::Postgres, config).await;
+    let mut written = write(&t, 4, 40).await;
+    // A second destination: the notes of the same accounts go to a topic of their own.
+    let noted = t
+        .outbox
+        .add_events(
+            &t.db,
+            (1..=20).map(|seq| {
+                EventEnvelope::new(AccountNoted {
+                    account: format!("agg-{}", seq % 4),
+                    seq,
+                })
+            }),
+        )
+        .await
+        .unwrap();
+    written.extend(noted.iter().copied());
+    let broker = InMemoryPublisher::new();
+    let publisher = std::sync::Arc::new(RefusesDestination {
+        inner: broker.clone(),
+        destination: "account.notes",
+        refusing: AtomicBool::new(true),
+    });
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher.clone()).build();
+    let handle = relay.handle();
+    let health = HealthCheck::new(t.db.clone(), t.outbox.clone(), publisher.clone())
+        .with_relay(relay.handle());
+    let running = Running::start(relay);
+    assert!(
+        broker.wait_for(40, Duration::from_secs(30)).await,
+        "the other destination flows"
+    );
+    // Several holds in a row, far more than the retry budget allows for a failing event.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = handle.held_destinations();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].destination, "account.notes");
+    assert!(held[0].reason.contains("no stream captures it"), "{held:?}");
+    let report = health.check_relay().expect("a relay is attached");
+    assert_eq!(report.status, HealthStatus::Degraded);
+    let names: Vec<&str> = report
+        .held_destinations
+        .iter()
+        .map(|h| h.destination.as_str())
+        .collect();
+    assert_eq!(names, ["account.notes"]);
+    let waiting = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
+    assert_eq!(waiting.len(), 20);
+    assert!(
+        waiting.iter().all(|e| e.attempts == 0),
+        "no attempt counted"
+    );
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+
+    publisher.refusing.store(false, Ordering::Relaxed);
+    assert!(
+        broker.wait_for(60, Duration::from_secs(30)).await,
+        "the held destination's events go out once it takes messages"
+    );
+    assert!(handle.held_destinations().is_empty(), "the hold is lifted");
+    running.stop().await;
+    // Order per aggregate across both destinations' events: by sequence, each kind in its own order.
+    let messages = broker.messages();
+    let notes: Vec<(String, u32)> = messages
+        .iter()
+        .filter(|m| m.message.destination == "account.notes")
+        .map(|m| {
+            let note: AccountNoted = serde_json::from_str(m.message.data.get()).unwrap();
+            (note.account, note.seq)
+        })
+        .collect();
+    for account in ["agg-0", "agg-1", "agg-2", "agg-3"] {
+        let seqs: Vec<u32> = notes
+            .iter()
+            .filter(|(a, _)| a == account)
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{account}: {seqs:?}");
+    }
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m.message.id)
+            .collect::<HashSet<_>>(),
+        written
+    );
+    t.drop_tables().await;
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, outbox::OutboxEvent)]
+#[outbox(
+    type = "com.example.account.noted",
+    source = "/accounts",
+    topic = "account.notes"
+)]
+struct AccountNoted {
+    #[outbox(aggregate_id)]
+    account: String,
+    seq: u32,
 }

@@ -145,9 +145,12 @@ fn metrics_count_what_the_relay_did() {
             config.max_retry_count = 0;
             let t = TestDb::with_config(Backend::SqliteMemory, config).await;
             t.outbox
-                .add_events(&t.db, (1..=5).map(|seq| opened(&format!("m{seq}"), seq)))
+                .add_events(&t.db, (1..=6).map(|seq| opened(&format!("m{seq}"), seq)))
                 .await
                 .unwrap();
+            // A row that no longer decodes: a dead letter too.
+            t.sql("UPDATE {t} SET event_type = 'com.example.gone' WHERE aggregate_id = 'm6'")
+                .await;
             let broker = InMemoryPublisher::new();
             broker.fail_next(1);
             let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker).build();
@@ -170,8 +173,8 @@ fn metrics_count_what_the_relay_did() {
     assert_eq!(counter("outbox_events_published_total"), 4);
     assert_eq!(
         counter("outbox_events_dead_lettered_total"),
-        1,
-        "max_retry_count = 0: the failure is final"
+        2,
+        "max_retry_count = 0: the failure is final; and the row that no longer decodes"
     );
     let histograms: Vec<String> = snapshot
         .iter()
@@ -188,4 +191,65 @@ fn metrics_count_what_the_relay_did() {
             "{name} missing from {histograms:?}"
         );
     }
+}
+
+/// An error handler with a bug: a panic outside any one publish ends the relay task.
+struct PanickingHandler;
+
+impl outbox::relay::ErrorHandler for PanickingHandler {
+    fn handle(&self, _: &outbox::repository::ClaimedEvent, _: &outbox::publisher::PublishError) {
+        panic!("the error handler has a bug");
+    }
+
+    fn max_retries(&self) -> u32 {
+        3
+    }
+}
+
+/// A relay that stops on an error or a panic is reported stopped at once, with why, not when its heartbeat goes
+/// stale two minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_stopped_on_an_error_or_a_panic_is_unhealthy_at_once() {
+    let t = TestDb::new(Backend::SqliteFile).await;
+    let broker = InMemoryPublisher::new();
+    let check = |relay: &Relay| {
+        HealthCheck::new(t.db.clone(), t.outbox.clone(), Arc::new(broker.clone()))
+            .with_relay(relay.handle())
+    };
+
+    // An error: a table that is not there.
+    let missing = outbox::repository::OutboxRepository::builder()
+        .table("not_migrated")
+        .build()
+        .unwrap();
+    let relay = Relay::builder(t.db.clone(), missing, broker.clone()).build();
+    let health = check(&relay);
+    assert!(relay.run(std::future::pending()).await.is_err());
+    let report = health.check_relay().unwrap();
+    assert_eq!(report.status, HealthStatus::Unhealthy);
+    assert!(!report.running);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not_migrated"),
+        "{report:?}"
+    );
+
+    // A panic.
+    t.outbox.add_event(&t.db, opened("a", 1)).await.unwrap();
+    broker.fail_next(1);
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone())
+        .error_handler(PanickingHandler)
+        .build();
+    let health = check(&relay);
+    let task = tokio::spawn(relay.run(std::future::pending()));
+    let ended = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap();
+    assert!(ended.unwrap_err().is_panic());
+    let report = health.check_relay().unwrap();
+    assert_eq!(report.status, HealthStatus::Unhealthy);
+    assert_eq!(report.error.as_deref(), Some("the relay task panicked"));
 }

@@ -194,3 +194,39 @@ async fn an_unreachable_broker_at_start_is_not_fatal() {
     assert!(broker.wait_for(1, Duration::from_secs(20)).await);
     running.stop().await;
 }
+
+/// The shutdown deadline bounds the whole shutdown, a claim waiting on the database included: a relay whose
+/// claim waits for a lock held elsewhere still returns within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_within_its_deadline_even_from_a_claim_that_waits() {
+    use outbox::sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let mut config = fast_config();
+    config.claim_timeout = Duration::from_secs(60);
+    let t = TestDb::with_config(Backend::Postgres, config).await;
+    t.outbox.add_event(&t.db, opened("a", 1)).await.unwrap();
+    let holder = t.db.begin().await.unwrap();
+    holder
+        .execute_unprepared(&format!(
+            "SELECT id FROM {}_lock WHERE id = 1 FOR UPDATE",
+            t.outbox.table()
+        ))
+        .await
+        .unwrap();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new())
+        .shutdown_timeout(Duration::from_millis(500))
+        .build();
+    let handle = relay.handle();
+    let running = Running::start(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(handle.is_running());
+    let started = std::time::Instant::now();
+    running.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?} with a 500 ms deadline"
+    );
+    holder.rollback().await.unwrap();
+    t.drop_tables().await;
+}

@@ -2,7 +2,7 @@
 //! and an aggregate's events still go out in order when one of them fails.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outbox::Message;
 use outbox::publisher::{InMemoryPublisher, PublishError, Publisher, Reason};
@@ -18,6 +18,7 @@ on_every_backend!(
     the_next_batch_is_claimed_behind_the_relays_own_leases,
     a_failure_gives_back_the_next_batchs_events_of_its_aggregate,
     no_publish_starts_that_could_outlast_the_lease,
+    no_publish_runs_past_the_lease_while_another_relay_may_claim_its_event,
 );
 
 const BATCH: u32 = 10;
@@ -145,5 +146,91 @@ async fn no_publish_starts_that_could_outlast_the_lease(backend: Backend) {
         totals.duplicates, 0,
         "{backend:?}: an event was published after its lease ran out: {totals:?}"
     );
+    t.drop_tables().await;
+}
+
+/// Records when each publish of an event ran, from its call until it answered or was dropped. Event `seq` 1
+/// answers after `first` the first time and at once after that; every other event never answers.
+struct Timeline {
+    first: Duration,
+    runs: std::sync::Mutex<Vec<(uuid::Uuid, Instant, Option<Instant>)>>,
+}
+
+/// Closes its run when the publish answers or is dropped.
+struct Run<'a> {
+    timeline: &'a Timeline,
+    index: usize,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        self.timeline.runs.lock().unwrap()[self.index].2 = Some(Instant::now());
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for Timeline {
+    async fn publish(&self, message: &Message) -> Result<(), PublishError> {
+        let (index, again) = {
+            let mut runs = self.runs.lock().unwrap();
+            let again = runs.iter().any(|(id, ..)| *id == message.id);
+            runs.push((message.id, Instant::now(), None));
+            (runs.len() - 1, again)
+        };
+        let _run = Run {
+            timeline: self,
+            index,
+        };
+        let event: AccountOpened = serde_json::from_str(message.data.get()).unwrap();
+        if event.seq == 1 {
+            if !again {
+                tokio::time::sleep(self.first).await;
+            }
+            Ok(())
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    fn name(&self) -> &str {
+        "timeline"
+    }
+}
+
+/// A publish bounded only by the publish timeout (80% of the lease here) could start late in the lease and run
+/// past it, while another relay claims the event and publishes it too. Every publish must end before the lease
+/// does, with a margin for the mark.
+async fn no_publish_runs_past_the_lease_while_another_relay_may_claim_its_event(backend: Backend) {
+    let mut config = fast_config();
+    config.lease_duration = Duration::from_secs(2);
+    let t = TestDb::with_config(backend, config).await;
+    write(&t, 1, 2).await;
+    let timeline = std::sync::Arc::new(Timeline {
+        first: Duration::from_millis(900),
+        runs: std::sync::Mutex::default(),
+    });
+    let relay = || {
+        Relay::builder(t.db.clone(), t.outbox.clone(), timeline.clone())
+            .publish_timeout(Duration::from_millis(1600))
+            .build()
+    };
+    let relays = [Running::start(relay()), Running::start(relay())];
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for running in relays {
+        running.stop().await;
+    }
+    let mut runs = timeline.runs.lock().unwrap().clone();
+    runs.sort_by_key(|&(id, start, _)| (id, start));
+    assert!(runs.len() >= 3, "{backend:?}: {runs:?}");
+    for pair in runs.windows(2) {
+        let ((id, _, end), (next_id, next_start, _)) = (pair[0], pair[1]);
+        if id == next_id {
+            let end = end.expect("every publish ended by the time the relays stopped");
+            assert!(
+                end <= next_start,
+                "{backend:?}: event {id} was published by two relays at once"
+            );
+        }
+    }
     t.drop_tables().await;
 }

@@ -141,9 +141,21 @@ impl RelayProcess {
 
     /// With a database URL of the test's choosing (an `application_name` to find its connections by).
     pub fn spawn_on(url: &str, t: &TestDb, sink: &Sink, faults: Faults) -> Self {
+        Self::spawn_with(url, t, sink, faults, &[])
+    }
+
+    /// With `OUTBOX_*` settings in its environment as well.
+    pub fn spawn_with(
+        url: &str,
+        t: &TestDb,
+        sink: &Sink,
+        faults: Faults,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_relay_child"))
             .args([url, t.outbox.table(), sink.table.as_str()])
             .args([faults.fail.to_string(), faults.lose_ack.to_string()])
+            .envs(settings.iter().copied())
             .spawn()
             .expect("start the relay process");
         Self { child }

@@ -10,6 +10,7 @@ mod brokers;
 mod child;
 mod crashes;
 mod database;
+mod frozen;
 mod ledger;
 mod load;
 mod writers;

@@ -94,3 +94,87 @@ async fn an_invalid_config_is_refused_by_the_builder() {
         .unwrap_err();
     assert!(err.to_string().contains("OUTBOX_BATCH_SIZE=0"), "{err}");
 }
+
+/// Services migrate at every start. With a transaction open on the outbox table, migrating again must not wait
+/// for it: PostgreSQL's `CREATE INDEX IF NOT EXISTS` and `CREATE OR REPLACE TRIGGER` lock the table before they
+/// look, and every insert would then queue behind the waiting migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_again_waits_for_no_open_transaction() {
+    use outbox::sea_orm::TransactionTrait;
+    use outbox_tests::backend::{Backend, TestDb};
+
+    for backend in [Backend::Postgres, Backend::MariaDb] {
+        let t = TestDb::new(backend).await;
+        let open = t.db.begin().await.unwrap();
+        t.outbox.add_event(&open, opened("a", 1)).await.unwrap();
+        let migrated = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            create_table(&t.db, t.outbox.table()),
+        )
+        .await;
+        assert!(
+            migrated.is_ok(),
+            "{backend:?}: the migration waited for the open transaction"
+        );
+        migrated.unwrap().unwrap();
+        open.commit().await.unwrap();
+        t.drop_tables().await;
+    }
+}
+
+/// Checking the catalog first still creates what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_again_puts_back_a_dropped_index() {
+    use outbox_tests::backend::{Backend, TestDb};
+
+    for backend in [Backend::Postgres, Backend::SqliteFile] {
+        let t = TestDb::new(backend).await;
+        let index = format!("{}_dead_idx", t.outbox.table());
+        t.sql(&format!("DROP INDEX {index}")).await;
+        create_table(&t.db, t.outbox.table()).await.unwrap();
+        let query = match backend {
+            Backend::Postgres => format!("SELECT COUNT(*) FROM pg_class WHERE relname = '{index}'"),
+            _ => format!("SELECT COUNT(*) FROM sqlite_master WHERE name = '{index}'"),
+        };
+        assert_eq!(t.scalar(&query).await, 1, "{backend:?}");
+        t.drop_tables().await;
+    }
+}
+
+/// A table name is refused up front when an index name derived from it would not fit a backend's identifiers
+/// (MySQL refuses them over 64 bytes, PostgreSQL cuts them at 63), rather than failing halfway through a migration.
+#[tokio::test]
+async fn the_longest_table_name_migrates_on_every_backend_and_a_longer_one_is_refused() {
+    let urls = [
+        std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        std::env::var("TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+        "sqlite::memory:".into(),
+    ];
+    let suffix = format!("{:08x}", fastrand::u32(..));
+    for url in urls {
+        let db = connect(&url).await.unwrap();
+        let longest = format!("o{suffix}{}", "x".repeat(40));
+        assert_eq!(longest.len(), 49);
+        create_table(&db, &longest).await.unwrap();
+        OutboxRepository::builder()
+            .table(&longest)
+            .build()
+            .unwrap()
+            .check(&db)
+            .await
+            .unwrap();
+        for table in [format!("{longest}_lock"), longest.clone()] {
+            db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+                .await
+                .unwrap();
+        }
+        let err = create_table(&db, &format!("{longest}x")).await.unwrap_err();
+        assert!(
+            matches!(err, RepositoryError::InvalidTableName(_)),
+            "{url}: {err:?}"
+        );
+        assert!(err.to_string().contains("1 to 49"), "{err}");
+    }
+}

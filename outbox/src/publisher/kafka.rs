@@ -23,7 +23,9 @@ use crate::message::Message;
 /// - Headers: `content-type`, the `ce_*` attributes (Kafka binding, raw UTF-8), `correlation_id` (FastStream reads
 ///   it; its message id comes from offset and time).
 /// - Topics are created on first use when missing (`partitions`, replication 1 by default: set both for
-///   production, or create topics yourself and turn it off with [`create_topics`](Self::create_topics)).
+///   production, or create topics yourself and turn it off with [`create_topics`](Self::create_topics)). A topic
+///   that is missing and not to be created, that cannot be created, or that this producer may not write holds
+///   that destination only; the rest flows.
 pub struct KafkaPublisher {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
@@ -119,10 +121,12 @@ impl KafkaPublisher {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // The broker answered, about this topic: an invalid name, a policy, a missing right.
                 Err((name, code)) => {
-                    return Err(PublishError::unavailable(Reason(format!(
-                        "cannot create topic `{name}`: {code}"
-                    ))));
+                    return Err(PublishError::destination_unavailable(
+                        topic,
+                        Reason(format!("cannot create topic `{name}`: {code}")),
+                    ));
                 }
             }
         }
@@ -186,13 +190,14 @@ impl Publisher for KafkaPublisher {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((error, _)) => return Err(classify(error)),
+                Err((error, _)) => return Err(classify(&message.destination, error)),
             }
         };
+        let topic = message.destination.clone();
         Ok(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(classify(error)),
+                Ok(Err((error, _))) => Err(classify(&topic, error)),
                 Err(_) => Err(PublishError::unavailable(Reason(
                     "the Kafka producer was dropped before the delivery report".into(),
                 ))),
@@ -219,7 +224,7 @@ impl Publisher for KafkaPublisher {
     }
 }
 
-fn classify(error: KafkaError) -> PublishError {
+fn classify(topic: &str, error: KafkaError) -> PublishError {
     match error.rdkafka_error_code() {
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
@@ -234,10 +239,16 @@ fn classify(error: KafkaError) -> PublishError {
             | RDKafkaErrorCode::BrokerNotAvailable
             | RDKafkaErrorCode::NetworkException
             | RDKafkaErrorCode::QueueFull
-            | RDKafkaErrorCode::UnknownTopicOrPartition
             | RDKafkaErrorCode::LeaderNotAvailable
             | RDKafkaErrorCode::NotLeaderForPartition,
         ) => PublishError::unavailable(error),
+        // This topic, not the cluster: missing (and not to be created), misnamed, or not ours to write.
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => PublishError::destination_unavailable(topic, error),
         _ => PublishError::transient(error),
     }
 }

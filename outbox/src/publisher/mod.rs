@@ -5,11 +5,20 @@
 //! be in flight at once.
 //!
 //! How a publisher fails decides what the relay does:
-//! - [`PublishError::Unavailable`]: the broker cannot be reached. Nothing is wrong with the event: the relay
-//!   gives the batch back without counting an attempt and backs off as a whole until the broker answers again,
-//!   so an outage never burns the events' retry budgets.
+//! - [`PublishError::Unavailable`]: the broker as a whole cannot take messages (unreachable, a lost connection,
+//!   Redis `LOADING` or `READONLY`). Nothing is wrong with the event: the relay gives the batch back without
+//!   counting an attempt and backs off as a whole until the broker answers again, so an outage never burns the
+//!   events' retry budgets.
+//! - [`PublishError::DestinationUnavailable`]: one destination cannot take messages (no NATS stream captures the
+//!   subject, a Kafka topic that is missing or cannot be created). The relay holds that destination only: its
+//!   events wait, without an attempt counted, while every other destination flows, and the hold is in the logs
+//!   and the relay's health.
 //! - [`PublishError::Rejected`]: this event failed. Transient rejections are retried with backoff; permanent ones
-//!   (too large, unroutable) become dead letters with the broker's reason.
+//!   (too large, unroutable, a value the broker's protocol cannot carry) become dead letters with the broker's
+//!   reason.
+//!
+//! A publisher must never panic on a message's content: map it, encode it, or reject it. (The relay still
+//! catches a panic while publishing one event and makes that event a dead letter with the panic's message.)
 
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -107,6 +116,15 @@ pub enum PublishError {
     /// The broker cannot be reached: back off the whole relay, count no attempt.
     #[error("broker unavailable: {0}")]
     Unavailable(#[source] Cause),
+    /// One destination cannot take messages: hold it, count no attempt, let the others flow.
+    #[error("destination `{destination}` unavailable: {cause}")]
+    DestinationUnavailable {
+        /// The topic, subject, stream or routing key.
+        destination: String,
+        /// The broker's reason.
+        #[source]
+        cause: Cause,
+    },
     /// The broker refused this event.
     #[error("{} rejection: {cause}", if *.permanent { "permanent" } else { "transient" })]
     Rejected {
@@ -122,6 +140,17 @@ impl PublishError {
     /// The broker cannot be reached.
     pub fn unavailable(cause: impl Into<Cause>) -> Self {
         Self::Unavailable(cause.into())
+    }
+
+    /// The destination `destination` cannot take messages now.
+    pub fn destination_unavailable(
+        destination: impl Into<String>,
+        cause: impl Into<Cause>,
+    ) -> Self {
+        Self::DestinationUnavailable {
+            destination: destination.into(),
+            cause: cause.into(),
+        }
     }
 
     /// This event failed, and a retry may succeed.
@@ -143,6 +172,11 @@ impl PublishError {
     /// Whether the broker itself is unavailable (as opposed to this event being refused).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether one destination, not the broker or this event, is the trouble.
+    pub fn is_destination_unavailable(&self) -> bool {
+        matches!(self, Self::DestinationUnavailable { .. })
     }
 
     /// Whether no retry of this event can succeed.

@@ -1,9 +1,10 @@
 //! NATS JetStream publisher.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{HeaderMap, HeaderName};
 
 use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
@@ -17,8 +18,10 @@ use crate::message::Message;
 ///   id, so JetStream drops a republish after a crash within the stream's duplicate window; `message_id` and
 ///   `correlation_id`, which FastStream shows its handlers.
 /// - A stream must capture the subjects: create one with [`ensure_stream`](Self::ensure_stream) or your own
-///   tooling. Publishing to a subject no stream captures is reported as the broker being unavailable (a setup
-///   problem no retry of the event can fix), so no event burns its retry budget on it.
+///   tooling. A subject no stream captures is that destination being unavailable (a setup problem no retry of
+///   the event can fix): the relay holds that subject's events, with no attempt counted, and the rest flows.
+/// - A header name NATS cannot carry (from [`OutboxEvent::headers`](crate::OutboxEvent::headers)) is a
+///   permanent failure with the reason.
 #[derive(Clone, Debug)]
 pub struct NatsPublisher {
     client: async_nats::Client,
@@ -72,7 +75,9 @@ impl NatsPublisher {
             .map_err(PublishError::unavailable)
     }
 
-    fn headers(&self, message: &Message) -> HeaderMap {
+    /// The message's headers, or a permanent rejection for a header name NATS cannot carry (a space, a `:`, a
+    /// non-ASCII byte): async-nats panics on one, so it must never get there. Values are percent-encoded.
+    fn headers(&self, message: &Message) -> Result<HeaderMap, PublishError> {
         let mut headers = HeaderMap::new();
         let id = message.id.to_string();
         headers.insert("Nats-Msg-Id", id.as_str());
@@ -94,9 +99,14 @@ impl NatsPublisher {
             }
         }
         for (name, value) in &message.headers {
-            headers.insert(name.as_str(), cloudevents::header_safe(value).as_ref());
+            let name = HeaderName::from_str(name).map_err(|_| {
+                PublishError::permanent(Reason(format!(
+                    "NATS cannot carry the header name {name:?}: names are visible ASCII without `:`"
+                )))
+            })?;
+            headers.insert(name, cloudevents::header_safe(value).as_ref());
         }
-        headers
+        Ok(headers)
     }
 }
 
@@ -114,7 +124,7 @@ impl Publisher for NatsPublisher {
             .jetstream
             .publish_with_headers(
                 message.destination.clone(),
-                self.headers(message),
+                self.headers(message)?,
                 payload.into(),
             )
             .await
@@ -142,9 +152,13 @@ impl Publisher for NatsPublisher {
 fn classify(subject: &str, error: jetstream::context::PublishError) -> PublishError {
     match error.kind() {
         PublishErrorKind::MaxPayloadExceeded => PublishError::permanent(error),
-        PublishErrorKind::StreamNotFound => PublishError::unavailable(Reason(format!(
-            "no JetStream stream captures subject `{subject}`: create one (NatsPublisher::ensure_stream) ({error})"
-        ))),
+        PublishErrorKind::StreamNotFound => PublishError::destination_unavailable(
+            subject,
+            Reason(format!(
+                "no JetStream stream captures subject `{subject}`: create one (NatsPublisher::ensure_stream) \
+                 ({error})"
+            )),
+        ),
         PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::MaxAckPending => PublishError::unavailable(error),

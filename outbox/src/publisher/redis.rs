@@ -2,7 +2,7 @@
 
 use redis::aio::ConnectionManager;
 
-use super::{ConnectError, Encoding, PublishError, Publisher};
+use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
 use crate::message::Message;
 
@@ -15,6 +15,11 @@ const MAGIC: [u8; 8] = [0x89, b'B', b'I', b'N', 0x0D, 0x0A, 0x1A, 0x0A];
 /// `message_id`, `correlation_id`, the `ce_*` attributes) and the body. The stream is the message's destination
 /// (one per aggregate type by default: a stream is ordered, so an aggregate's events stay in order). The
 /// connection manager reconnects by itself.
+///
+/// A server that takes no writes at all (`LOADING`, `READONLY`, `MASTERDOWN`, `OOM`, `CLUSTERDOWN`, `TRYAGAIN`,
+/// `BUSY`, `NOREPLICAS`, `MISCONF`, `NOPERM`) is the broker being unavailable: the relay backs off without
+/// counting an attempt against any event. A key that holds something other than a stream (`WRONGTYPE`) holds
+/// that destination only.
 #[derive(Clone)]
 pub struct RedisPublisher {
     connection: ConnectionManager,
@@ -109,7 +114,19 @@ fn envelope_headers(message: &Message, encoding: Encoding) -> Vec<(String, Strin
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &Message) -> Result<(), PublishError> {
         let body = self.encoding.body(message);
-        let envelope = faststream_envelope(&envelope_headers(message, self.encoding), &body);
+        let headers = envelope_headers(message, self.encoding);
+        // The envelope stores lengths in 16 bits: a longer header would be cut, which no consumer could tell.
+        if let Some((name, value)) = headers
+            .iter()
+            .find(|(k, v)| k.len().max(v.len()) > usize::from(u16::MAX))
+        {
+            return Err(PublishError::permanent(Reason(format!(
+                "FastStream's envelope cannot carry header `{}…` of {} bytes (at most 65535)",
+                name.chars().take(40).collect::<String>(),
+                name.len().max(value.len())
+            ))));
+        }
+        let envelope = faststream_envelope(&headers, &body);
         let mut command = redis::cmd("XADD");
         command.arg(&message.destination);
         if let Some(max_len) = self.max_len {
@@ -121,7 +138,7 @@ impl Publisher for RedisPublisher {
             .query_async::<String>(&mut connection)
             .await
             .map(drop)
-            .map_err(classify)
+            .map_err(|e| classify(&message.destination, e))
     }
 
     async fn check(&self) -> Result<(), PublishError> {
@@ -138,15 +155,68 @@ impl Publisher for RedisPublisher {
     }
 }
 
-fn classify(error: redis::RedisError) -> PublishError {
+/// Server states in which Redis takes no write at all, whatever the message: the broker is unavailable, not
+/// the event (loading its data set, a read-only replica, a primary without its replicas or out of memory, a
+/// cluster that is down, a script that runs too long, a failed background save that blocks writes, a user
+/// without the right).
+const BROKER_WIDE: [&str; 10] = [
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "OOM",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "BUSY",
+    "NOREPLICAS",
+    "MISCONF",
+    "NOPERM",
+];
+
+fn classify(destination: &str, error: redis::RedisError) -> PublishError {
     if error.is_io_error()
         || error.is_connection_dropped()
         || error.is_timeout()
         || error.is_connection_refusal()
+        || error.code().is_some_and(|code| BROKER_WIDE.contains(&code))
     {
         PublishError::unavailable(error)
+    } else if error.code() == Some("WRONGTYPE") {
+        // The key holds something other than a stream: every message for it will fail the same way.
+        PublishError::destination_unavailable(destination, error)
     } else {
-        // The server answered with an error for this command (wrong type at the key, OOM, ...).
+        // The server refused this command for a reason of its own.
         PublishError::transient(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind, make_extension_error};
+
+    use super::*;
+
+    #[test]
+    fn server_states_that_refuse_every_write_are_the_broker_unavailable() {
+        let kinds = [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::NoPerm,
+        ];
+        for kind in kinds {
+            let error = RedisError::from((ErrorKind::Server(kind), "refused"));
+            assert!(classify("s", error).is_unavailable(), "{kind:?}");
+        }
+        for code in ["OOM", "BUSY", "NOREPLICAS", "MISCONF"] {
+            let error = make_extension_error(code.to_owned(), Some("refused".to_owned()));
+            assert!(classify("s", error).is_unavailable(), "{code}");
+        }
+        let wrong = make_extension_error("WRONGTYPE".to_owned(), None);
+        assert!(classify("s", wrong).is_destination_unavailable());
+        let other = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "nope"));
+        let other = classify("s", other);
+        assert!(!other.is_unavailable() && !other.is_permanent(), "{other}");
     }
 }

@@ -1,11 +1,13 @@
 //! The relay's pulse and wake-up handle, shared with health checks and writers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::Notify;
+
+use super::hold::{HeldDestination, Holds};
 
 const NOT_STARTED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -20,8 +22,10 @@ pub struct RelayHandle {
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub(crate) wake: Notify,
+    pub(crate) holds: Holds,
     last_beat_micros: AtomicI64,
     state: AtomicU8,
+    failure: Mutex<Option<String>>,
 }
 
 impl RelayHandle {
@@ -39,6 +43,26 @@ impl RelayHandle {
     /// Whether the relay's loop has returned.
     pub fn has_stopped(&self) -> bool {
         self.shared.state.load(Ordering::Relaxed) == STOPPED
+    }
+
+    /// Whether the relay behind this handle was ever started (a relay never run is not "stopped").
+    pub fn was_started(&self) -> bool {
+        self.shared.state.load(Ordering::Relaxed) != NOT_STARTED
+    }
+
+    /// Why the relay stopped, if it stopped on an error or a panic rather than on shutdown.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The destinations the relay holds now because the broker said they cannot take messages; their events
+    /// wait while the others flow.
+    pub fn held_destinations(&self) -> Vec<HeldDestination> {
+        self.shared.holds.list()
     }
 
     /// How long ago the loop last went round, if it ever did.
@@ -64,8 +88,40 @@ impl RelayHandle {
         self.shared.state.store(STOPPED, Ordering::Relaxed);
     }
 
-    /// Whether the relay behind this handle was ever started (a relay never run is not "stopped").
-    pub fn was_started(&self) -> bool {
-        self.shared.state.load(Ordering::Relaxed) != NOT_STARTED
+    /// Marks the relay stopped when dropped: on return, on an error, and while a panic unwinds, so health reports
+    /// a dead relay at once rather than when its heartbeat goes stale. A stop without [`Stopped::returned`] first
+    /// is recorded as a panic.
+    pub(crate) fn stopped_guard(&self) -> Stopped {
+        Stopped {
+            handle: self.clone(),
+            failure: Some("the relay task panicked".to_owned()),
+        }
+    }
+}
+
+/// See [`RelayHandle::stopped_guard`].
+pub(crate) struct Stopped {
+    handle: RelayHandle,
+    failure: Option<String>,
+}
+
+impl Stopped {
+    /// The relay returned: cleanly, or with `error`.
+    pub(crate) fn returned(&mut self, error: Option<String>) {
+        self.failure = error;
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(failure) = self.failure.take() {
+            *self
+                .handle
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(failure);
+        }
+        self.handle.set_stopped();
     }
 }

@@ -36,21 +36,24 @@
 
 mod handler;
 mod heartbeat;
+mod hold;
 mod listen;
 mod observe;
 mod order;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sea_orm::{DatabaseConnection, DbBackend};
 
 pub use handler::{DefaultErrorHandler, ErrorHandler};
 pub use heartbeat::RelayHandle;
+pub use hold::HeldDestination;
 
 use crate::config::OutboxConfig;
 use crate::publisher::{Acknowledgement, PublishError, Publisher, Reason};
@@ -184,6 +187,9 @@ pub struct BatchReport {
     pub failed: u64,
     /// Events made dead letters (given up on, or undecodable).
     pub dead_lettered: u64,
+    /// Events held back, with no attempt counted, because their destination cannot take messages now (see
+    /// [`HeldDestination`]).
+    pub held: u64,
     /// Events given back unpublished: after an earlier failure of their aggregate, a broker outage, or shutdown.
     pub released: u64,
     /// Events this relay published but could not mark because its lease had expired and another relay claimed
@@ -215,11 +221,42 @@ pub enum RelayError {
 struct ChainOutcome {
     published: Vec<usize>,
     failed: Option<(usize, PublishError)>,
+    /// The event whose destination is held: why, and for how long.
+    held: Option<(usize, String, Duration)>,
     released: Vec<usize>,
     unavailable: Option<String>,
     /// The rest was given back because the lease would have expired during its publishes.
     lease_ran_out: bool,
 }
+
+/// When one publish must be answered by, and whether that bound is the lease's (see `Relay::publish_deadline`).
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    lease: bool,
+}
+
+/// A permanent failure for the event whose publish panicked, with the panic's message.
+fn panicked(doing: &str, panic: &(dyn std::any::Any + Send)) -> PublishError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    PublishError::permanent(Reason(format!("panicked while {doing}: {message}")))
+}
+
+/// A publish cut at the lease's margin: no relay may still be publishing an event once another may claim it.
+#[derive(Debug)]
+struct LeaseRanOut;
+
+impl std::fmt::Display for LeaseRanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the lease ran out before the broker answered")
+    }
+}
+
+impl std::error::Error for LeaseRanOut {}
 
 impl Relay {
     /// A relay publishing the events of `repository` (on `db`) to `publisher`, configured by the repository's
@@ -339,24 +376,24 @@ impl Relay {
             dead_lettered: claim.dead_lettered.len() as u64,
             ..BatchReport::default()
         };
+        if metrics {
+            observe::undecodable(&claim.dead_lettered);
+        }
+        let mut tally = observe::Tally::default();
 
         // Set by the first chain that finds the broker unreachable, so the others stop too; unlike `stop`
         // (shutdown), it lasts one batch.
         let halt = AtomicBool::new(false);
-        // No publish starts that could still be running when the lease expires (counted from before the claim, so
-        // a little early): another relay may claim the event then, and both would publish it. A run that waited
-        // long for the batch before, or a slow broker, gives the rest back instead.
-        let lease = self.config().lease_duration;
-        let last_start = started + lease - self.publish_timeout().min(lease / 2);
+        // The lease as this relay counts it: from before the claim, so it ends a little before the database's.
+        let lease_end = started + self.config().lease_duration;
         let outcomes: Vec<ChainOutcome> = futures_util::stream::iter(runs)
             .map(|(chain, link)| {
-                self.publish_chain(&claim.events, chain, link, last_start, stop, &halt)
+                self.publish_chain(&claim.events, chain, link, lease_end, stop, &halt)
             })
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
 
-        let mut tally = observe::Tally::default();
         let (mut published, mut failures, mut released) = (Vec::new(), Vec::new(), Vec::new());
         let mut lease_ran_out = 0;
         for outcome in outcomes {
@@ -366,6 +403,9 @@ impl Relay {
             for i in outcome.published {
                 observe::event_published(&mut tally, &claim.events[i], metrics);
                 published.push(claim.events[i].id);
+            }
+            if let Some((i, reason, retry_in)) = outcome.held {
+                failures.push(Failure::held(&claim.events[i], reason, retry_in));
             }
             if let Some((i, error)) = outcome.failed {
                 let event = &claim.events[i];
@@ -383,17 +423,20 @@ impl Relay {
         }
 
         let token = claim.token;
-        let marked = self
-            .persist(|| self.repository.mark_published(&self.db, token, &published))
+        let (marked, fenced_out) = self
+            .mark_published(&published, || {
+                self.repository.mark_published(&self.db, token, &published)
+            })
             .await?;
         report.published = marked;
-        report.fenced_out = published.len() as u64 - marked;
+        report.fenced_out = fenced_out;
         if !failures.is_empty() {
             let outcome = self
                 .persist(|| self.repository.mark_failed(&self.db, token, &failures))
                 .await?;
             report.failed = outcome.retrying;
             report.dead_lettered += outcome.dead_lettered;
+            report.held = outcome.held;
             report.fenced_out += outcome.fenced_out;
         }
         if !released.is_empty() {
@@ -464,6 +507,40 @@ impl Relay {
         }
     }
 
+    /// Marks the published events `ids` with `write` (the repository's mark, run again through database hiccups
+    /// by [`persist`](Self::persist)); returns how many are marked and how many another relay owns now (fenced
+    /// out: it will publish them again).
+    ///
+    /// A mark whose commit went through but whose answer was lost is run again and then matches nothing: that
+    /// alone cannot tell this relay's own lost commit from a takeover. So after a retry, the events that are still
+    /// pending are the ones another relay took over, and the others are marked (by this relay's first attempt,
+    /// or by the relay that took them over and published them too).
+    async fn mark_published<F, Fut>(
+        &self,
+        ids: &[i64],
+        write: F,
+    ) -> Result<(u64, u64), RepositoryError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<u64, RepositoryError>>,
+    {
+        let runs = std::sync::atomic::AtomicU32::new(0);
+        let marked = self
+            .persist(|| {
+                runs.fetch_add(1, Ordering::Relaxed);
+                write()
+            })
+            .await?;
+        let given = ids.len() as u64;
+        if marked == given || runs.load(Ordering::Relaxed) == 1 {
+            return Ok((marked, given - marked));
+        }
+        let pending = self
+            .persist(|| self.repository.count_pending_ids(&self.db, ids))
+            .await?;
+        Ok((given - pending, pending))
+    }
+
     /// How long one publish may take: past the lease another relay takes the event over anyway, so waiting
     /// longer only stalls this one.
     fn publish_timeout(&self) -> Duration {
@@ -471,21 +548,38 @@ impl Relay {
             .unwrap_or(self.config().lease_duration / 2)
     }
 
-    /// One step of a publish (sending, or waiting for the acknowledgement), bounded by the publish's deadline.
+    /// When a publish that starts now must be answered by: within the publish timeout, and before the lease's
+    /// margin (a fifth of the lease), which leaves the batch time to be marked before another relay may claim its
+    /// events. Past the margin the publish is abandoned and its event given back: a duplicate if the broker took
+    /// it after all, never two relays publishing one event at once.
+    fn publish_deadline(&self, lease_end: Instant) -> Deadline {
+        let margin = self.config().lease_duration / 5;
+        let by_lease = lease_end.checked_sub(margin).unwrap_or(lease_end);
+        let by_timeout = Instant::now() + self.publish_timeout();
+        Deadline {
+            at: by_lease.min(by_timeout),
+            lease: by_lease <= by_timeout,
+        }
+    }
+
+    /// One step of a publish (sending, or waiting for the acknowledgement), bounded by the publish's deadline; a
+    /// panic in it is this event's permanent failure, never the relay's.
     async fn timed<T>(
         &self,
-        deadline: Instant,
+        deadline: Deadline,
         step: impl Future<Output = Result<T, PublishError>>,
     ) -> Result<T, PublishError> {
-        tokio::time::timeout_at(deadline.into(), step)
-            .await
-            .unwrap_or_else(|_| {
-                Err(PublishError::unavailable(Reason(format!(
-                    "{} did not answer within {:?}",
-                    self.publisher.name(),
-                    self.publish_timeout()
-                ))))
-            })
+        let step = AssertUnwindSafe(step).catch_unwind();
+        match tokio::time::timeout_at(deadline.at.into(), step).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(panic)) => Err(panicked("publishing", &*panic)),
+            Err(_) if deadline.lease => Err(PublishError::unavailable(LeaseRanOut)),
+            Err(_) => Err(PublishError::unavailable(Reason(format!(
+                "{} did not answer within {:?}",
+                self.publisher.name(),
+                self.publish_timeout()
+            )))),
+        }
     }
 
     /// Publishes one aggregate's events in order, once its run in the batch before published everything, and
@@ -495,7 +589,7 @@ impl Relay {
         events: &[ClaimedEvent],
         chain: Vec<usize>,
         link: Link,
-        last_start: Instant,
+        lease_end: Instant,
         stop: &AtomicBool,
         halt: &AtomicBool,
     ) -> ChainOutcome {
@@ -507,15 +601,17 @@ impl Relay {
             let _ = link.report.send(false);
             return outcome;
         }
+        let holds = &self.handle.shared.holds;
         // Up to `unacknowledged_per_aggregate` events are sent ahead of the oldest unanswered one. Trouble (a
-        // refusal, an outage, shutdown, the lease running out) stops the sending; what was sent is still waited
-        // for, since it may have arrived, and the events not sent are given back.
+        // refusal, an outage, a held destination, shutdown, the lease running out) stops the sending; what was sent
+        // is still waited for, since it may have arrived, and the events not sent are given back.
         let window = self.unacknowledged_per_aggregate;
-        let mut waiting: VecDeque<(usize, Instant, Acknowledgement)> = VecDeque::new();
+        let mut waiting: VecDeque<(usize, Deadline, Acknowledgement)> = VecDeque::new();
         let (mut next, mut sending) = (0, true);
         loop {
             if sending && next < chain.len() && waiting.len() < window {
-                outcome.lease_ran_out = Instant::now() >= last_start;
+                let deadline = self.publish_deadline(lease_end);
+                outcome.lease_ran_out = deadline.at <= Instant::now();
                 if stop.load(Ordering::Relaxed)
                     || halt.load(Ordering::Relaxed)
                     || outcome.lease_ran_out
@@ -523,19 +619,26 @@ impl Relay {
                     sending = false;
                     continue;
                 }
+                let i = chain[next];
+                next += 1;
+                if let Some((left, reason)) = holds.remaining(destination(&events[i])) {
+                    outcome.held = Some((i, reason, left));
+                    sending = false;
+                    continue;
+                }
                 // A publisher that answers at once (in memory, stdout) never makes this loop wait; counting each
                 // send against tokio's budget lets the claim and the service's own tasks run in between.
                 tokio::task::consume_budget().await;
-                let i = chain[next];
-                next += 1;
-                let deadline = Instant::now() + self.publish_timeout();
-                let sent = match events[i].envelope.to_message() {
-                    Ok(message) => self.timed(deadline, self.publisher.send(&message)).await,
-                    Err(error) => Err(PublishError::permanent(error)),
+                let rendered =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| events[i].envelope.to_message()));
+                let sent = match rendered {
+                    Ok(Ok(message)) => self.timed(deadline, self.publisher.send(&message)).await,
+                    Ok(Err(error)) => Err(PublishError::permanent(error)),
+                    Err(panic) => Err(panicked("rendering the message", &*panic)),
                 };
                 match sent {
                     Ok(ack) => waiting.push_back((i, deadline, ack)),
-                    Err(error) => sending = settle(&mut outcome, i, Err(error), halt),
+                    Err(error) => sending = self.settle(&mut outcome, events, i, Err(error), halt),
                 }
                 continue;
             }
@@ -543,13 +646,67 @@ impl Relay {
                 break;
             };
             let answer = self.timed(deadline, ack).await;
-            sending &= settle(&mut outcome, i, answer, halt);
+            sending &= self.settle(&mut outcome, events, i, answer, halt);
         }
         outcome.released.extend_from_slice(&chain[next..]);
         // The next batch's run of this aggregate may go as soon as this one is published, before it is marked:
         // a mark that fails later makes this run's events duplicates, never late.
         let _ = link.report.send(outcome.published.len() == chain.len());
         outcome
+    }
+
+    /// Records the broker's answer for event `i` of a chain; whether the chain may go on sending. The first
+    /// trouble of the event's own (a refusal, a held destination) is the chain's, retried or held; a later one,
+    /// of an event sent before the first was answered, is given back with the rest.
+    fn settle(
+        &self,
+        outcome: &mut ChainOutcome,
+        events: &[ClaimedEvent],
+        i: usize,
+        answer: Result<(), PublishError>,
+        halt: &AtomicBool,
+    ) -> bool {
+        let holds = &self.handle.shared.holds;
+        let first_trouble = outcome.failed.is_none() && outcome.held.is_none();
+        match answer {
+            Ok(()) => {
+                outcome.published.push(i);
+                holds.lift(destination(&events[i]));
+                true
+            }
+            Err(PublishError::Unavailable(cause)) if cause.is::<LeaseRanOut>() => {
+                outcome.lease_ran_out = true;
+                outcome.released.push(i);
+                false
+            }
+            Err(PublishError::Unavailable(cause)) => {
+                // Nothing is wrong with the event: give it back with the rest, and stop the whole batch.
+                halt.store(true, Ordering::Relaxed);
+                outcome.unavailable.get_or_insert(cause.to_string());
+                outcome.released.push(i);
+                false
+            }
+            Err(error @ PublishError::DestinationUnavailable { .. }) => {
+                // Keyed by the destination the event names: a publisher that renames destinations reports
+                // its own name, which no later event could be matched with.
+                let reason = error.to_string();
+                let left = holds.hold(destination(&events[i]), reason.clone(), self.config());
+                if first_trouble {
+                    outcome.held = Some((i, reason, left));
+                } else {
+                    outcome.released.push(i);
+                }
+                false
+            }
+            Err(error) => {
+                if first_trouble {
+                    outcome.failed = Some((i, error));
+                } else {
+                    outcome.released.push(i);
+                }
+                false
+            }
+        }
     }
 
     /// Runs until `shutdown` completes (the seed's `schedule_publishing`): checks, then batches, woken by
@@ -559,19 +716,47 @@ impl Relay {
     /// relay takes over), but completing `shutdown` is the clean way, which finishes or gives back the batch in
     /// hand within `shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RelayError> {
-        self.check().await?;
-        let _listener = self.start_listener();
-        self.handle.set_running();
-        let relay = Arc::new(self);
-        let result = relay.run_loop(shutdown).await;
-        relay.handle.set_stopped();
-        tracing::info!(target: "outbox", "relay stopped");
+        let mut stopped = self.handle.stopped_guard();
+        let result = match self.check().await {
+            Ok(()) => {
+                let _listener = self.start_listener();
+                self.handle.set_running();
+                let relay = Arc::new(self);
+                let stopping = Arc::new(tokio::sync::Notify::new());
+                // The shutdown deadline bounds all of the shutdown (a claim waiting on the database, the batches
+                // in flight), from the moment it is requested: past it the loop is dropped, which aborts its
+                // tasks; what they held returns to another relay when the lease expires.
+                let deadline = async {
+                    stopping.notified().await;
+                    tokio::time::sleep(relay.shutdown_timeout).await;
+                };
+                tokio::select! {
+                    result = relay.run_loop(shutdown, &stopping) => result,
+                    () = deadline => {
+                        tracing::warn!(
+                            target: "outbox",
+                            timeout = ?relay.shutdown_timeout,
+                            "shutdown deadline passed with work in flight; its events return to another relay when \
+                             the lease expires"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(()) => tracing::info!(target: "outbox", "relay stopped"),
+            Err(error) => tracing::error!(target: "outbox", %error, "relay stopped on an error"),
+        }
+        stopped.returned(result.as_ref().err().map(ToString::to_string));
         result
     }
 
     async fn run_loop(
         self: &Arc<Self>,
         shutdown: impl Future<Output = ()> + Send,
+        stopping_now: &tokio::sync::Notify,
     ) -> Result<(), RelayError> {
         let config = self.config().clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -631,7 +816,9 @@ impl Relay {
                         tokio::select! {
                             result = &mut claim => break result,
                             Some(done) = in_flight.join_next() => finished.extend(joined(done)),
-                            () = &mut shutdown, if !stopping => stopping = self.stopping(&stop),
+                            () = &mut shutdown, if !stopping => {
+                                stopping = self.stopping(&stop, stopping_now);
+                            }
                         }
                     }
                 };
@@ -647,6 +834,15 @@ impl Relay {
                             (batch, relay.finish(started, leased, runs, &stop).await)
                         });
                     }
+                    Err(error) if error.is_timeout() => {
+                        // Nothing was leased: the claim lock or a statement took longer than the claim timeout (a
+                        // relay frozen inside its claim holds the lock until the database ends its session).
+                        tracing::warn!(target: "outbox", %error, "claim timed out; trying again");
+                        pause = Some((
+                            Instant::now() + Duration::from_millis(fastrand::u64(10..100)),
+                            false,
+                        ));
+                    }
                     Err(error) => {
                         // A claim whose commit was cut may have leased events all the same.
                         pause = Some(recover(&config, &mut owner, &mut trouble_streak, &error));
@@ -661,14 +857,15 @@ impl Relay {
                     Some(done) = in_flight.join_next() => finished.extend(joined(done)),
                     () = tokio::time::sleep_until(resume.into()), if room => pause = None,
                     () = woken, if room && wakeable => pause = None,
-                    () = &mut shutdown, if !stopping => stopping = self.stopping(&stop),
+                    () = &mut shutdown, if !stopping => stopping = self.stopping(&stop, stopping_now),
                     else => {}
                 }
             }
 
             for (batch, result) in finished {
                 if let Ok(report) = &result {
-                    settle_first |= report.released + report.failed + report.dead_lettered > 0;
+                    settle_first |=
+                        report.released + report.failed + report.dead_lettered + report.held > 0;
                 }
                 match result {
                     Ok(report) if report.publisher_unavailable.is_some() => {
@@ -685,34 +882,20 @@ impl Relay {
             }
         }
 
-        let drain = async {
-            while let Some(done) = in_flight.join_next().await {
-                let Some((_, result)) = joined(done) else {
-                    continue;
-                };
-                if let Err(error) = result {
-                    tracing::error!(target: "outbox", %error, "last batch before shutdown failed");
-                }
+        // Bounded by the shutdown deadline, which `run` keeps.
+        while let Some(done) = in_flight.join_next().await {
+            if let Some((_, Err(error))) = joined(done) {
+                tracing::error!(target: "outbox", %error, "last batch before shutdown failed");
             }
-        };
-        if tokio::time::timeout(self.shutdown_timeout, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                target: "outbox",
-                timeout = ?self.shutdown_timeout,
-                "shutdown deadline passed with publishes in flight; their events return to another relay when the \
-                 lease expires"
-            );
         }
         Ok(())
     }
 
     /// Shutdown was requested: no more claims, and the batches in flight give back what they have not published.
-    fn stopping(&self, stop: &AtomicBool) -> bool {
+    fn stopping(&self, stop: &AtomicBool, deadline: &tokio::sync::Notify) -> bool {
         tracing::info!(target: "outbox", "shutdown requested: finishing the batches in hand");
         stop.store(true, Ordering::Relaxed);
+        deadline.notify_one();
         true
     }
 
@@ -724,36 +907,9 @@ impl Relay {
     }
 }
 
-/// Records the broker's answer for event `i` of a chain; whether the chain may go on sending. The first refusal
-/// is the chain's failure (retried or dead-lettered); a later one, of an event sent before the first was
-/// answered, is given back with the rest.
-fn settle(
-    outcome: &mut ChainOutcome,
-    i: usize,
-    answer: Result<(), PublishError>,
-    halt: &AtomicBool,
-) -> bool {
-    match answer {
-        Ok(()) => {
-            outcome.published.push(i);
-            true
-        }
-        Err(PublishError::Unavailable(cause)) => {
-            // Nothing is wrong with the event: give it back with the rest, and stop the whole batch.
-            halt.store(true, Ordering::Relaxed);
-            outcome.unavailable.get_or_insert(cause.to_string());
-            outcome.released.push(i);
-            false
-        }
-        Err(error) => {
-            if outcome.failed.is_none() {
-                outcome.failed = Some((i, error));
-            } else {
-                outcome.released.push(i);
-            }
-            false
-        }
-    }
+/// Where the event is published: the name holds are kept by.
+fn destination(event: &ClaimedEvent) -> &'static str {
+    event.envelope.event().meta().destination
 }
 
 /// A batch task's outcome. A panic is passed on as the relay's own, as it was before batches ran on tasks of
@@ -820,4 +976,64 @@ fn chains(events: &[LeasedRow]) -> Vec<Vec<usize>> {
         }
     }
     chains
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::publisher::InMemoryPublisher;
+    use crate::repository::connect;
+
+    #[derive(Serialize, Deserialize, crate::OutboxEvent)]
+    #[outbox(
+        crate = "crate",
+        type = "com.example.relay.tested",
+        source = "/relay-tests"
+    )]
+    struct Tested {
+        #[outbox(aggregate_id)]
+        id: u32,
+    }
+
+    /// A mark whose commit went through but whose answer was lost is retried; the retry matches nothing, and the
+    /// events must still count as marked, not as taken over by another relay.
+    #[tokio::test]
+    async fn a_mark_whose_answer_was_lost_counts_as_marked() {
+        let db = connect("sqlite::memory:").await.unwrap();
+        crate::migration::create_table(&db, "outbox_events")
+            .await
+            .unwrap();
+        let repository = OutboxRepository::new();
+        repository
+            .add_events(&db, (1..=3).map(|id| Tested { id }))
+            .await
+            .unwrap();
+        let claim = repository.claim(&db, 10).await.unwrap();
+        let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
+        let relay =
+            Relay::builder(db.clone(), repository.clone(), InMemoryPublisher::new()).build();
+        let answered = AtomicBool::new(false);
+        let marked = relay
+            .mark_published(&ids, || async {
+                let marked = repository.mark_published(&db, claim.token, &ids).await;
+                if answered.swap(true, Ordering::Relaxed) {
+                    return marked;
+                }
+                // Committed, but the answer never came back.
+                Err(RepositoryError::db(
+                    "marking events published",
+                    "outbox_events",
+                    sea_orm::DbBackend::Sqlite,
+                    sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal("connection reset".into())),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(marked, (3, 0));
+        assert_eq!(repository.count_unpublished(&db).await.unwrap(), 0);
+    }
 }

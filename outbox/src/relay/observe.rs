@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `outbox_events_published_total{event_type}` | counter | events the broker acknowledged |
 //! | `outbox_events_failed_total{event_type}` | counter | failed publishes scheduled for a retry |
-//! | `outbox_events_dead_lettered_total{event_type}` | counter | events given up on |
+//! | `outbox_events_dead_lettered_total{event_type}` | counter | events given up on, and rows that no longer decode |
 //! | `outbox_publisher_unavailable_total` | counter | batches stopped because the broker was unreachable |
 //! | `outbox_batch_size` | histogram | events claimed per batch |
 //! | `outbox_batch_duration_seconds` | histogram | claim to mark, per batch |
@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::BatchReport;
-use crate::repository::{ClaimedEvent, OutboxStats};
+use crate::repository::{ClaimedEvent, DeadLettered, OutboxStats};
 
 /// Per-batch bookkeeping for metrics, so labels are allocated per type and batch, not per event.
 #[derive(Default)]
@@ -81,6 +81,14 @@ pub(crate) fn event_failed(tally: &mut Tally, event: &ClaimedEvent, error: &str,
     } else {
         failed!(error, "outbox.event_dead_lettered");
         *tally.dead.entry(event_type).or_default() += 1;
+    }
+}
+
+/// Rows the claim made dead letters because they no longer decode (logged where they were found).
+pub(crate) fn undecodable(dead: &[DeadLettered]) {
+    for row in dead {
+        metrics::counter!("outbox_events_dead_lettered_total", "event_type" => row.event_type.clone())
+            .increment(1);
     }
 }
 

@@ -37,9 +37,15 @@ pub enum RepositoryError {
     /// An event holds a value no broker could carry (see [`crate::limits`]); nothing was stored.
     #[error(transparent)]
     InvalidEvent(#[from] crate::limits::InvalidEvent),
+    /// The claim lock row of the table is missing and could not be put back.
+    #[error(
+        "the claim lock row of `{0}_lock` is missing and could not be recreated: run the outbox migration again"
+    )]
+    MissingLockRow(String),
     /// The configured table name cannot be used in SQL.
     #[error(
-        "invalid outbox table name {0:?}: use 1 to 54 lowercase ASCII letters, digits or underscores, not starting with a digit"
+        "invalid outbox table name {0:?}: use 1 to 49 lowercase ASCII letters, digits or underscores, not starting with a digit \
+         (49 leaves room for the index names within every backend's identifier limit)"
     )]
     InvalidTableName(String),
     /// A database URL that cannot be used.
@@ -69,13 +75,23 @@ impl RepositoryError {
             return false;
         };
         let text = source.to_string().to_ascii_lowercase();
+        ["deadlock", "40001", "40p01", "1213", "database is locked"]
+            .iter()
+            .any(|needle| text.contains(needle))
+    }
+
+    /// Whether a statement ran into the claim timeout ([`OutboxConfig::claim_timeout`](crate::OutboxConfig)):
+    /// waiting for the claim lock, or running. The statement took effect nowhere; trying again later is the
+    /// remedy.
+    pub fn is_timeout(&self) -> bool {
+        let Self::Database { source, .. } = self else {
+            return false;
+        };
+        let text = source.to_string().to_ascii_lowercase();
         [
-            "deadlock",
-            "40001",
-            "40p01",
-            "1213",
-            "database is locked",
-            "lock wait timeout",
+            "canceling statement due to lock timeout",
+            "canceling statement due to statement timeout",
+            "lock wait timeout exceeded",
         ]
         .iter()
         .any(|needle| text.contains(needle))

@@ -76,6 +76,8 @@ struct Inner {
     config: OutboxConfig,
     registry: &'static Registry,
     scan: ScanStart,
+    /// Whether the MySQL-family server is MariaDB (it can end idle transactions), learnt at the first claim.
+    mariadb: std::sync::OnceLock<bool>,
 }
 
 impl Default for OutboxRepository {
@@ -126,6 +128,7 @@ impl RepositoryBuilder {
                 config,
                 registry: self.registry.unwrap_or_else(Registry::global),
                 scan: ScanStart::default(),
+                mariadb: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -205,7 +208,17 @@ pub struct Failure {
     id: i64,
     attempts: u32,
     error: String,
-    permanent: bool,
+    kind: FailureKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailureKind {
+    /// Counts an attempt; retried after backoff until the budget is spent.
+    Retry,
+    /// A dead letter at once.
+    Permanent,
+    /// Not the event's fault: tried again after this long, no attempt counted.
+    Held(Duration),
 }
 
 impl Failure {
@@ -215,14 +228,24 @@ impl Failure {
             id: event.id,
             attempts: event.attempts,
             error: error.into(),
-            permanent: false,
+            kind: FailureKind::Retry,
         }
     }
 
     /// A failure that no retry can fix (the broker rejected the message for good): a dead letter at once.
     pub fn permanent(mut self) -> Self {
-        self.permanent = true;
+        self.kind = FailureKind::Permanent;
         self
+    }
+
+    /// Not the event's failure (its destination cannot take messages now): the event is tried again after
+    /// `retry_in`, with no attempt counted, and holds its aggregate back until then. The error is kept as the
+    /// event's last error.
+    pub fn held(event: &ClaimedEvent, error: impl Into<String>, retry_in: Duration) -> Self {
+        Self {
+            kind: FailureKind::Held(retry_in),
+            ..Self::new(event, error)
+        }
     }
 }
 
@@ -234,6 +257,8 @@ pub struct FailureOutcome {
     pub retrying: u64,
     /// Events that became dead letters.
     pub dead_lettered: u64,
+    /// Events held for a while with no attempt counted ([`Failure::held`]).
+    pub held: u64,
     /// Events not marked because the claim no longer owns them (its lease expired and another relay claimed them).
     pub fenced_out: u64,
 }
@@ -281,6 +306,7 @@ impl OutboxRepository {
                 config: OutboxConfig::default(),
                 registry: Registry::global(),
                 scan: ScanStart::default(),
+                mariadb: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -488,7 +514,7 @@ impl OutboxRepository {
                         id: dead.id,
                         attempts: 0,
                         error: dead.reason.clone(),
-                        permanent: true,
+                        kind: FailureKind::Permanent,
                     });
                     claim.dead_lettered.push(dead);
                 }
@@ -517,15 +543,21 @@ impl OutboxRepository {
         C: ConnectionTrait + TransactionTrait,
     {
         let txn = self.begin(db).await?;
+        let timeout = self.inner.config.claim_timeout.as_millis().to_string();
         let locked = self
-            .query(
+            .lock(
                 &txn,
-                "taking the claim lock",
                 sql::LOCK_POSTGRES,
-                Vec::new(),
+                sql::LOCK_ROW_POSTGRES,
+                vec![
+                    timeout.as_str().into(),
+                    timeout.as_str().into(),
+                    timeout.into(),
+                ],
             )
             .await?;
-        let writers_before = locked.first().and_then(writers);
+        let lease = lease.on_clock(locked.try_get::<i64>("", "now_micros").ok());
+        let writers_before = writers(&locked);
         let claim = format!(
             "{} RETURNING {}, {}",
             sql::CLAIM_POSTGRES_WINDOW,
@@ -630,13 +662,65 @@ impl OutboxRepository {
     where
         C: ConnectionTrait + TransactionTrait,
     {
+        let mariadb = match self.inner.mariadb.get() {
+            Some(&mariadb) => mariadb,
+            None => {
+                let version = self
+                    .query(
+                        db,
+                        "reading the server version",
+                        "SELECT VERSION()",
+                        Vec::new(),
+                    )
+                    .await?;
+                let mariadb = version
+                    .first()
+                    .and_then(|row| row.try_get_by_index::<String>(0).ok())
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
+                *self.inner.mariadb.get_or_init(|| mariadb)
+            }
+        };
+        let (bound, restore) = if mariadb {
+            (sql::BOUND_MARIADB, sql::RESTORE_MARIADB)
+        } else {
+            (sql::BOUND_MYSQL, sql::RESTORE_MYSQL)
+        };
+        // Whole seconds, at least one, rounded up.
+        let seconds = self.inner.config.claim_timeout.as_millis().div_ceil(1000) as u64;
         let txn = self.begin(db).await?;
-        self.query(&txn, "taking the claim lock", sql::LOCK, Vec::new())
+        let values = if mariadb {
+            vec![seconds.into(), seconds.into()]
+        } else {
+            vec![seconds.into()]
+        };
+        self.execute(&txn, "bounding the claim", bound, values)
             .await?;
+        let claimed = self.claim_mysql_bounded(&txn, lease, limit).await;
+        // The session's own timeouts come back before the connection returns to the pool, on success or not.
+        let restored = self
+            .execute(&txn, "ending the claim's bounds", restore, Vec::new())
+            .await;
+        let rows = claimed?;
+        restored?;
+        self.commit(txn).await?;
+        Ok(rows)
+    }
+
+    /// [`claim_mysql`](Self::claim_mysql)'s work, inside the bounds it set on `txn`.
+    async fn claim_mysql_bounded<T: ConnectionTrait>(
+        &self,
+        txn: &T,
+        lease: &Lease,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>> {
+        let locked = self
+            .lock(txn, sql::LOCK, sql::LOCK_ROW_MYSQL, Vec::new())
+            .await?;
+        let lease = lease.on_clock(locked.try_get::<i64>("", "now_micros").ok());
         let select = format!("SELECT o.id {}", sql::CLAIMABLE);
         let candidates = self
             .query(
-                &txn,
+                txn,
                 "claiming events",
                 &select,
                 lease.claimable_values(limit),
@@ -658,7 +742,7 @@ impl OutboxRepository {
             );
             let mut values: Vec<Value> = vec![lease.token.0.into(), lease.until.into()];
             values.extend(id_values.iter().cloned());
-            self.execute(&txn, "claiming events", &update, values)
+            self.execute(txn, "claiming events", &update, values)
                 .await?;
             let read = format!(
                 "SELECT {} FROM {{t}} WHERE claim_token = ? AND {id_in}",
@@ -666,10 +750,43 @@ impl OutboxRepository {
             );
             let mut values: Vec<Value> = vec![lease.token.0.into()];
             values.extend(id_values);
-            rows = self.query(&txn, "claiming events", &read, values).await?;
+            rows = self.query(txn, "claiming events", &read, values).await?;
         }
-        self.commit(txn).await?;
         Ok(rows)
+    }
+
+    /// Takes the claim lock with `lock`, putting the lock row back with `recreate` first if it was deleted (an
+    /// empty lock table would silently stop serializing the claims). Returns the lock statement's row.
+    async fn lock<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        lock: &str,
+        recreate: &str,
+        values: Vec<Value>,
+    ) -> Result<QueryResult> {
+        for attempt in 0..2 {
+            let row = self
+                .query(txn, "taking the claim lock", lock, values.clone())
+                .await?
+                .into_iter()
+                .next();
+            match row {
+                Some(row) => return Ok(row),
+                None if attempt == 0 => {
+                    tracing::warn!(
+                        target: "outbox",
+                        table = %self.inner.table.as_str(),
+                        "the claim lock row was missing: recreating it"
+                    );
+                    self.execute(txn, "recreating the claim lock row", recreate, Vec::new())
+                        .await?;
+                }
+                None => {}
+            }
+        }
+        Err(RepositoryError::MissingLockRow(
+            self.inner.table.as_str().to_owned(),
+        ))
     }
 
     fn decode_claimed(&self, row: &QueryResult) -> std::result::Result<ClaimedEvent, DeadLettered> {
@@ -735,6 +852,33 @@ impl OutboxRepository {
         Ok(marked)
     }
 
+    /// How many of the rows `ids` are still pending.
+    pub(crate) async fn count_pending_ids<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        ids: &[i64],
+    ) -> Result<u64> {
+        let backend = db.get_database_backend();
+        let mut pending = 0;
+        for chunk in ids.chunks(sql::id_chunk(backend)) {
+            let (id_in, values) = sql::id_in(backend, chunk);
+            let query = format!(
+                "SELECT COUNT(*) FROM {{t}} WHERE status = {} AND {id_in}",
+                sql::PENDING
+            );
+            let rows = self
+                .query(db, "reading marked events", &query, values)
+                .await?;
+            if let Some(row) = rows.first() {
+                let count = row
+                    .try_get_by_index::<i64>(0)
+                    .map_err(|e| self.db_error("reading marked events", backend, e))?;
+                pending += u64::try_from(count).unwrap_or(0);
+            }
+        }
+        Ok(pending)
+    }
+
     /// Records failed publishes in one statement per outcome (retry, dead letter) and 500 events: the error text, one more attempt, and the next attempt
     /// time (exponential backoff from the configuration, with jitter). An event whose attempts exceed
     /// [`OutboxConfig::max_retry_count`], or whose failure is permanent, becomes a dead letter. Nothing is deleted.
@@ -746,48 +890,58 @@ impl OutboxRepository {
     ) -> Result<FailureOutcome> {
         let config = &self.inner.config;
         let now = now_micros();
-        // Retries and dead letters go in separate statements (one each at most per 500), so each count is exact
-        // even when another relay has taken some rows over since the claim.
-        let (mut retries, mut dead) = (Vec::new(), Vec::new());
+        // Retries, dead letters and holds go in separate statements (one each at most per 500), so each count is
+        // exact even when another relay has taken some rows over since the claim.
+        let (mut retries, mut dead, mut held) = (Vec::new(), Vec::new(), Vec::new());
         for failure in failures {
             let attempts = failure.attempts.saturating_add(1);
-            if failure.permanent || attempts > config.max_retry_count {
-                dead.push((failure, None));
-            } else {
-                let delay = config
-                    .retry_delay(attempts)
-                    .mul_f64(0.5 + fastrand::f64() * 0.5);
-                retries.push((failure, Some(now + micros(delay))));
+            match failure.kind {
+                FailureKind::Held(retry_in) => held.push((failure, Some(now + micros(retry_in)))),
+                FailureKind::Permanent => dead.push((failure, None)),
+                FailureKind::Retry if attempts > config.max_retry_count => {
+                    dead.push((failure, None));
+                }
+                FailureKind::Retry => {
+                    let delay = config
+                        .retry_delay(attempts)
+                        .mul_f64(0.5 + fastrand::f64() * 0.5);
+                    retries.push((failure, Some(now + micros(delay))));
+                }
             }
         }
         let mut outcome = FailureOutcome::default();
-        for (group, status) in [(retries, sql::PENDING), (dead, sql::DEAD)] {
+        let groups = [
+            (retries, sql::PENDING, 1, &mut outcome.retrying),
+            (dead, sql::DEAD, 1, &mut outcome.dead_lettered),
+            (held, sql::PENDING, 0, &mut outcome.held),
+        ];
+        let mut fenced_out = 0;
+        for (group, status, attempt, count) in groups {
             for chunk in group.chunks(sql::CHUNK) {
-                let marked = self.fail_rows(db, token, chunk, status).await?;
-                if status == sql::DEAD {
-                    outcome.dead_lettered += marked;
-                } else {
-                    outcome.retrying += marked;
-                }
-                outcome.fenced_out += chunk.len() as u64 - marked;
+                let marked = self.fail_rows(db, token, chunk, status, attempt).await?;
+                *count += marked;
+                fenced_out += chunk.len() as u64 - marked;
             }
         }
+        outcome.fenced_out = fenced_out;
         Ok(outcome)
     }
 
-    /// One UPDATE for failures that all end in `status`, each row with its own next attempt time and error.
+    /// One UPDATE for failures that all end in `status`, each row with its own next attempt time and error,
+    /// adding `attempt` (1 or 0) to the attempts.
     async fn fail_rows<C: ConnectionTrait>(
         &self,
         db: &C,
         token: ClaimToken,
         rows: &[(&Failure, Option<i64>)],
         status: i16,
+        attempt: u8,
     ) -> Result<u64> {
         let cases = vec![" WHEN ? THEN ?"; rows.len()].concat();
         let ids: Vec<i64> = rows.iter().map(|(f, _)| f.id).collect();
         let (id_in, id_values) = sql::id_in(db.get_database_backend(), &ids);
         let query = format!(
-            "UPDATE {{t}} SET attempts = attempts + 1, status = {status}, \
+            "UPDATE {{t}} SET attempts = attempts + {attempt}, status = {status}, \
              next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, \
              locked_until = NULL, claim_token = NULL \
              WHERE claim_token = ? AND status = {} AND {id_in}",
@@ -898,7 +1052,7 @@ impl OutboxRepository {
             id,
             attempts: u32::try_from(attempts).unwrap_or(0),
             error: error.to_owned(),
-            permanent: false,
+            kind: FailureKind::Retry,
         };
         let outcome = self.mark_failed(db, token, &[failure]).await?;
         Ok(outcome.fenced_out == 0)
@@ -1146,6 +1300,7 @@ impl OutboxRepository {
 }
 
 /// One claim's lease: its token, its owner's token range, the time it is judged at and when it expires.
+#[derive(Clone, Copy)]
 struct Lease {
     token: ClaimToken,
     owner: (i64, i64),
@@ -1154,6 +1309,19 @@ struct Lease {
 }
 
 impl Lease {
+    /// The same lease judged at `now` on the database's clock, so that relays on hosts whose clocks disagree
+    /// agree on when a lease ends. `None` (the clock could not be read) keeps the relay's own.
+    fn on_clock(self, now: Option<i64>) -> Self {
+        match now {
+            Some(now) => Self {
+                until: now + (self.until - self.now),
+                now,
+                ..self
+            },
+            None => self,
+        }
+    }
+
     /// The values of [`sql::CLAIMABLE`].
     fn claimable_values(&self, limit: u32) -> Vec<Value> {
         let (now, (mine_from, mine_to)) = (self.now, self.owner);

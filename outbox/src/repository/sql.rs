@@ -16,6 +16,9 @@ pub const DEAD: i16 = 2;
 pub const COLUMNS: &str = "id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
      correlation_id, causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at";
 
+/// The longest suffix the schema adds to the table's name (`_published_idx`, `_aggregate_idx`).
+const LONGEST_SUFFIX: usize = "_published_idx".len();
+
 /// The outbox table's name, validated so it can be spliced into SQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableName(String);
@@ -24,11 +27,15 @@ impl TableName {
     /// The default table name.
     pub const DEFAULT: &'static str = "outbox_events";
 
-    /// Accepts names of 1 to 54 lowercase ASCII letters, digits and underscores, not starting with a digit: 54
-    /// leaves room for the `_published_idx` suffix within PostgreSQL's 63-byte identifiers, and lowercase keeps
-    /// the name PostgreSQL folds it to equal to the LISTEN channel.
+    /// The longest name: the schema names indexes `<table>_published_idx` and `<table>_aggregate_idx` (14 more
+    /// bytes), and PostgreSQL cuts identifiers at 63 bytes (so two long index names could become one, silently)
+    /// while MySQL refuses them over 64. One limit for every backend, so a table can move between them.
+    pub const MAX_LEN: usize = 63 - LONGEST_SUFFIX;
+
+    /// Accepts names of 1 to [`MAX_LEN`](Self::MAX_LEN) (49) lowercase ASCII letters, digits and underscores, not
+    /// starting with a digit; lowercase keeps the name PostgreSQL folds it to equal to the LISTEN channel.
     pub fn new(name: &str) -> Result<Self, RepositoryError> {
-        let valid = (1..=54).contains(&name.len())
+        let valid = (1..=Self::MAX_LEN).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -161,9 +168,33 @@ pub fn schema(backend: DbBackend, table: &TableName) -> Vec<String> {
     statements
 }
 
-/// Serializes claims on one table (PostgreSQL and MySQL): a row lock held until the claim commits, so two relays
-/// never judge the same aggregate's order at once. Released by commit or rollback, never left behind.
-pub const LOCK: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE";
+/// Serializes claims on one table (MySQL; PostgreSQL's is [`LOCK_POSTGRES`]): a row lock held until the claim
+/// commits, so two relays never judge the same aggregate's order at once. Released by commit or rollback, never
+/// left behind. Also returns the database's clock, which lease times are judged by (microseconds since the
+/// epoch, UTC), read before the lock is granted: a lease measured from it ends early rather than late.
+pub const LOCK: &str = "SELECT id, TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) AS now_micros \
+     FROM {t}_lock WHERE id = 1 FOR UPDATE";
+
+/// Puts the lock row back when it was deleted, so the claims stay serialized (the migration creates it).
+pub const LOCK_ROW_POSTGRES: &str = "INSERT INTO {t}_lock (id) VALUES (1) ON CONFLICT DO NOTHING";
+/// [`LOCK_ROW_POSTGRES`] for MySQL.
+pub const LOCK_ROW_MYSQL: &str = "INSERT IGNORE INTO {t}_lock (id) VALUES (1)";
+
+/// Bounds a MySQL claim: its lock wait, and (MariaDB, with `idle_transaction_timeout`) how long its
+/// transaction may sit idle before the server ends the session, which is what frees the lock of a relay frozen
+/// inside its claim. Session variables, so the session's own values are kept in user variables and put back by
+/// [`RESTORE_MYSQL`] before the claim commits. Values: the timeout in seconds (once, or twice on MariaDB).
+pub const BOUND_MYSQL: &str = "SET @outbox_lwt = @@SESSION.innodb_lock_wait_timeout, \
+     SESSION innodb_lock_wait_timeout = ?";
+/// [`BOUND_MYSQL`]'s MariaDB form.
+pub const BOUND_MARIADB: &str = "SET @outbox_lwt = @@SESSION.innodb_lock_wait_timeout, \
+     @outbox_itt = @@SESSION.idle_transaction_timeout, SESSION innodb_lock_wait_timeout = ?, \
+     SESSION idle_transaction_timeout = ?";
+/// Undoes [`BOUND_MYSQL`].
+pub const RESTORE_MYSQL: &str = "SET SESSION innodb_lock_wait_timeout = @outbox_lwt";
+/// Undoes [`BOUND_MARIADB`].
+pub const RESTORE_MARIADB: &str = "SET SESSION innodb_lock_wait_timeout = @outbox_lwt, \
+     SESSION idle_transaction_timeout = @outbox_itt";
 
 /// Pending rows that may be claimed now, oldest first: not leased, due, and with no earlier pending event of the
 /// same aggregate that is leased by another owner or waiting for a retry (so an aggregate's events are handed out
@@ -220,10 +251,18 @@ macro_rules! writers {
 /// [`CLAIM_POSTGRES_WINDOW`]) and plan each statement for its values: a generic plan, which sqlx's prepared
 /// statements get from the sixth execution on, does not know how far the window's start is from the head, and on
 /// a table without statistics took 600-800 ms per claim instead of 20 ms (measured). One round trip for all.
-/// It also returns the transactions writing to the outbox table before the claim's window is read (`scan.rs`).
+///
+/// It also bounds the claim: how long it waits for the lock (`lock_timeout`), how long each statement may run
+/// (`statement_timeout`), and how long its transaction may sit idle (`idle_in_transaction_session_timeout`: a
+/// relay frozen inside its claim, by SIGSTOP, a VM pause or a network that drops packets, has its session ended by
+/// the server, which frees the lock for the others). Each is local to the claim's transaction and set before the
+/// lock is waited for. It returns the database's clock (see [`LOCK`]) and the transactions writing to the outbox
+/// table before the claim's window is read (`scan.rs`). Values: the claim timeout in milliseconds, three times.
 pub const LOCK_POSTGRES: &str = concat!(
     "SELECT id, set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), \
-     set_config('plan_cache_mode', 'force_custom_plan', true), ",
+     set_config('plan_cache_mode', 'force_custom_plan', true), set_config('lock_timeout', ?, true), \
+     set_config('statement_timeout', ?, true), set_config('idle_in_transaction_session_timeout', ?, true), \
+     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT) AS now_micros, ",
     writers!(),
     " FROM {t}_lock WHERE id = 1 FOR UPDATE"
 );
@@ -306,11 +345,44 @@ mod tests {
             "outbox-events",
             "outbox; DROP TABLE users",
             "o\"x",
-            &"x".repeat(55),
+            &"x".repeat(50),
             "Outbox",
         ] {
             assert!(TableName::new(bad).is_err(), "{bad}");
         }
+        assert!(TableName::new(&"x".repeat(49)).is_ok());
+    }
+
+    #[test]
+    fn every_name_the_schema_derives_fits_every_backend() {
+        let table = TableName::new(&"t".repeat(TableName::MAX_LEN)).unwrap();
+        // PostgreSQL cuts identifiers at 63 bytes, MySQL refuses them over 64; SQLite has no limit.
+        for (backend, limit) in [(DbBackend::Postgres, 63), (DbBackend::MySql, 64)] {
+            for statement in schema(backend, &table) {
+                for word in statement.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with(table.as_str()) {
+                        assert!(
+                            word.len() <= limit,
+                            "{backend:?}: {word} ({} bytes)",
+                            word.len()
+                        );
+                    }
+                }
+            }
+        }
+        let suffixes = ["postgres", "mysql", "sqlite"].map(|name| {
+            let sql = match name {
+                "postgres" => include_str!("../../sql/postgres.sql"),
+                "mysql" => include_str!("../../sql/mysql.sql"),
+                _ => include_str!("../../sql/sqlite.sql"),
+            };
+            sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter_map(|word| word.strip_prefix(TableName::DEFAULT))
+                .map(str::len)
+                .max()
+                .unwrap_or(0)
+        });
+        assert_eq!(suffixes.into_iter().max(), Some(LONGEST_SUFFIX));
     }
 
     #[test]

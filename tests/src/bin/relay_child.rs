@@ -1,7 +1,8 @@
 //! A relay in a process of its own, for the crash tests: the parent kills it (SIGKILL) or stops it (SIGTERM)
 //! mid-flow and starts it again. It publishes into a `deliveries` table, so what arrived survives the kill.
 //!
-//! Usage: `relay_child <database url> <outbox table> <deliveries table> [failure fraction] [lost-ack fraction]`
+//! Usage: `relay_child <database url> <outbox table> <deliveries table> [failure fraction] [lost-ack fraction]`,
+//! with `OUTBOX_*` settings from the environment (the batch, poll, lease and retry settings are the child's own).
 //!
 //! A failure is a publish refused before anything is delivered; a lost ack is a delivery whose success the relay
 //! never hears of (the row is written with `lost_ack = true`, then the publish reports an error). The other way,
@@ -133,7 +134,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )))
         .init();
     let db = connect(url).await?;
-    let mut config = OutboxConfig::default();
+    // The parent may set any setting (`OUTBOX_CLAIM_TIMEOUT`, ...); these are the child's own defaults.
+    let mut config = OutboxConfig::from_env()?;
     config.batch_size = 50;
     config.poll_interval = Duration::from_millis(50);
     config.lease_duration = Duration::from_secs(2);
