@@ -105,12 +105,13 @@ async fn a_republished_event_is_dropped_by_jetstream_deduplication() {
 }
 
 #[tokio::test]
-async fn a_subject_no_stream_captures_is_the_broker_unavailable_not_the_event_failing() {
+async fn a_subject_no_stream_captures_is_that_destination_unavailable_not_the_event_failing() {
     let nats = NatsPublisher::connect(URL).await.unwrap();
     let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
     message.destination = format!("nostream{}.x", suffix());
     let err = nats.publish(&message).await.unwrap_err();
-    assert!(err.is_unavailable(), "{err}");
+    assert!(err.is_destination_unavailable(), "{err}");
+    assert!(!err.is_unavailable(), "one subject is not the whole broker: {err}");
     assert!(
         err.to_string()
             .contains("no JetStream stream captures subject"),
@@ -199,4 +200,17 @@ async fn attribute_values_are_percent_encoded_exactly_once() {
     // An extra header that would break the header block is encoded too, once.
     assert_eq!(get("x-note").as_deref(), Some("two%0D%0Alines"));
     js.delete_stream(&stream_name).await.unwrap();
+}
+
+/// A header name NATS cannot carry (async-nats panics on one) is this message's permanent failure, never a panic.
+#[tokio::test]
+async fn a_header_name_nats_cannot_carry_is_refused_not_a_panic() {
+    let nats = NatsPublisher::connect(URL).await.unwrap();
+    for name in ["x tenant", "x:tenant", "x-ténant"] {
+        let mut message = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+        message.headers = vec![(name.to_owned(), "acme".to_owned())];
+        let err = nats.publish(&message).await.unwrap_err();
+        assert!(err.is_permanent(), "{name}: {err}");
+        assert!(err.to_string().contains("header name"), "{err}");
+    }
 }

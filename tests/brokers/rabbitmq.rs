@@ -168,3 +168,30 @@ async fn a_refused_connection_is_a_clear_error_without_the_password() {
         "{text}"
     );
 }
+
+/// Values AMQP cannot carry (a short string holds 255 bytes; lapin panics beyond) are this message's permanent
+/// failure, never a panic: a long correlation id, event type, header name or routing key.
+#[tokio::test]
+async fn values_amqp_cannot_carry_are_refused_not_a_panic() {
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
+    let long = "x".repeat(300);
+    let base = EventEnvelope::new(opened("a", 1)).to_message().unwrap();
+    let mut cases = Vec::new();
+    let mut m = base.clone();
+    m.correlation_id = Some(long.clone());
+    cases.push(("correlation_id", m));
+    let mut m = base.clone();
+    m.event_type = long.clone();
+    cases.push(("type", m));
+    let mut m = base.clone();
+    m.headers = vec![(long.clone(), "v".to_owned())];
+    cases.push(("header name", m));
+    let mut m = base.clone();
+    m.destination = long.clone();
+    cases.push(("routing key", m));
+    for (what, message) in cases {
+        let err = rabbit.publish(&message).await.unwrap_err();
+        assert!(err.is_permanent(), "{what}: {err}");
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
+}

@@ -6,6 +6,7 @@
 //! long mode: 20 kills instead of 3, 30 minutes of load instead of 60 s, more restart rounds.
 
 mod bad_input;
+mod broker_states;
 mod brokers;
 mod child;
 mod crashes;

@@ -69,6 +69,28 @@ impl Server {
         .await
     }
 
+    /// A Redis replica of the server on `primary`: it takes no writes (`READONLY`) until `REPLICAOF NO ONE`.
+    pub async fn redis_replica(primary: u16) -> Self {
+        Self::start("redis", move |port, _| {
+            let mut command = Command::new("redis-server");
+            command.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--replicaof",
+                "127.0.0.1",
+                &primary.to_string(),
+            ]);
+            command
+        })
+        .await
+    }
+
     /// tansu (Kafka) on SQLite storage, so topics and records survive a restart. (Its in-memory engine forgets
     /// everything.) The storage path is relative to the working directory: the server's own directory.
     pub async fn tansu() -> Self {
