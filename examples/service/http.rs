@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outbox::health::HealthCheck;
 use outbox::relay::RelayHandle;
-use outbox::repository::OutboxRepository;
+use outbox::repository::{OutboxRepository, RepositoryError};
 use outbox::sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use outbox::{EventEnvelope, OutboxEvent};
@@ -43,12 +43,39 @@ fn internal(error: impl std::fmt::Display) -> Failure {
     Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
 }
 
-/// The request's correlation id: `x-request-id` if the caller sent one.
-fn correlation(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The longest `x-request-id` taken: it becomes the events' correlation id, which brokers carry in at most 255
+/// bytes (an AMQP short string).
+const MAX_REQUEST_ID: usize = outbox::limits::MAX_SHORT;
+
+/// The request's correlation id: `x-request-id` if the caller sent one. One that no broker could carry (over 255
+/// bytes, or not visible ASCII) is refused with 400 rather than stored.
+fn correlation(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("x-request-id") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("x-request-id must be 1 to {MAX_REQUEST_ID} visible ASCII characters"),
+        )
+    };
+    let id = value.to_str().map_err(|_| bad())?;
+    let visible = !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic());
+    if !visible || id.len() > MAX_REQUEST_ID {
+        return Err(bad());
+    }
+    Ok(Some(id.to_owned()))
+}
+
+/// The event could not be stored: 400 when it holds a value no broker could carry (the caller's input, see
+/// `outbox::limits`), 500 otherwise.
+fn not_stored(error: RepositoryError) -> Failure {
+    match error {
+        RepositoryError::InvalidEvent(invalid) => {
+            Failure(StatusCode::BAD_REQUEST, invalid.to_string())
+        }
+        other => internal(other),
+    }
 }
 
 /// Creates a user and its `UserCreated` event in one transaction.
@@ -113,10 +140,13 @@ async fn commit_with_event<E: OutboxEvent>(
     event: E,
 ) -> Result<(), Failure> {
     let mut event = EventEnvelope::new(event);
-    if let Some(id) = correlation(headers) {
+    if let Some(id) = correlation(headers)? {
         event = event.with_correlation_id(id);
     }
-    app.outbox.add_event(&txn, event).await.map_err(internal)?;
+    app.outbox
+        .add_event(&txn, event)
+        .await
+        .map_err(not_stored)?;
     txn.commit().await.map_err(internal)?;
     if let Some(relay) = &app.relay {
         relay.wake();

@@ -10,6 +10,10 @@
 //! curl localhost:8080/health; curl localhost:8080/metrics
 //! ```
 //!
+//! Every mode serves `GET /health` (unless `OUTBOX_ENABLE_HEALTH_CHECK=false`) and `GET /metrics`, so an
+//! orchestrator can probe a relay-only process too; a relay that stops on an error or a panic stops the process,
+//! which exits 1.
+//!
 //! Environment: `DATABASE_URL` (default `sqlite://service.db?mode=rwc`; `postgres://` and `mysql://` work),
 //! `OUTBOX_BROKER` (default `stdout://`; any URL `outbox::publisher::from_url` takes), `BIND_ADDR` (default
 //! `127.0.0.1:8080`), `SERVICE_MODE` or `--mode` (`all`, `api`, `relay`), `OUTBOX_TABLE`, every `OUTBOX_*`
@@ -73,10 +77,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // One shutdown signal for the HTTP server and the relay.
     let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
-        let _ = stop.send(true);
+        let _ = on_signal.send(true);
     });
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -84,41 +90,56 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut health = HealthCheck::new(db.clone(), outbox.clone(), publisher.clone());
     let mut relay_handle = None;
-    let relay_task = if settings.mode != Mode::Api {
+    // A relay that stops on its own (an error, a panic) stops the process, which exits non-zero so that an
+    // orchestrator restarts it; `/health` reports it stopped meanwhile.
+    let relay = if settings.mode != Mode::Api {
         let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone()).build();
         relay_handle = Some(relay.handle());
         health = health.with_relay(relay.handle());
-        Some(tokio::spawn(relay.run(until_stopped(stopped.clone()))))
+        let task = tokio::spawn(relay.run(until_stopped(stopped.clone())));
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            let outcome = match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(format!("the relay stopped: {error}")),
+                Err(join) => Err(format!("the relay task failed: {join}")),
+            };
+            if let Err(error) = &outcome {
+                tracing::error!(%error, "shutting down");
+                let _ = stop.send(true);
+            }
+            outcome
+        }))
     } else {
         None
     };
 
-    if settings.mode == Mode::Relay {
-        until_stopped(stopped.clone()).await;
-    } else {
-        let app = http::App {
-            db,
-            outbox,
-            health,
-            relay: relay_handle,
-            metrics,
-        };
-        let router = Router::new()
-            .route("/users", post(http::create_user))
-            .route("/users/{id}", delete(http::delete_user))
-            .route("/health", get(http::health))
-            .route("/metrics", get(http::metrics))
-            .with_state(app);
-        let listener = tokio::net::TcpListener::bind(settings.bind)
-            .await
-            .map_err(|e| format!("BIND_ADDR={}: {e}", settings.bind))?;
-        tracing::info!(addr = %settings.bind, mode = ?settings.mode, "listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(until_stopped(stopped.clone()))
-            .await?;
+    // Every mode serves the endpoints an orchestrator probes; the relay-only mode serves nothing else.
+    let app = http::App {
+        db,
+        outbox,
+        health,
+        relay: relay_handle,
+        metrics,
+    };
+    let mut router = Router::new().route("/metrics", get(http::metrics));
+    if settings.outbox.enable_health_check {
+        router = router.route("/health", get(http::health));
     }
-    if let Some(task) = relay_task {
-        task.await??;
+    if settings.mode != Mode::Relay {
+        router = router
+            .route("/users", post(http::create_user))
+            .route("/users/{id}", delete(http::delete_user));
+    }
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .map_err(|e| format!("BIND_ADDR={}: {e}", settings.bind))?;
+    tracing::info!(addr = %settings.bind, mode = ?settings.mode, "listening");
+    axum::serve(listener, router.with_state(app))
+        .with_graceful_shutdown(until_stopped(stopped.clone()))
+        .await?;
+    if let Some(relay) = relay {
+        relay.await??;
     }
     Ok(())
 }

@@ -34,6 +34,10 @@ impl Service {
     }
 
     fn start_mode(port: u16, db: &str, stream: &str, mode: &str) -> Self {
+        Self::start_with(port, db, stream, mode, &[])
+    }
+
+    fn start_with(port: u16, db: &str, stream: &str, mode: &str, env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "outbox-service-{port}-{}.log",
             uuid::Uuid::new_v4()
@@ -48,6 +52,7 @@ impl Service {
             )
             .env("OUTBOX_POLL_INTERVAL", "100ms")
             .env("LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
             .spawn()
@@ -56,6 +61,17 @@ impl Service {
     }
 
     async fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.request_with(method, path, body, "").await
+    }
+
+    /// A request with extra header lines (`Name: value\r\n` each).
+    async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &str,
+    ) -> (u16, String) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut stream = loop {
             match tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
@@ -70,7 +86,7 @@ impl Service {
             }
         };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -378,10 +394,121 @@ async fn api_and_relay_run_as_separate_processes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // An orchestrator can probe the relay-only process; it serves nothing else.
+    let (status, body) = relay.request("GET", "/health", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""running":true"#), "{body}");
+    let (status, body) = relay.request("GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("outbox_events_published_total"), "{body}");
+    assert_eq!(
+        relay
+            .request("POST", "/users", r#"{"email":"x@example.com"}"#)
+            .await
+            .0,
+        404
+    );
     for process in [api, relay] {
         process.signal("-TERM");
         assert!(process.wait().success());
     }
     js.delete_stream(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What was reported: one request with a 300-character `x-request-id` answered 201, its event could not be
+/// published, and every later event waited behind it. The service now refuses it with 400, and delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_request_id_is_refused_and_delivery_goes_on() {
+    let _turn = ONE_STREAM_AT_A_TIME.lock().await;
+    let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
+    let stream = fresh_stream(&js).await;
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let service = Service::start(free_port(), db.to_str().unwrap(), &stream);
+    let long = format!("x-request-id: {}\r\n", "r".repeat(300));
+    let (status, body) = service
+        .request_with("POST", "/users", r#"{"email":"long@example.com"}"#, &long)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("x-request-id must be 1 to 255"), "{body}");
+    for i in 0..5 {
+        let (status, _) = service
+            .request_with(
+                "POST",
+                "/users",
+                &format!(r#"{{"email":"u{i}@example.com"}}"#),
+                "x-request-id: req-ok\r\n",
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stream_ids(&js, &stream).await.len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery stopped: {} of 5 events published",
+            stream_ids(&js, &stream).await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.signal("-TERM");
+    assert!(service.wait().success());
+    js.delete_stream(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A relay that stops on an error ends the process with a non-zero exit, so that an orchestrator restarts it,
+/// rather than leaving it up, idle, answering requests whose events nobody publishes. Here the outbox table
+/// lacks the columns the relay needs (as one created by hand, or by another tool, might).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_stops_on_an_error_stops_the_process() {
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('CREATE TABLE outbox_events \
+             (id INTEGER PRIMARY KEY, status INTEGER, aggregate_type TEXT, aggregate_id TEXT, published_at TEXT)'); \
+             c.commit()",
+            db.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let service = Service::start_with(
+        free_port(),
+        db.to_str().unwrap(),
+        "UNUSED",
+        "all",
+        &[("OUTBOX_BROKER", "memory://")],
+    );
+    let status = service.wait();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `OUTBOX_ENABLE_HEALTH_CHECK=false` turns the health endpoint off; metrics stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_endpoint_follows_outbox_enable_health_check() {
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    let service = Service::start_with(
+        free_port(),
+        db.to_str().unwrap(),
+        "UNUSED",
+        "api",
+        &[
+            ("OUTBOX_ENABLE_HEALTH_CHECK", "false"),
+            ("OUTBOX_BROKER", "memory://"),
+        ],
+    );
+    assert_eq!(service.request("GET", "/health", "").await.0, 404);
+    assert_eq!(service.request("GET", "/metrics", "").await.0, 200);
+    service.signal("-TERM");
+    assert!(service.wait().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

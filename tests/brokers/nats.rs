@@ -111,7 +111,10 @@ async fn a_subject_no_stream_captures_is_that_destination_unavailable_not_the_ev
     message.destination = format!("nostream{}.x", suffix());
     let err = nats.publish(&message).await.unwrap_err();
     assert!(err.is_destination_unavailable(), "{err}");
-    assert!(!err.is_unavailable(), "one subject is not the whole broker: {err}");
+    assert!(
+        !err.is_unavailable(),
+        "one subject is not the whole broker: {err}"
+    );
     assert!(
         err.to_string()
             .contains("no JetStream stream captures subject"),

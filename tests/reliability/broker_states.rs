@@ -45,7 +45,10 @@ async fn committed(t: &TestDb, aggregates: u32, per: u32) -> (Ledger, Vec<(Key, 
         .collect();
     let ids = t
         .outbox
-        .add_events(&t.db, keys.iter().map(|(a, s)| EventEnvelope::new(opened(a, *s))))
+        .add_events(
+            &t.db,
+            keys.iter().map(|(a, s)| EventEnvelope::new(opened(a, *s))),
+        )
         .await
         .unwrap();
     let mut ledger = Ledger::default();
@@ -59,7 +62,11 @@ async fn rabbit_queue(queue: &str) -> (Connection, Channel) {
         .expect("RabbitMQ on 127.0.0.1:5672 (.ci/run starts it)");
     let channel = connection.create_channel().await.unwrap();
     channel
-        .queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     (connection, channel)
@@ -106,7 +113,10 @@ async fn a_value_amqp_cannot_carry_is_a_dead_letter_and_the_rest_flows() {
     let (bad_key, bad_id) = events[4].clone();
     t.db.execute_raw(Statement::from_sql_and_values(
         t.db.get_database_backend(),
-        format!("UPDATE {} SET correlation_id = $1 WHERE event_id = $2", t.outbox.table()),
+        format!(
+            "UPDATE {} SET correlation_id = $1 WHERE event_id = $2",
+            t.outbox.table()
+        ),
         // 300 bytes in 150 characters: it fits the column (characters), not an AMQP short string (bytes).
         ["é".repeat(150).into(), bad_id.into()],
     ))
@@ -129,7 +139,10 @@ async fn a_value_amqp_cannot_carry_is_a_dead_letter_and_the_rest_flows() {
     let dead = t.outbox.dead_letters(&t.db, 10, 0).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:#?}");
     let reason = dead[0].last_error.clone().unwrap_or_default();
-    assert!(reason.contains("AMQP cannot carry the correlation_id"), "{reason}");
+    assert!(
+        reason.contains("AMQP cannot carry the correlation_id"),
+        "{reason}"
+    );
     ledger.tally(drain_queue(&channel, &queue).await).check(
         "6h. a value AMQP cannot carry",
         &format!(
@@ -147,7 +160,9 @@ struct MaxMessageSize;
 
 impl MaxMessageSize {
     fn set(bytes: u64) -> Self {
-        rabbitmq_eval(&format!("application:set_env(rabbit, max_message_size, {bytes})."));
+        rabbitmq_eval(&format!(
+            "application:set_env(rabbit, max_message_size, {bytes})."
+        ));
         Self
     }
 }
@@ -199,7 +214,10 @@ async fn a_message_over_rabbitmqs_size_limit_is_a_dead_letter_and_the_rest_flows
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0].event_type, "com.example.account.tagged");
     let reason = dead[0].last_error.clone().unwrap_or_default();
-    assert!(reason.contains("larger than configured max size"), "{reason}");
+    assert!(
+        reason.contains("larger than configured max size"),
+        "{reason}"
+    );
     ledger.tally(drain_queue(&channel, &queue).await).check(
         "6i. a message over RabbitMQ's size limit",
         "a 2 MiB event to RabbitMQ with `max_message_size` 1 MiB (the broker closes the channel, 406): dead-lettered \
@@ -241,7 +259,8 @@ async fn a_nats_subject_no_stream_captures_holds_only_that_subject() {
         prefix: prefix.clone(),
     });
     let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher.clone()).build();
-    let health = HealthCheck::new(t.db.clone(), t.outbox.clone(), publisher.clone()).with_relay(relay.handle());
+    let health = HealthCheck::new(t.db.clone(), t.outbox.clone(), publisher.clone())
+        .with_relay(relay.handle());
     let running = Running::start(relay);
     let js = jetstream::new(async_nats::connect(URL).await.unwrap());
     let stored = async |stream: &str| -> u64 {
@@ -252,7 +271,10 @@ async fn a_nats_subject_no_stream_captures_holds_only_that_subject() {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stored(&accounts).await < 20 {
-        assert!(tokio::time::Instant::now() < deadline, "the captured subject did not flow");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the captured subject did not flow"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Longer than the retry budget would last for events failing on their own.
@@ -260,11 +282,18 @@ async fn a_nats_subject_no_stream_captures_holds_only_that_subject() {
     let report = health.check_health().await;
     let relay_health = report.relay.clone().expect("a relay is attached");
     assert_eq!(relay_health.status, HealthStatus::Degraded, "{report:?}");
-    let held: Vec<&str> = relay_health.held_destinations.iter().map(|h| h.destination.as_str()).collect();
+    let held: Vec<&str> = relay_health
+        .held_destinations
+        .iter()
+        .map(|h| h.destination.as_str())
+        .collect();
     assert_eq!(held, ["com.example.misrouted"]);
     let waiting = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
     assert_eq!(waiting.len(), 5);
-    assert!(waiting.iter().all(|e| e.attempts == 0), "no attempt counted");
+    assert!(
+        waiting.iter().all(|e| e.attempts == 0),
+        "no attempt counted"
+    );
     assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
 
     let misrouted = format!("M{suffix}");
@@ -275,7 +304,11 @@ async fn a_nats_subject_no_stream_captures_holds_only_that_subject() {
         .unwrap();
     settled(&t, Duration::from_secs(30)).await;
     running.stop().await;
-    assert_eq!(stored(&misrouted).await, 5, "the held subject's events went out");
+    assert_eq!(
+        stored(&misrouted).await,
+        5,
+        "the held subject's events went out"
+    );
     let mut stream = js.get_stream(&accounts).await.unwrap();
     let mut arrivals = Vec::new();
     for seq in 1..=stream.info().await.unwrap().state.last_sequence {
@@ -317,10 +350,17 @@ async fn a_redis_server_that_takes_no_writes_backs_the_relay_off_without_spendin
     let running = Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build());
     // Several seconds of READONLY: the retry budget (2 retries, 50-200 ms apart) would be spent many times over.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0, "READONLY spent the events' budgets");
+    assert_eq!(
+        t.outbox.count_dead_letters(&t.db).await.unwrap(),
+        0,
+        "READONLY spent the events' budgets"
+    );
     let waiting = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
     assert_eq!(waiting.len(), 20);
-    assert!(waiting.iter().all(|e| e.attempts == 0), "no attempt counted");
+    assert!(
+        waiting.iter().all(|e| e.attempts == 0),
+        "no attempt counted"
+    );
 
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
