@@ -27,6 +27,9 @@ use crate::ledger::{Key, Ledger, serial};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// `XRANGE` entries: (entry id, [(field, value)]).
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// A retry budget small enough that a broker state mistaken for the events' failures dead-letters them quickly.
 fn tight_config() -> OutboxConfig {
     let mut config = OutboxConfig::default();
@@ -372,7 +375,7 @@ async fn a_redis_server_that_takes_no_writes_backs_the_relay_off_without_spendin
         .unwrap();
     settled(&t, Duration::from_secs(60)).await;
     running.stop().await;
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Entries = redis::cmd("XRANGE")
         .arg("com.example.account")
         .arg("-")
         .arg("+")
