@@ -54,7 +54,9 @@ pub struct OutboxConfig {
     /// How long an idle relay waits before looking again (a fallback where a notification wakes it sooner).
     /// 1 ms to 1 h; default 5 s.
     pub poll_interval: Duration,
-    /// Failed attempts after which an event becomes a dead letter. 0 to 100; default 3.
+    /// Retries after an event's first failed attempt: an event is tried at most `max_retry_count + 1` times,
+    /// and the failure after the last retry makes it a dead letter (0: the first failure does). 0 to 100;
+    /// default 3.
     pub max_retry_count: u32,
     /// Each retry waits this many times longer than the last. 1.0 to 10.0; default 2.0.
     pub retry_backoff_multiplier: f64,
@@ -80,7 +82,9 @@ pub struct OutboxConfig {
     pub delete_on_publish: bool,
     /// Emit metrics through the `metrics` crate. Default true.
     pub enable_metrics: bool,
-    /// Serve health checks. Default true.
+    /// Whether the application serves health checks (the seed's setting). The library only carries it: an
+    /// application reads it to mount its health endpoint or not, as the example service does with `/health`.
+    /// Default true.
     pub enable_health_check: bool,
 }
 

@@ -151,7 +151,12 @@ async fn a_value_amqp_cannot_carry_is_a_dead_letter_and_the_rest_flows() {
         &format!(
             "a stored correlation id of 300 bytes (150 characters), RabbitMQ: dead-lettered with \"{}\"; \
              the relay kept running, the rest of its aggregate and the others delivered",
-            reason.split(':').next().unwrap_or_default()
+            reason
+                .split("permanent rejection: ")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .unwrap_or_default()
+                .trim()
         ),
         0,
     );

@@ -9,6 +9,7 @@ mod bad_input;
 mod broker_states;
 mod brokers;
 mod child;
+mod clocks;
 mod crashes;
 mod database;
 mod frozen;

@@ -1075,7 +1075,11 @@ impl OutboxRepository {
     }
 
     /// Makes dead letters pending again with a fresh retry budget (their last error is kept until the next
-    /// attempt). Returns how many. A replayed event keeps its place in its aggregate's order by id.
+    /// attempt). Returns how many.
+    ///
+    /// Order: a dead letter does not hold its aggregate back, so the aggregate's later events may have gone out
+    /// meanwhile; a replayed event is then published after them. Among events still pending, it keeps its place
+    /// by id (it goes out before the aggregate's later pending events).
     pub async fn replay_dead_letters<C: ConnectionTrait>(
         &self,
         db: &C,
