@@ -3,7 +3,7 @@
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use outbox::sea_orm::{ConnectionTrait, Statement};
+use outbox::sea_orm::{ConnectionTrait, DbBackend, Statement};
 use outbox_tests::backend::TestDb;
 use outbox_tests::events::AccountOpened;
 
@@ -14,6 +14,10 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+pub fn mariadb_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
 /// Where the child relays deliver: one row per publish, in arrival order.
 pub struct Sink {
     pub table: String,
@@ -22,8 +26,12 @@ pub struct Sink {
 impl Sink {
     pub async fn create(t: &TestDb) -> Self {
         let table = format!("{}_deliveries", t.outbox.table());
+        let serial = match t.db.get_database_backend() {
+            DbBackend::MySql => "BIGINT AUTO_INCREMENT PRIMARY KEY",
+            _ => "BIGSERIAL PRIMARY KEY",
+        };
         t.db.execute_unprepared(&format!(
-            "CREATE TABLE {table} (n BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, \
+            "CREATE TABLE {table} (n {serial}, event_id TEXT NOT NULL, \
              aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, lost_ack BOOLEAN NOT NULL)"
         ))
         .await

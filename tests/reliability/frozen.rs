@@ -1,4 +1,5 @@
-//! A relay process frozen (SIGSTOP) inside its claim, holding the claim lock: the other relays go on.
+//! A relay process frozen (SIGSTOP) inside its claim, holding the claim lock: the other relays go on, on
+//! PostgreSQL and on MariaDB (whose server ends an idle transaction; MySQL's cannot).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 use outbox_tests::running::Running;
 
-use crate::child::{Faults, RelayProcess, Sink, postgres_url};
+use crate::child::{Faults, RelayProcess, Sink, mariadb_url, postgres_url};
 use crate::ledger::{record, serial};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +106,7 @@ async fn a_relay_frozen_inside_its_claim_does_not_stop_the_others() {
          delivered 10 new events {:.1} s later; the database ended the frozen session |",
         took.as_secs_f64()
     ));
-    t.drop_tables().await;
+    sink.tear_down(t, []).await;
 }
 
 async fn count(t: &TestDb, sql: &str) -> i64 {
@@ -118,4 +119,89 @@ async fn count(t: &TestDb, sql: &str) -> i64 {
     .unwrap()
     .try_get_by_index::<i64>(0)
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_frozen_inside_its_claim_on_mariadb_does_not_stop_the_others() {
+    let _serial = serial().await;
+    let t = TestDb::new(Backend::MariaDb).await;
+    let sink = Sink::create(&t).await;
+    t.outbox
+        .add_events(
+            &t.db,
+            (0..5_000).map(|i| EventEnvelope::new(opened(&format!("old-{}", i % 500), i))),
+        )
+        .await
+        .unwrap();
+    let frozen = RelayProcess::spawn_with(
+        &mariadb_url(),
+        &t,
+        &sink,
+        Faults::default(),
+        &[("OUTBOX_CLAIM_TIMEOUT", "2s")],
+    );
+    sink.wait_for(&t, 100, Duration::from_secs(60)).await;
+    // Only the child runs transactions here; one that sleeps while holding row locks is its claim, frozen after
+    // taking the lock.
+    let pid = frozen.pid().to_string();
+    let in_claim = "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+         JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+         WHERE p.COMMAND = 'Sleep' AND t.trx_rows_locked > 0";
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 200, "no stop landed inside a claim in 200 tries");
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..30))).await;
+        outbox_tests::run_command("kill", &["-STOP", &pid]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if count(&t, in_claim).await > 0 {
+            break;
+        }
+        outbox_tests::run_command("kill", &["-CONT", &pid]);
+    }
+    let mut config = OutboxConfig::default();
+    config.claim_timeout = Duration::from_secs(2);
+    config.poll_interval = Duration::from_millis(50);
+    let repository = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(config)
+        .build()
+        .unwrap();
+    let broker = InMemoryPublisher::new();
+    let other = Running::start(Relay::builder(t.db.clone(), repository, broker.clone()).build());
+    let started = tokio::time::Instant::now();
+    let fresh = t
+        .outbox
+        .add_events(
+            &t.db,
+            (0..10).map(|i| EventEnvelope::new(opened(&format!("fresh-{i}"), 1))),
+        )
+        .await
+        .unwrap();
+    let arrived = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ids: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+            if fresh.iter().all(|id| ids.contains(id)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let ended = count(&t, in_claim).await;
+    other.stop().await;
+    frozen.kill();
+    assert!(
+        arrived.is_ok(),
+        "the other relay delivered nothing in 20 s while the frozen one held the claim lock"
+    );
+    assert_eq!(ended, 0, "the server ended the frozen claim's session");
+    record(&format!(
+        "| 4d. relay frozen inside its claim, MariaDB | `SIGSTOP` on a relay process while its claim transaction holds \
+         the claim lock ({tries} stops to land one there); claim timeout 2 s | – | – | – | – | – | pass: another \
+         relay delivered 10 new events {:.1} s later; the server ended the frozen session |",
+        took.as_secs_f64()
+    ));
+    sink.tear_down(t, []).await;
 }

@@ -557,14 +557,18 @@ impl OutboxRepository {
             )
             .await?;
         let lease = lease.on_clock(locked.try_get::<i64>("", "now_micros").ok());
-        let writers_before = writers(&locked);
+        let started = std::time::Instant::now();
+        let read_writers = self.inner.scan.wants_writers(started);
         let claim = format!(
             "{} RETURNING {}, {}",
             sql::CLAIM_POSTGRES_WINDOW,
             sql::COLUMNS,
-            sql::WINDOW_RETURNING
+            if read_writers {
+                sql::WINDOW_RETURNING_WRITERS
+            } else {
+                sql::WINDOW_RETURNING
+            }
         );
-        let started = std::time::Instant::now();
         let from = self.inner.scan.next(started);
         let (now, (mine_from, mine_to)) = (lease.now, lease.owner);
         let mut rows: Vec<QueryResult> = Vec::new();
@@ -597,12 +601,11 @@ impl OutboxRepository {
                     .is_ok_and(|n| n >= window);
                 let start = row.try_get::<i64>("", "window_start");
                 let end = row.try_get::<i64>("", "window_end");
-                if let (Ok(oldest_pending), Ok(newest), Some(writers)) = (start, end, writers(row))
-                {
+                if let (Ok(oldest_pending), Ok(newest)) = (start, end) {
                     observation = Some(scan::Observation {
                         oldest_pending,
                         newest,
-                        writers,
+                        writers: read_writers.then(|| writers(row)).flatten(),
                     });
                 }
             }
@@ -628,9 +631,7 @@ impl OutboxRepository {
         }
         self.commit(txn).await?;
         // Only once committed: a claim rolled back saw nothing that lasts.
-        self.inner
-            .scan
-            .saw(started, from, writers_before.as_deref(), observation);
+        self.inner.scan.saw(started, from, observation);
         Ok(rows)
     }
 
@@ -1341,8 +1342,8 @@ impl Lease {
     }
 }
 
-/// The `writers` column of [`sql::LOCK_POSTGRES`] and [`sql::WINDOW_RETURNING`]: virtual transaction ids. `None`
-/// when it cannot be read, which settles nothing.
+/// The `writers` column of [`sql::WINDOW_RETURNING_WRITERS`]: virtual transaction ids. `None` when it cannot be
+/// read, which settles nothing.
 fn writers(row: &QueryResult) -> Option<Vec<String>> {
     let list = row.try_get::<Option<String>>("", "writers").ok()?;
     Some(list.map_or_else(Vec::new, |list| {

@@ -15,10 +15,12 @@
 //! A transaction that stores an event holds a `RowExclusiveLock` on the outbox table from before it takes the
 //! event's id until it ends. So after a claim's window statement saw the newest id N, the transactions holding
 //! that lock (read in the same statement, after its snapshot) include every transaction that took an id at or
-//! below N and had not committed when the snapshot was taken. Once a later claim, before its own snapshot, finds
-//! none of them holding the lock any more, they have all ended, and nothing at or below N can appear: N is
-//! settled. Only transactions that wrote to the outbox table count, so a long transaction elsewhere (one that pins
-//! the vacuum horizon) does not hold the start back, and a slow writer holds it exactly as long as it is open.
+//! below N and had not committed when the snapshot was taken. Once a later read of the lock holders finds none of
+//! them any more, they have all ended, and nothing at or below N can appear: N is settled. That later read must
+//! come before the snapshot of the claim whose window the start is then judged with; the previous claim's window
+//! statement is such a read, so each claim reads the lock holders once. Only transactions that wrote to the
+//! outbox table count, so a long transaction elsewhere (one that pins the vacuum horizon) does not hold the start
+//! back, and a slow writer holds it exactly as long as it is open.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -42,19 +44,29 @@ struct State {
     from: i64,
     /// The highest newest id known to be settled.
     settled: i64,
-    /// Observations whose writers had not all ended at the last claim, oldest first.
-    waiting: VecDeque<Observation>,
+    /// (newest id, writers) of observations whose writers had not all ended at the last read, oldest first.
+    waiting: VecDeque<(i64, Vec<String>)>,
+    /// When the lock holders were last read.
+    writers_read: Option<Instant>,
+    /// The writers of the latest observation: read after every observation in `waiting`, and before the snapshot
+    /// of any claim still to come.
+    latest_writers: Option<Vec<String>>,
     last_full: Option<Instant>,
 }
 
 /// What one claim's window statement saw: its oldest pending and newest ids, and the transactions (virtual
-/// transaction ids, as `pg_locks` names them) that held a write lock on the outbox table just after its snapshot.
+/// transaction ids, as `pg_locks` names them) that held a write lock on the outbox table just after its snapshot,
+/// when it read them ([`ScanStart::wants_writers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Observation {
     pub(crate) oldest_pending: i64,
     pub(crate) newest: i64,
-    pub(crate) writers: Vec<String>,
+    pub(crate) writers: Option<Vec<String>>,
 }
+
+/// How often a claim reads the lock holders (about 0.1 ms each): often enough that the start follows the head
+/// within a fraction of a second, rarely enough that a one-event claim at low load does not pay it every time.
+const WRITERS_EVERY: Duration = Duration::from_millis(100);
 
 impl ScanStart {
     /// The id the next claim reads from: 0 when a full scan is due.
@@ -66,29 +78,33 @@ impl ScanStart {
         if full_due { 0 } else { state.from }
     }
 
-    /// What a committed claim that read from `from` saw: the transactions writing to the outbox table before its
-    /// window statement (`writers_before`; `None` if they could not be read, which settles nothing), and what the
-    /// window statement saw (`None` when it claimed nothing). A claim that failed reports nothing, so a full scan
-    /// it was to make is not counted as made.
-    pub(crate) fn saw(
-        &self,
-        now: Instant,
-        from: i64,
-        writers_before: Option<&[String]>,
-        window: Option<Observation>,
-    ) {
+    /// Whether the next claim should read the lock holders.
+    pub(crate) fn wants_writers(&self, now: Instant) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .writers_read
+            .is_none_or(|at| now.duration_since(at) >= WRITERS_EVERY)
+    }
+
+    /// What a committed claim that read from `from` saw (`None` when it claimed nothing, or its writers could
+    /// not be read). A claim that failed reports nothing, so a full scan it was to make is not counted as made.
+    pub(crate) fn saw(&self, now: Instant, from: i64, window: Option<Observation>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if from == 0 {
             state.last_full = Some(now);
         }
-        // A writer still running now was running when each later observation was made, so the observations
-        // settle in order: the first one that does not settle stops the rest.
-        while let (Some(first), Some(before)) = (state.waiting.front(), writers_before) {
-            if first.writers.iter().any(|w| before.contains(w)) {
-                break;
+        // Settled by the latest writers, read before this claim's snapshot. A writer still running when they were
+        // read was running when each later observation was made, so the observations settle in order: the first
+        // one that does not settle stops the rest.
+        if let Some(latest) = state.latest_writers.take() {
+            while let Some((newest, writers)) = state.waiting.front() {
+                if writers.iter().any(|w| latest.contains(w)) {
+                    break;
+                }
+                state.settled = state.settled.max(*newest);
+                state.waiting.pop_front();
             }
-            state.settled = state.settled.max(first.newest);
-            state.waiting.pop_front();
+            state.latest_writers = Some(latest);
         }
         let Some(window) = window else {
             return;
@@ -96,8 +112,12 @@ impl ScanStart {
         // Never above a pending row this claim saw: the ordering rule needs an aggregate's older pending events
         // inside the window, so a row found below the start (by a full scan) pulls the start down.
         state.from = window.oldest_pending.min(state.settled);
-        if state.waiting.len() < MAX_WAITING {
-            state.waiting.push_back(window);
+        if let Some(writers) = window.writers {
+            state.writers_read = Some(now);
+            state.latest_writers = Some(writers.clone());
+            if state.waiting.len() < MAX_WAITING {
+                state.waiting.push_back((window.newest, writers));
+            }
         }
     }
 }
@@ -110,18 +130,14 @@ mod tests {
         Some(Observation {
             oldest_pending,
             newest,
-            writers: writers.iter().map(|w| (*w).to_owned()).collect(),
+            writers: Some(writers.iter().map(|w| (*w).to_owned()).collect()),
         })
     }
 
-    fn writers(names: &[&str]) -> Vec<String> {
-        names.iter().map(|w| (*w).to_owned()).collect()
-    }
-
-    /// A committed claim at `at`, with `before` writing when it started and its window's observation.
-    fn claim(scan: &ScanStart, at: Instant, before: &[&str], window: Option<Observation>) -> i64 {
+    /// A committed claim at `at` and its window's observation.
+    fn claim(scan: &ScanStart, at: Instant, window: Option<Observation>) -> i64 {
         let from = scan.next(at);
-        scan.saw(at, from, Some(&writers(before)), window);
+        scan.saw(at, from, window);
         from
     }
 
@@ -129,21 +145,23 @@ mod tests {
     fn follows_what_settled_once_its_writers_ended() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        assert_eq!(claim(&scan, t0, &[], seen(100, 1_000, &["3/7"])), 0);
+        assert_eq!(claim(&scan, t0, seen(100, 1_000, &["3/7"])), 0);
         assert_eq!(scan.next(t0), 0, "1,000 is not settled while 3/7 writes");
-        claim(&scan, t0, &["3/7"], seen(600, 2_000, &["3/7", "4/9"]));
+        claim(&scan, t0, seen(600, 2_000, &["3/7", "4/9"]));
         assert_eq!(scan.next(t0), 0, "3/7 still writes");
-        claim(&scan, t0, &["4/9"], seen(1_500, 3_000, &[]));
+        claim(&scan, t0, seen(1_500, 3_000, &["4/9"]));
+        assert_eq!(scan.next(t0), 0, "3/7 was still writing at the last read");
+        claim(&scan, t0, seen(1_800, 3_500, &[]));
         assert_eq!(
             scan.next(t0),
             1_000,
-            "3/7 ended: ids up to 1,000 settled, 2,000 waits for 4/9"
+            "3/7 ended before the last read: ids up to 1,000 settled, 2,000 waits for 4/9"
         );
-        claim(&scan, t0, &[], seen(2_500, 4_000, &[]));
+        claim(&scan, t0, seen(2_500, 4_000, &[]));
         assert_eq!(
             scan.next(t0),
             2_500,
-            "everything up to 3,000 settled; 2,500 is pending"
+            "everything up to 3,500 settled; 2,500 is pending"
         );
         let later = t0 + FULL_SCAN_EVERY;
         assert_eq!(scan.next(later), 0, "a full scan is due");
@@ -153,13 +171,14 @@ mod tests {
     fn a_slow_writer_holds_the_start_for_as_long_as_it_is_open() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, &[], seen(10, 20, &[]));
-        claim(&scan, t0, &[], seen(30, 40, &["slow"]));
+        claim(&scan, t0, seen(10, 20, &[]));
+        claim(&scan, t0, seen(30, 40, &["slow"]));
         for i in 0..1_000 {
-            claim(&scan, t0, &["slow"], seen(50 + i, 60 + i, &["slow"]));
+            claim(&scan, t0, seen(50 + i, 60 + i, &["slow"]));
             assert_eq!(scan.next(t0), 20, "the slow writer may hold an id above 20");
         }
-        claim(&scan, t0, &[], seen(2_000, 3_000, &[]));
+        claim(&scan, t0, seen(2_000, 3_000, &[]));
+        claim(&scan, t0, seen(3_000, 4_000, &[]));
         assert!(
             scan.next(t0) > 40,
             "the slow writer ended: {}",
@@ -171,11 +190,11 @@ mod tests {
     fn a_pending_row_found_below_the_start_pulls_it_down() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, &[], seen(500, 1_000, &[]));
-        claim(&scan, t0, &[], seen(1_500, 2_000, &[]));
-        assert_eq!(scan.next(t0), 1_000);
+        claim(&scan, t0, seen(500, 1_000, &[]));
+        claim(&scan, t0, seen(1_500, 2_000, &[]));
+        assert_eq!(scan.next(t0), 1_000, "up to 1,000 settled");
         let t1 = t0 + FULL_SCAN_EVERY;
-        assert_eq!(claim(&scan, t1, &[], seen(40, 2_500, &[])), 0);
+        assert_eq!(claim(&scan, t1, seen(40, 2_500, &[])), 0);
         assert_eq!(
             scan.next(t1),
             40,
@@ -184,23 +203,39 @@ mod tests {
     }
 
     #[test]
-    fn writers_that_could_not_be_read_settle_nothing() {
+    fn a_claim_that_read_no_writers_moves_the_start_within_what_settled() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, &[], seen(10, 20, &[]));
-        let from = scan.next(t0);
-        scan.saw(t0, from, None, seen(30, 40, &[]));
-        assert_eq!(scan.next(t0), 0);
-        claim(&scan, t0, &[], seen(50, 60, &[]));
-        assert_eq!(scan.next(t0), 40);
+        claim(&scan, t0, seen(500, 1_000, &[]));
+        let unread = |oldest_pending, newest| {
+            Some(Observation {
+                oldest_pending,
+                newest,
+                writers: None,
+            })
+        };
+        claim(&scan, t0, unread(1_500, 2_000));
+        assert_eq!(
+            scan.next(t0),
+            1_000,
+            "1,000 settled; 2,000 was seen without its writers"
+        );
+        claim(&scan, t0, unread(600, 2_500));
+        assert_eq!(
+            scan.next(t0),
+            600,
+            "a pending row below still pulls it down"
+        );
+        assert!(!scan.wants_writers(t0), "read at t0");
+        assert!(scan.wants_writers(t0 + WRITERS_EVERY));
     }
 
     #[test]
     fn an_empty_window_changes_nothing() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, &[], seen(10, 20, &["w"]));
-        claim(&scan, t0, &[], None);
+        claim(&scan, t0, seen(10, 20, &["w"]));
+        claim(&scan, t0, None);
         assert_eq!(scan.next(t0), 0);
     }
 
@@ -208,7 +243,7 @@ mod tests {
     fn a_failed_full_scan_is_still_due() {
         let scan = ScanStart::default();
         let t0 = Instant::now();
-        claim(&scan, t0, &[], seen(500, 1_000, &[]));
+        claim(&scan, t0, seen(500, 1_000, &[]));
         let due = t0 + FULL_SCAN_EVERY;
         assert_eq!(scan.next(due), 0);
         // That claim failed: it reports nothing, so the next one still reads from the head.

@@ -236,17 +236,6 @@ pub const CLAIM_POSTGRES_WINDOW: &str = "WITH head AS MATERIALIZED ( \
            AND b.aggregate_id = o.aggregate_id AND b.id < o.id) \
        ORDER BY o.id LIMIT ?))";
 
-/// The transactions other than this one that hold a write lock on the outbox table, as one comma-separated text
-/// of virtual transaction ids (see `scan.rs`). Every transaction that stores an event holds that lock from before
-/// it takes the event's id until it ends.
-macro_rules! writers {
-    () => {
-        "(SELECT string_agg(virtualtransaction, ',') FROM pg_locks WHERE locktype = 'relation' \
-         AND relation = CAST('{t}' AS regclass) AND mode = 'RowExclusiveLock' AND granted \
-         AND pid IS DISTINCT FROM pg_backend_pid()) AS writers"
-    };
-}
-
 /// [`LOCK`] on PostgreSQL, which also makes the rest of the claim transaction walk indexes in order (see
 /// [`CLAIM_POSTGRES_WINDOW`]) and plan each statement for its values: a generic plan, which sqlx's prepared
 /// statements get from the sixth execution on, does not know how far the window's start is from the head, and on
@@ -256,23 +245,35 @@ macro_rules! writers {
 /// (`statement_timeout`), and how long its transaction may sit idle (`idle_in_transaction_session_timeout`: a
 /// relay frozen inside its claim, by SIGSTOP, a VM pause or a network that drops packets, has its session ended by
 /// the server, which frees the lock for the others). Each is local to the claim's transaction and set before the
-/// lock is waited for. It returns the database's clock (see [`LOCK`]) and the transactions writing to the outbox
-/// table before the claim's window is read (`scan.rs`). Values: the claim timeout in milliseconds, three times.
-pub const LOCK_POSTGRES: &str = concat!(
-    "SELECT id, set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), \
-     set_config('plan_cache_mode', 'force_custom_plan', true), set_config('lock_timeout', ?, true), \
-     set_config('statement_timeout', ?, true), set_config('idle_in_transaction_session_timeout', ?, true), \
-     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT) AS now_micros, ",
-    writers!(),
-    " FROM {t}_lock WHERE id = 1 FOR UPDATE"
-);
+/// lock is waited for. It returns the database's clock (see [`LOCK`]). Values: the claim timeout in milliseconds,
+/// three times.
+pub const LOCK_POSTGRES: &str = "SELECT id, set_config('enable_bitmapscan', 'off', true), \
+     set_config('enable_seqscan', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true), \
+     set_config('lock_timeout', ?, true), set_config('statement_timeout', ?, true), \
+     set_config('idle_in_transaction_session_timeout', ?, true), \
+     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT) AS now_micros \
+     FROM {t}_lock WHERE id = 1 FOR UPDATE";
+
+/// How many rows a window held, and its first and last id.
+macro_rules! window_bounds {
+    () => {
+        "(SELECT COUNT(*) FROM head) AS window_rows, (SELECT MIN(id) FROM head) AS window_start, \
+         (SELECT MAX(id) FROM head) AS window_end"
+    };
+}
 
 /// What [`CLAIM_POSTGRES_WINDOW`] returns besides the columns: how many rows the window held, its first and last
-/// id, and the transactions writing to the outbox table just after its snapshot (`scan.rs`).
-pub const WINDOW_RETURNING: &str = concat!(
-    "(SELECT COUNT(*) FROM head) AS window_rows, (SELECT MIN(id) FROM head) AS window_start, \
-     (SELECT MAX(id) FROM head) AS window_end, ",
-    writers!()
+/// id.
+pub const WINDOW_RETURNING: &str = window_bounds!();
+
+/// [`WINDOW_RETURNING`] and the transactions other than this one that hold a write lock on the outbox table
+/// just after the window's snapshot, as one comma-separated text of virtual transaction ids (`scan.rs`: every
+/// transaction that stores an event holds that lock from before it takes the event's id until it ends).
+pub const WINDOW_RETURNING_WRITERS: &str = concat!(
+    window_bounds!(),
+    ", (SELECT string_agg(virtualtransaction, ',') FROM pg_locks WHERE locktype = 'relation' \
+     AND relation = CAST('{t}' AS regclass) AND mode = 'RowExclusiveLock' AND granted \
+     AND pid IS DISTINCT FROM pg_backend_pid()) AS writers"
 );
 
 /// Gives the planner its choices back, for [`CLAIM_POSTGRES`] after the window.

@@ -39,7 +39,11 @@ impl Drop for CutGuard<'_> {
             return;
         }
         let db = self.sink.db.clone();
-        let sql = format!("INSERT INTO {}_cut (event_id) VALUES ($1)", self.sink.table);
+        let sql = format!(
+            "INSERT INTO {}_cut (event_id) VALUES ({})",
+            self.sink.table,
+            self.sink.placeholders(1)
+        );
         let values = vec![std::mem::take(&mut self.event_id).into()];
         tokio::spawn(async move {
             let backend = db.get_database_backend();
@@ -51,6 +55,21 @@ impl Drop for CutGuard<'_> {
 }
 
 impl TableSink {
+    /// `n` placeholders in the database's style.
+    fn placeholders(&self, n: usize) -> String {
+        let mysql = self.db.get_database_backend() == outbox::sea_orm::DbBackend::MySql;
+        (1..=n)
+            .map(|i| {
+                if mysql {
+                    "?".to_owned()
+                } else {
+                    format!("${i}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     async fn insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
         let mut guard = CutGuard {
             sink: self,
@@ -65,8 +84,9 @@ impl TableSink {
     async fn execute_insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
         let backend = self.db.get_database_backend();
         let sql = format!(
-            "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack) VALUES ($1, $2, $3, $4)",
-            self.table
+            "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack) VALUES ({})",
+            self.table,
+            self.placeholders(4)
         );
         let values = vec![
             message.id.to_string().into(),
