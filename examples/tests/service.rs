@@ -128,6 +128,14 @@ impl Service {
     }
 }
 
+/// A directory of the test's own, and the service's SQLite file in it.
+fn scratch() -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("service.db");
+    (dir, db)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -182,9 +190,7 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
             .expect("NATS on 127.0.0.1:4222"),
     );
     let stream = fresh_stream(&js).await;
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let service = Service::start(free_port(), db.to_str().unwrap(), &stream);
 
     let (status, body) = service
@@ -317,9 +323,7 @@ async fn sigkill_mid_flow_then_restart_loses_nothing() {
     let _turn = ONE_STREAM_AT_A_TIME.lock().await;
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     let stream = fresh_stream(&js).await;
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let port = free_port();
     let service = Service::start(port, db.to_str().unwrap(), &stream);
     let mut created = 0;
@@ -369,9 +373,7 @@ async fn api_and_relay_run_as_separate_processes() {
     let _turn = ONE_STREAM_AT_A_TIME.lock().await;
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     let stream = fresh_stream(&js).await;
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let api = Service::start_mode(free_port(), db.to_str().unwrap(), &stream, "api");
     assert_eq!(
         api.request("POST", "/users", r#"{"email":"solo@example.com"}"#)
@@ -423,9 +425,7 @@ async fn an_overlong_request_id_is_refused_and_delivery_goes_on() {
     let _turn = ONE_STREAM_AT_A_TIME.lock().await;
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     let stream = fresh_stream(&js).await;
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let service = Service::start(free_port(), db.to_str().unwrap(), &stream);
     let long = format!("x-request-id: {}\r\n", "r".repeat(300));
     let (status, body) = service
@@ -464,9 +464,7 @@ async fn an_overlong_request_id_is_refused_and_delivery_goes_on() {
 /// lacks the columns the relay needs (as one created by hand, or by another tool, might).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_stops_on_an_error_stops_the_process() {
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let status = Command::new("python3")
         .args([
             "-c",
@@ -493,9 +491,7 @@ async fn a_relay_that_stops_on_an_error_stops_the_process() {
 /// `OUTBOX_ENABLE_HEALTH_CHECK=false` turns the health endpoint off; metrics stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_endpoint_follows_outbox_enable_health_check() {
-    let dir = std::env::temp_dir().join(format!("outbox-service-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("service.db");
+    let (dir, db) = scratch();
     let service = Service::start_with(
         free_port(),
         db.to_str().unwrap(),

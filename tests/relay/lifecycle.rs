@@ -199,20 +199,11 @@ async fn an_unreachable_broker_at_start_is_not_fatal() {
 /// claim waits for a lock held elsewhere still returns within its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_within_its_deadline_even_from_a_claim_that_waits() {
-    use outbox::sea_orm::{ConnectionTrait, TransactionTrait};
-
     let mut config = fast_config();
     config.claim_timeout = Duration::from_secs(60);
     let t = TestDb::with_config(Backend::Postgres, config).await;
     t.outbox.add_event(&t.db, opened("a", 1)).await.unwrap();
-    let holder = t.db.begin().await.unwrap();
-    holder
-        .execute_unprepared(&format!(
-            "SELECT id FROM {}_lock WHERE id = 1 FOR UPDATE",
-            t.outbox.table()
-        ))
-        .await
-        .unwrap();
+    let holder = t.hold_claim_lock().await;
     let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new())
         .shutdown_timeout(Duration::from_millis(500))
         .build();

@@ -15,7 +15,7 @@ use outbox_tests::running::Running;
 use serde::{Deserialize, Serialize};
 
 use crate::brokers::key;
-use crate::ledger::{Key, Ledger, record, serial};
+use crate::ledger::{Ledger, committed, record, serial};
 
 /// An event that can be made too large for a broker.
 #[derive(Serialize, Deserialize, OutboxEvent)]
@@ -24,24 +24,6 @@ struct AccountNoted {
     #[outbox(aggregate_id)]
     account: String,
     note: String,
-}
-
-/// `AccountOpened` events `1..=per` on `aggregates` aggregates, committed in one transaction.
-async fn committed(t: &TestDb, aggregates: u32, per: u32) -> (Ledger, Vec<(Key, uuid::Uuid)>) {
-    let keys: Vec<Key> = (1..=per)
-        .flat_map(|seq| (0..aggregates).map(move |a| (format!("agg-{a}"), seq)))
-        .collect();
-    let ids = t
-        .outbox
-        .add_events(
-            &t.db,
-            keys.iter().map(|(a, s)| EventEnvelope::new(opened(a, *s))),
-        )
-        .await
-        .unwrap();
-    let mut ledger = Ledger::default();
-    ledger.committed.extend(keys.iter().cloned());
-    (ledger, keys.into_iter().zip(ids).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use outbox_tests::servers::Server;
 use serde::{Deserialize, Serialize};
 
 use crate::brokers::key;
-use crate::ledger::{Key, Ledger, serial};
+use crate::ledger::{Key, Ledger, committed, serial};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -41,55 +41,68 @@ fn tight_config() -> OutboxConfig {
     config
 }
 
-/// `AccountOpened` 1..=`per` on `aggregates` aggregates, committed; the ledger and each key's event id.
-async fn committed(t: &TestDb, aggregates: u32, per: u32) -> (Ledger, Vec<(Key, uuid::Uuid)>) {
-    let keys: Vec<Key> = (1..=per)
-        .flat_map(|seq| (0..aggregates).map(move |a| (format!("agg-{a}"), seq)))
-        .collect();
-    let ids = t
-        .outbox
-        .add_events(
-            &t.db,
-            keys.iter().map(|(a, s)| EventEnvelope::new(opened(a, *s))),
-        )
-        .await
-        .unwrap();
-    let mut ledger = Ledger::default();
-    ledger.committed.extend(keys.iter().cloned());
-    (ledger, keys.into_iter().zip(ids).collect())
+/// A queue of the test's own for the accounts' events, and a publisher whose messages it receives.
+struct RabbitQueue {
+    _connection: Connection,
+    channel: Channel,
+    name: String,
 }
 
-async fn rabbit_queue(queue: &str) -> (Connection, Channel) {
-    let connection = Connection::connect(RABBIT, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672 (.ci/run starts it)");
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (connection, channel)
-}
-
-/// Everything in `queue`, as keys, in arrival order; deletes the queue.
-async fn drain_queue(channel: &Channel, queue: &str) -> Vec<Key> {
-    let mut arrivals = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        arrivals.push(key(&message.delivery.data));
+impl RabbitQueue {
+    async fn declare() -> (Self, Prefixed<RabbitMqPublisher>) {
+        let prefix = format!("states-{}.", uuid::Uuid::new_v4().simple());
+        let name = format!("{prefix}com.example.account");
+        let connection = Connection::connect(RABBIT, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (.ci/run starts it)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let publisher = Prefixed {
+            inner: RabbitMqPublisher::connect(RABBIT).await.unwrap(),
+            prefix,
+        };
+        let queue = Self {
+            _connection: connection,
+            channel,
+            name,
+        };
+        (queue, publisher)
     }
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    arrivals
+
+    /// Everything in the queue, as keys, in arrival order; deletes the queue.
+    async fn drain(self) -> Vec<Key> {
+        let mut arrivals = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            arrivals.push(key(&message.delivery.data));
+        }
+        self.channel
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        arrivals
+    }
+}
+
+/// The one dead letter, of `event_type`, whose reason says `reason`; the whole reason.
+async fn the_dead_letter(t: &TestDb, event_type: &str, reason: &str) -> String {
+    let dead = t.outbox.dead_letters(&t.db, 10, 0).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].event_type, event_type);
+    let error = dead[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains(reason), "{error}");
+    error
 }
 
 /// Waits until nothing is pending (dead letters aside), at most `within`.
@@ -126,27 +139,20 @@ async fn a_value_amqp_cannot_carry_is_a_dead_letter_and_the_rest_flows() {
     .await
     .unwrap();
     ledger.committed.remove(&bad_key);
-    let prefix = format!("states-{}.", uuid::Uuid::new_v4().simple());
-    let queue = format!("{prefix}com.example.account");
-    let (_connection, channel) = rabbit_queue(&queue).await;
-    let publisher = Prefixed {
-        inner: RabbitMqPublisher::connect(RABBIT).await.unwrap(),
-        prefix,
-    };
+    let (queue, publisher) = RabbitQueue::declare().await;
     let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build();
     let handle = relay.handle();
     let running = Running::start(relay);
     settled(&t, Duration::from_secs(30)).await;
     assert!(handle.is_running(), "the relay is still running");
     running.stop().await;
-    let dead = t.outbox.dead_letters(&t.db, 10, 0).await.unwrap();
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    let reason = dead[0].last_error.clone().unwrap_or_default();
-    assert!(
-        reason.contains("AMQP cannot carry the correlation_id"),
-        "{reason}"
-    );
-    ledger.tally(drain_queue(&channel, &queue).await).check(
+    let reason = the_dead_letter(
+        &t,
+        "com.example.account.opened",
+        "AMQP cannot carry the correlation_id",
+    )
+    .await;
+    ledger.tally(queue.drain().await).check(
         "6h. a value AMQP cannot carry",
         &format!(
             "a stored correlation id of 300 bytes (150 characters), RabbitMQ: dead-lettered with \"{}\"; \
@@ -208,25 +214,17 @@ async fn a_message_over_rabbitmqs_size_limit_is_a_dead_letter_and_the_rest_flows
         }
     }
     t.outbox.add_events(&t.db, envelopes).await.unwrap();
-    let prefix = format!("states-{}.", uuid::Uuid::new_v4().simple());
-    let queue = format!("{prefix}com.example.account");
-    let (_connection, channel) = rabbit_queue(&queue).await;
-    let publisher = Prefixed {
-        inner: RabbitMqPublisher::connect(RABBIT).await.unwrap(),
-        prefix,
-    };
+    let (queue, publisher) = RabbitQueue::declare().await;
     let running = Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), publisher).build());
     settled(&t, Duration::from_secs(30)).await;
     running.stop().await;
-    let dead = t.outbox.dead_letters(&t.db, 10, 0).await.unwrap();
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0].event_type, "com.example.account.tagged");
-    let reason = dead[0].last_error.clone().unwrap_or_default();
-    assert!(
-        reason.contains("larger than configured max size"),
-        "{reason}"
-    );
-    ledger.tally(drain_queue(&channel, &queue).await).check(
+    the_dead_letter(
+        &t,
+        "com.example.account.tagged",
+        "larger than configured max size",
+    )
+    .await;
+    ledger.tally(queue.drain().await).check(
         "6i. a message over RabbitMQ's size limit",
         "a 2 MiB event to RabbitMQ with `max_message_size` 1 MiB (the broker closes the channel, 406): dead-lettered \
          with the broker's reason; its aggregate's later events and the others delivered, no backoff",

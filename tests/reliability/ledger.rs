@@ -4,6 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
+use outbox::EventEnvelope;
+use outbox_tests::backend::TestDb;
+use outbox_tests::events::opened;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// An event, as the accounting knows it: its aggregate and its sequence number there. Writers give every event
@@ -148,4 +151,22 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// Scenarios take the machine for themselves: they restart shared servers and measure memory and time.
 pub async fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
+}
+
+/// `AccountOpened` events `1..=per` on `aggregates` aggregates, committed in one transaction.
+pub async fn committed(t: &TestDb, aggregates: u32, per: u32) -> (Ledger, Vec<(Key, uuid::Uuid)>) {
+    let keys: Vec<Key> = (1..=per)
+        .flat_map(|seq| (0..aggregates).map(move |a| (format!("agg-{a}"), seq)))
+        .collect();
+    let ids = t
+        .outbox
+        .add_events(
+            &t.db,
+            keys.iter().map(|(a, s)| EventEnvelope::new(opened(a, *s))),
+        )
+        .await
+        .unwrap();
+    let mut ledger = Ledger::default();
+    ledger.committed.extend(keys.iter().cloned());
+    (ledger, keys.into_iter().zip(ids).collect())
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use outbox::OutboxConfig;
-use outbox::sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement, TransactionTrait};
+use outbox::sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 
@@ -28,14 +28,7 @@ async fn a_claim_waits_for_the_lock_no_longer_than_the_claim_timeout(backend: Ba
     let t = TestDb::with_config(backend, config).await;
     t.outbox.add_event(&t.db, opened("a", 1)).await.unwrap();
     // Another relay frozen inside its claim, as far as this one can tell: the lock row is held.
-    let holder = t.db.begin().await.unwrap();
-    holder
-        .execute_unprepared(&format!(
-            "SELECT id FROM {}_lock WHERE id = 1 FOR UPDATE",
-            t.outbox.table()
-        ))
-        .await
-        .unwrap();
+    let holder = t.hold_claim_lock().await;
     let started = Instant::now();
     let claimed = tokio::time::timeout(Duration::from_secs(20), t.outbox.claim(&t.db, 10))
         .await

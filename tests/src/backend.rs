@@ -136,6 +136,21 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Holds the claim lock in a transaction of its own, as a relay frozen inside its claim would (PostgreSQL,
+    /// MySQL); rolling the transaction back lets go.
+    pub async fn hold_claim_lock(&self) -> outbox::sea_orm::DatabaseTransaction {
+        use outbox::sea_orm::TransactionTrait;
+        let holder = self.db.begin().await.unwrap();
+        holder
+            .execute_unprepared(&format!(
+                "SELECT id FROM {}_lock WHERE id = 1 FOR UPDATE",
+                self.outbox.table()
+            ))
+            .await
+            .unwrap();
+        holder
+    }
+
     /// Runs raw SQL with `{t}` standing for the outbox table.
     pub async fn sql(&self, sql: &str) -> u64 {
         self.db

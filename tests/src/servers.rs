@@ -52,40 +52,14 @@ impl Server {
 
     /// Redis without persistence: a restart empties it.
     pub async fn redis() -> Self {
-        Self::start("redis", |port, _| {
-            let mut command = Command::new("redis-server");
-            command.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-            command
-        })
-        .await
+        Self::start("redis", |port, _| redis_server(port)).await
     }
 
     /// A Redis replica of the server on `primary`: it takes no writes (`READONLY`) until `REPLICAOF NO ONE`.
     pub async fn redis_replica(primary: u16) -> Self {
         Self::start("redis", move |port, _| {
-            let mut command = Command::new("redis-server");
-            command.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--replicaof",
-                "127.0.0.1",
-                &primary.to_string(),
-            ]);
+            let mut command = redis_server(port);
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
             command
         })
         .await
@@ -151,6 +125,22 @@ impl Server {
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+}
+
+/// `redis-server` on `port`, without persistence.
+fn redis_server(port: u16) -> Command {
+    let mut command = Command::new("redis-server");
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    command
 }
 
 impl Drop for Server {
