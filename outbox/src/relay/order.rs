@@ -11,6 +11,8 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 
+use crate::repository::LeasedRow;
+
 /// An aggregate: its type and id.
 type Key = (String, String);
 
@@ -82,6 +84,35 @@ impl Order {
     fn len(&self) -> usize {
         self.last.len()
     }
+}
+
+/// The batch's runs (see [`chains`]), each linked in `order` to its aggregate's run in the batch before.
+pub(super) fn runs(order: &mut Order, batch: u64, events: &[LeasedRow]) -> Vec<(Vec<usize>, Link)> {
+    let chains = chains(events);
+    let aggregates = chains.iter().map(|chain| {
+        let first = &events[chain[0]];
+        (first.aggregate_type.as_str(), first.aggregate_id.as_str())
+    });
+    let links = order.link(batch, aggregates);
+    chains.into_iter().zip(links).collect()
+}
+
+/// The batch's events grouped by aggregate, each group in write order; groups ordered by their first event.
+fn chains(events: &[LeasedRow]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::new();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let key = (event.aggregate_type.as_str(), event.aggregate_id.as_str());
+        match index.get(&key) {
+            Some(&chain) => chains[chain].push(i),
+            None => {
+                index.insert(key, chains.len());
+                chains.push(vec![i]);
+            }
+        }
+    }
+    chains
 }
 
 #[cfg(test)]
