@@ -1,0 +1,323 @@
+//! What operators and tools do with the table: list and count pending events, mark one by hand, dead letters
+//! (list, replay, purge), retention, lag, and the table check.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DbBackend, Value};
+use uuid::Uuid;
+
+use super::mark::FailureKind;
+use super::{ClaimToken, Failure, OutboxRepository, Result, StoredEvent, row, sql};
+
+/// Which dead letters to replay or purge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterFilter {
+    /// Every dead letter.
+    All,
+    /// One event, by event id.
+    EventId(Uuid),
+    /// One row, by row id.
+    Id(i64),
+    /// Every dead letter of one event type.
+    EventType(String),
+}
+
+/// Lag figures for health checks and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Events not yet published (including those being published now).
+    pub pending: u64,
+    /// When the oldest pending event occurred.
+    pub oldest_pending: Option<chrono::DateTime<Utc>>,
+    /// Dead letters waiting for replay or purge.
+    pub dead_letters: u64,
+}
+
+impl OutboxStats {
+    /// How long the oldest pending event has waited.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        self.oldest_pending
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+    }
+}
+
+impl OutboxRepository {
+    /// Pending events in write order (the seed's `get_unpublished`). Use [`StoredEvent::decode`] to get the
+    /// typed events; a row that no longer decodes is still listed, so nothing is hidden.
+    pub async fn get_unpublished<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        self.list(db, "listing pending events", sql::PENDING, limit, offset)
+            .await
+    }
+
+    /// How many events are pending (the seed's `count_unpublished`), including those being published now.
+    pub async fn count_unpublished<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
+        self.count(db, "counting pending events", sql::PENDING)
+            .await
+    }
+
+    /// Marks one event published by row id, whoever holds it (the seed's `mark_published(id)`). Relays use the
+    /// fenced [`mark_published`](Self::mark_published); this is for tools and hand-written schedules.
+    pub async fn mark_event_published<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<bool> {
+        let query = format!(
+            "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
+             WHERE id = ? AND status = {}",
+            sql::PUBLISHED,
+            sql::PENDING
+        );
+        let marked = self
+            .execute(
+                db,
+                "marking an event published",
+                &query,
+                vec![Utc::now().into(), id.into()],
+            )
+            .await?;
+        Ok(marked == 1)
+    }
+
+    /// Records one failed publish by row id (the seed's `mark_failed(id, error)`), with the same backoff and
+    /// dead-letter rule as [`mark_failed`](Self::mark_failed). Returns false if the event is not pending.
+    pub async fn mark_event_failed<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        id: i64,
+        error: &str,
+    ) -> Result<bool> {
+        // Take the event over under a one-off token, then fail it through the fenced path.
+        let token = ClaimToken(fastrand::i64(..));
+        let query = format!(
+            "UPDATE {{t}} SET claim_token = ? WHERE id = ? AND status = {}",
+            sql::PENDING
+        );
+        if self
+            .execute(
+                db,
+                "recording a failed publish",
+                &query,
+                vec![token.0.into(), id.into()],
+            )
+            .await?
+            == 0
+        {
+            return Ok(false);
+        }
+        let select = "SELECT attempts FROM {t} WHERE id = ? AND claim_token = ?";
+        let rows = self
+            .query(
+                db,
+                "recording a failed publish",
+                select,
+                vec![id.into(), token.0.into()],
+            )
+            .await?;
+        let attempts = match rows.first() {
+            Some(row) => row.try_get_by_index::<i32>(0).map_err(|e| {
+                self.db_error("recording a failed publish", db.get_database_backend(), e)
+            })?,
+            None => return Ok(false),
+        };
+        let failure = Failure {
+            id,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            error: error.to_owned(),
+            kind: FailureKind::Retry,
+        };
+        let outcome = self.mark_failed(db, token, &[failure]).await?;
+        Ok(outcome.fenced_out == 0)
+    }
+
+    /// Dead letters in id order, with their last error.
+    pub async fn dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        self.list(db, "listing dead letters", sql::DEAD, limit, offset)
+            .await
+    }
+
+    /// How many dead letters there are.
+    pub async fn count_dead_letters<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
+        self.count(db, "counting dead letters", sql::DEAD).await
+    }
+
+    /// Makes dead letters pending again with a fresh retry budget (their last error is kept until the next
+    /// attempt). Returns how many.
+    ///
+    /// Order: a dead letter does not hold its aggregate back, so the aggregate's later events may have gone out
+    /// meanwhile; a replayed event is then published after them. Among events still pending, it keeps its place
+    /// by id (it goes out before the aggregate's later pending events).
+    pub async fn replay_dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: DeadLetterFilter,
+    ) -> Result<u64> {
+        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let query = format!(
+            "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, locked_until = NULL, \
+             claim_token = NULL WHERE status = {}{condition}",
+            sql::PENDING,
+            sql::DEAD
+        );
+        self.execute(db, "replaying dead letters", &query, values)
+            .await
+    }
+
+    /// Deletes dead letters for good. Returns how many.
+    pub async fn purge_dead_letters<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: DeadLetterFilter,
+    ) -> Result<u64> {
+        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let query = format!("DELETE FROM {{t}} WHERE status = {}{condition}", sql::DEAD);
+        self.execute(db, "purging dead letters", &query, values)
+            .await
+    }
+
+    fn filter(&self, backend: DbBackend, filter: &DeadLetterFilter) -> (&'static str, Vec<Value>) {
+        match filter {
+            DeadLetterFilter::All => ("", Vec::new()),
+            DeadLetterFilter::Id(id) => (" AND id = ?", vec![(*id).into()]),
+            DeadLetterFilter::EventId(id) => {
+                (" AND event_id = ?", vec![row::event_id_value(backend, *id)])
+            }
+            DeadLetterFilter::EventType(t) => (" AND event_type = ?", vec![t.clone().into()]),
+        }
+    }
+
+    /// Deletes published events older than `older_than`, `batch_size` rows per statement so the table is never
+    /// locked for long. Returns how many were deleted.
+    pub async fn purge_published<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        older_than: Duration,
+        batch_size: u32,
+    ) -> Result<u64> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let batch = batch_size.max(1);
+        let query = match db.get_database_backend() {
+            // MySQL refuses a subquery on the table it deletes from, but has DELETE ... LIMIT.
+            DbBackend::MySql => format!(
+                "DELETE FROM {{t}} WHERE status = {} AND published_at < ? ORDER BY id LIMIT ?",
+                sql::PUBLISHED
+            ),
+            _ => format!(
+                "DELETE FROM {{t}} WHERE id IN (SELECT id FROM {{t}} WHERE status = {} AND published_at < ? \
+                 ORDER BY id LIMIT ?)",
+                sql::PUBLISHED
+            ),
+        };
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .execute(
+                    db,
+                    "purging published events",
+                    &query,
+                    vec![cutoff.into(), batch.into()],
+                )
+                .await?;
+            total += deleted;
+            if deleted < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
+    pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
+        let query = format!(
+            "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",
+            sql::PENDING
+        );
+        let rows = self
+            .query(db, "reading outbox lag", &query, Vec::new())
+            .await?;
+        let backend = db.get_database_backend();
+        let (pending, oldest_pending) = match rows.first() {
+            Some(row) => (
+                row.try_get_by_index::<i64>(0)
+                    .map_err(|e| self.db_error("reading outbox lag", backend, e))?,
+                row.try_get_by_index(1)
+                    .map_err(|e| self.db_error("reading outbox lag", backend, e))?,
+            ),
+            None => (0, None),
+        };
+        Ok(OutboxStats {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest_pending,
+            dead_letters: self.count_dead_letters(db).await?,
+        })
+    }
+
+    /// Checks that the table exists with every column the repository uses; the error says to run the
+    /// migration if not.
+    pub async fn check<C: ConnectionTrait>(&self, db: &C) -> Result<()> {
+        let query = format!(
+            "SELECT {}, next_attempt_at, locked_until, claim_token FROM {{t}} WHERE 1 = 0",
+            sql::COLUMNS
+        );
+        self.query(db, "checking the outbox table", &query, Vec::new())
+            .await
+            .map(drop)
+    }
+
+    async fn list<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        status: i16,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {status} ORDER BY id LIMIT ? OFFSET ?",
+            sql::COLUMNS
+        );
+        self.select(db, operation, &query, vec![limit.into(), offset.into()])
+            .await
+    }
+
+    async fn count<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        status: i16,
+    ) -> Result<u64> {
+        let query = format!("SELECT COUNT(*) FROM {{t}} WHERE status = {status}");
+        let rows = self.query(db, operation, &query, Vec::new()).await?;
+        let count = match rows.first() {
+            Some(row) => row
+                .try_get_by_index::<i64>(0)
+                .map_err(|e| self.db_error(operation, db.get_database_backend(), e))?,
+            None => 0,
+        };
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn select<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        query: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<StoredEvent>> {
+        let backend = db.get_database_backend();
+        self.query(db, operation, query, values)
+            .await?
+            .iter()
+            .map(|row| StoredEvent::from_row(row).map_err(|e| self.db_error(operation, backend, e)))
+            .collect()
+    }
+}

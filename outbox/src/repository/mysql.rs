@@ -1,0 +1,115 @@
+//! MySQL's and MariaDB's claim: pick, lease and read back, under the claim lock and within the claim's bounds.
+
+use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
+
+use super::claim::Lease;
+use super::{OutboxRepository, Result, sql};
+
+impl OutboxRepository {
+    /// MySQL cannot `UPDATE` with a `LIMIT` subquery on the same table, nor return updated rows. Under the claim
+    /// lock, in one READ COMMITTED transaction: pick the claimable ids, lease them, read back the rows that carry
+    /// this claim's token. No data row is locked by a read, so marks running on other relays cannot deadlock with
+    /// the claim (they did, measured, with `SELECT ... FOR UPDATE`); a row whose expired lease its old owner
+    /// marks at the same moment simply does not come back.
+    pub(super) async fn claim_mysql<C>(
+        &self,
+        db: &C,
+        lease: &Lease,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let mariadb = match self.inner.mariadb.get() {
+            Some(&mariadb) => mariadb,
+            None => {
+                let version = self
+                    .query(
+                        db,
+                        "reading the server version",
+                        "SELECT VERSION()",
+                        Vec::new(),
+                    )
+                    .await?;
+                let mariadb = version
+                    .first()
+                    .and_then(|row| row.try_get_by_index::<String>(0).ok())
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
+                *self.inner.mariadb.get_or_init(|| mariadb)
+            }
+        };
+        let (bound, restore) = if mariadb {
+            (sql::BOUND_MARIADB, sql::RESTORE_MARIADB)
+        } else {
+            (sql::BOUND_MYSQL, sql::RESTORE_MYSQL)
+        };
+        // Whole seconds, at least one, rounded up.
+        let seconds = self.inner.config.claim_timeout.as_millis().div_ceil(1000) as u64;
+        let txn = self.begin(db).await?;
+        let values = if mariadb {
+            vec![seconds.into(), seconds.into()]
+        } else {
+            vec![seconds.into()]
+        };
+        self.execute(&txn, "bounding the claim", bound, values)
+            .await?;
+        let claimed = self.claim_mysql_bounded(&txn, lease, limit).await;
+        // The session's own timeouts come back before the connection returns to the pool, on success or not.
+        let restored = self
+            .execute(&txn, "ending the claim's bounds", restore, Vec::new())
+            .await;
+        let rows = claimed?;
+        restored?;
+        self.commit(txn).await?;
+        Ok(rows)
+    }
+
+    /// [`claim_mysql`](Self::claim_mysql)'s work, inside the bounds it set on `txn`.
+    async fn claim_mysql_bounded<T: ConnectionTrait>(
+        &self,
+        txn: &T,
+        lease: &Lease,
+        limit: u32,
+    ) -> Result<Vec<QueryResult>> {
+        let locked = self
+            .lock(txn, sql::LOCK, sql::LOCK_ROW_MYSQL, Vec::new())
+            .await?;
+        let lease = lease.on_clock(locked.try_get::<i64>("", "now_micros").ok());
+        let select = format!("SELECT o.id {}", sql::CLAIMABLE);
+        let candidates = self
+            .query(
+                txn,
+                "claiming events",
+                &select,
+                lease.claimable_values(limit),
+            )
+            .await?;
+        let ids: Vec<i64> = candidates
+            .iter()
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.db_error("claiming events", txn.get_database_backend(), e))?;
+        let mut rows = Vec::new();
+        if !ids.is_empty() {
+            // Every id in one statement, not in chunks: the claim is one transaction, and the largest batch stays
+            // within MySQL's limit on bound parameters (tested).
+            let (id_in, id_values) = sql::id_in(txn.get_database_backend(), &ids);
+            let update = format!(
+                "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND {id_in}",
+                sql::PENDING
+            );
+            let mut values: Vec<Value> = vec![lease.token.0.into(), lease.until.into()];
+            values.extend(id_values.iter().cloned());
+            self.execute(txn, "claiming events", &update, values)
+                .await?;
+            let read = format!(
+                "SELECT {} FROM {{t}} WHERE claim_token = ? AND {id_in}",
+                sql::COLUMNS
+            );
+            let mut values: Vec<Value> = vec![lease.token.0.into()];
+            values.extend(id_values);
+            rows = self.query(txn, "claiming events", &read, values).await?;
+        }
+        Ok(rows)
+    }
+}
