@@ -12,7 +12,7 @@ use crate::repository::OutboxRepository;
 
 impl Relay {
     /// A relay publishing the events of `repository` (on `db`) to `publisher`, configured by the repository's
-    /// [`OutboxConfig`].
+    /// [`OutboxConfig`](crate::OutboxConfig).
     pub fn builder(
         db: DatabaseConnection,
         repository: OutboxRepository,

@@ -18,7 +18,7 @@ pub struct BatchReport {
     /// Events made dead letters (given up on, or undecodable).
     pub dead_lettered: u64,
     /// Events held back, with no attempt counted, because their destination cannot take messages now (see
-    /// [`HeldDestination`]).
+    /// [`HeldDestination`](super::HeldDestination)).
     pub held: u64,
     /// Events given back unpublished: after an earlier failure of their aggregate, a broker outage, or shutdown.
     pub released: u64,

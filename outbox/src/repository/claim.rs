@@ -67,7 +67,7 @@ pub struct DeadLettered {
 }
 
 impl OutboxRepository {
-    /// Claims up to `limit` events for publishing, leased for [`OutboxConfig::lease_duration`].
+    /// Claims up to `limit` events for publishing, leased for [`OutboxConfig::lease_duration`](crate::OutboxConfig::lease_duration).
     ///
     /// Safe with any number of relays at once: claims are serialized per table (a row lock on PostgreSQL and
     /// MySQL, SQLite's single writer), and an event is only handed out when every earlier pending event of its

@@ -74,7 +74,7 @@ pub struct FailureOutcome {
 
 impl OutboxRepository {
     /// Marks claimed events published in one statement (one per 500 on MySQL and SQLite), or deletes them with
-    /// [`OutboxConfig::delete_on_publish`]. Returns how many were marked: fewer than given means the claim lost
+    /// [`OutboxConfig::delete_on_publish`](crate::OutboxConfig::delete_on_publish). Returns how many were marked: fewer than given means the claim lost
     /// the others (its lease expired and another relay claimed them, which will publish them again).
     pub async fn mark_published<C: ConnectionTrait>(
         &self,
@@ -142,7 +142,7 @@ impl OutboxRepository {
 
     /// Records failed publishes in one statement per outcome (retry, dead letter) and 500 events: the error text, one more attempt, and the next attempt
     /// time (exponential backoff from the configuration, with jitter). An event whose attempts exceed
-    /// [`OutboxConfig::max_retry_count`], or whose failure is permanent, becomes a dead letter. Nothing is deleted.
+    /// [`OutboxConfig::max_retry_count`](crate::OutboxConfig::max_retry_count), or whose failure is permanent, becomes a dead letter. Nothing is deleted.
     pub async fn mark_failed<C: ConnectionTrait>(
         &self,
         db: &C,
