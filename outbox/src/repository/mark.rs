@@ -1,6 +1,7 @@
 //! Marking a claim's outcome: published (or deleted), failed (retried, dead-lettered or held), released. Every
 //! mark is fenced by the claim's token.
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -82,11 +83,9 @@ impl OutboxRepository {
         token: ClaimToken,
         ids: &[i64],
     ) -> Result<u64> {
-        let backend = db.get_database_backend();
-        let mut marked = 0;
-        for chunk in ids.chunks(sql::id_chunk(backend)) {
-            let (id_in, id_values) = sql::id_in(backend, chunk);
-            let (query, mut values) = if self.inner.config.delete_on_publish {
+        let delete = self.inner.config.delete_on_publish;
+        self.per_id_chunk(db, ids, |id_in, id_values| async move {
+            let (query, mut values) = if delete {
                 (
                     format!(
                         "DELETE FROM {{t}} WHERE claim_token = ? AND status = {} AND {id_in}",
@@ -106,11 +105,10 @@ impl OutboxRepository {
                 )
             };
             values.extend(id_values);
-            marked += self
-                .execute(db, "marking events published", &query, values)
-                .await?;
-        }
-        Ok(marked)
+            self.execute(db, "marking events published", &query, values)
+                .await
+        })
+        .await
     }
 
     /// How many of the rows `ids` are still pending.
@@ -119,10 +117,7 @@ impl OutboxRepository {
         db: &C,
         ids: &[i64],
     ) -> Result<u64> {
-        let backend = db.get_database_backend();
-        let mut pending = 0;
-        for chunk in ids.chunks(sql::id_chunk(backend)) {
-            let (id_in, values) = sql::id_in(backend, chunk);
+        self.per_id_chunk(db, ids, |id_in, values| async move {
             let query = format!(
                 "SELECT COUNT(*) FROM {{t}} WHERE status = {} AND {id_in}",
                 sql::PENDING
@@ -130,14 +125,15 @@ impl OutboxRepository {
             let rows = self
                 .query(db, "reading marked events", &query, values)
                 .await?;
-            if let Some(row) = rows.first() {
-                let count = row
-                    .try_get_by_index::<i64>(0)
-                    .map_err(|e| self.db_error("reading marked events", backend, e))?;
-                pending += u64::try_from(count).unwrap_or(0);
-            }
-        }
-        Ok(pending)
+            let count = match rows.first() {
+                Some(row) => row.try_get_by_index::<i64>(0).map_err(|e| {
+                    self.db_error("reading marked events", db.get_database_backend(), e)
+                })?,
+                None => 0,
+            };
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 
     /// Records failed publishes in one statement per outcome (retry, dead letter) and 500 events: the error text, one more attempt, and the next attempt
@@ -232,10 +228,7 @@ impl OutboxRepository {
         token: ClaimToken,
         ids: &[i64],
     ) -> Result<u64> {
-        let backend = db.get_database_backend();
-        let mut released = 0;
-        for chunk in ids.chunks(sql::id_chunk(backend)) {
-            let (id_in, id_values) = sql::id_in(backend, chunk);
+        self.per_id_chunk(db, ids, |id_in, id_values| async move {
             let query = format!(
                 "UPDATE {{t}} SET locked_until = NULL, claim_token = NULL \
                  WHERE claim_token = ? AND status = {} AND {id_in}",
@@ -243,9 +236,26 @@ impl OutboxRepository {
             );
             let mut values = vec![Value::from(token.0)];
             values.extend(id_values);
-            released += self.execute(db, "releasing events", &query, values).await?;
+            self.execute(db, "releasing events", &query, values).await
+        })
+        .await
+    }
+
+    /// Runs `statement` with an `id IN` condition (and its values) for each slice of `ids` one condition may
+    /// name on this backend (all of them on PostgreSQL), and sums what each run returns.
+    async fn per_id_chunk<C, F, Fut>(&self, db: &C, ids: &[i64], mut statement: F) -> Result<u64>
+    where
+        C: ConnectionTrait,
+        F: FnMut(String, Vec<Value>) -> Fut,
+        Fut: Future<Output = Result<u64>>,
+    {
+        let backend = db.get_database_backend();
+        let mut total = 0;
+        for chunk in ids.chunks(sql::id_chunk(backend)) {
+            let (id_in, values) = sql::id_in(backend, chunk);
+            total += statement(id_in, values).await?;
         }
-        Ok(released)
+        Ok(total)
     }
 }
 
