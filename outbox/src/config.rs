@@ -158,6 +158,13 @@ impl OutboxConfig {
         }
     }
 
+    /// [`retry_delay`](Self::retry_delay) with jitter: 50% to 100% of it, so that what failed together does
+    /// not retry together.
+    #[cfg_attr(not(feature = "sea-orm"), allow(dead_code))] // used by the relay and the repository
+    pub(crate) fn retry_delay_jittered(&self, attempt: u32) -> Duration {
+        jittered(self.retry_delay(attempt))
+    }
+
     fn range_problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut check = |var: &'static str, value: String, result: Result<(), String>| {
@@ -216,6 +223,12 @@ impl OutboxConfig {
         );
         problems
     }
+}
+
+/// 50% to 100% of `delay`, drawn at random.
+#[cfg_attr(not(feature = "sea-orm"), allow(dead_code))] // used by the relay and the repository
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 /// Loads an [`OutboxConfig`] from the environment or from pairs, knowing which extra `OUTBOX_*` variables belong

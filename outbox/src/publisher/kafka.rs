@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
-use crate::cloudevents::{self, BinaryMode};
+use crate::cloudevents::BinaryMode;
 use crate::message::Message;
 
 /// Publishes to Kafka with an idempotent producer (`enable.idempotence`, `acks=all`) and reports each delivery
@@ -152,17 +152,7 @@ impl Publisher for KafkaPublisher {
     /// sent before the previous one's delivery report.
     async fn send(&self, message: &Message) -> Result<Acknowledgement, PublishError> {
         self.ensure_topic(&message.destination).await?;
-        let mut pairs = match self.encoding {
-            Encoding::Binary => BinaryMode::KAFKA.headers(message),
-            Encoding::Structured => {
-                let mut h = vec![(
-                    "content-type".to_owned(),
-                    cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
-                )];
-                h.extend(message.headers.iter().cloned());
-                h
-            }
-        };
+        let mut pairs = self.encoding.headers(message, &BinaryMode::KAFKA);
         pairs.push((
             "correlation_id".to_owned(),
             message.effective_correlation_id(),

@@ -239,6 +239,27 @@ pub(crate) enum Encoding {
 }
 
 impl Encoding {
+    /// The headers a broker that carries the content type as a header sends: `binary`'s CloudEvents headers, or
+    /// the structured content type and the message's own headers.
+    #[allow(dead_code)] // used by the Kafka and Redis publishers
+    pub(crate) fn headers(
+        self,
+        message: &Message,
+        binary: &cloudevents::BinaryMode,
+    ) -> Vec<(String, String)> {
+        match self {
+            Self::Binary => binary.headers(message),
+            Self::Structured => {
+                let mut headers = vec![(
+                    "content-type".to_owned(),
+                    cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
+                )];
+                headers.extend(message.headers.iter().cloned());
+                headers
+            }
+        }
+    }
+
     #[allow(dead_code)] // used by the broker publishers
     pub(crate) fn body(self, message: &Message) -> Vec<u8> {
         match self {

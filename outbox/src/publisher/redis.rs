@@ -3,7 +3,7 @@
 use redis::aio::ConnectionManager;
 
 use super::{ConnectError, Encoding, PublishError, Publisher, Reason};
-use crate::cloudevents::{self, BinaryMode};
+use crate::cloudevents::BinaryMode;
 use crate::message::Message;
 
 /// The magic bytes that open FastStream's `BinaryMessageFormatV1`.
@@ -91,17 +91,7 @@ pub fn faststream_envelope(headers: &[(String, String)], body: &[u8]) -> Vec<u8>
 }
 
 fn envelope_headers(message: &Message, encoding: Encoding) -> Vec<(String, String)> {
-    let mut headers = match encoding {
-        Encoding::Binary => BinaryMode::REDIS.headers(message),
-        Encoding::Structured => {
-            let mut h = vec![(
-                "content-type".to_owned(),
-                cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
-            )];
-            h.extend(message.headers.iter().cloned());
-            h
-        }
-    };
+    let mut headers = encoding.headers(message, &BinaryMode::REDIS);
     headers.push(("message_id".to_owned(), message.id.to_string()));
     headers.push((
         "correlation_id".to_owned(),

@@ -192,7 +192,7 @@ impl Relay {
             match write().await {
                 Err(error) if error.is_retryable() && Instant::now() + delay < deadline => {
                     tracing::warn!(target: "outbox", %error, retry_in = ?delay, "retrying outbox bookkeeping");
-                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+                    tokio::time::sleep(crate::config::jittered(delay)).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 other => return other,

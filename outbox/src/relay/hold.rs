@@ -76,9 +76,7 @@ impl Holds {
             return left;
         }
         let streak = map.get(destination).map_or(1, |h| h.streak + 1);
-        let delay = config
-            .retry_delay(streak)
-            .mul_f64(0.5 + fastrand::f64() * 0.5);
+        let delay = config.retry_delay_jittered(streak);
         if streak == 1 {
             tracing::error!(
                 name: "outbox.destination_unavailable",

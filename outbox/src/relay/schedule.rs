@@ -244,7 +244,5 @@ fn recover(
 
 /// Back-off while the broker or database is unavailable: the retry schedule of the config, with jitter.
 fn backoff(config: &OutboxConfig, streak: u32) -> Duration {
-    config
-        .retry_delay(streak)
-        .mul_f64(0.5 + fastrand::f64() * 0.5)
+    config.retry_delay_jittered(streak)
 }

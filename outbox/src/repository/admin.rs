@@ -67,9 +67,9 @@ impl OutboxRepository {
     /// fenced [`mark_published`](Self::mark_published); this is for tools and hand-written schedules.
     pub async fn mark_event_published<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<bool> {
         let query = format!(
-            "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
-             WHERE id = ? AND status = {}",
+            "UPDATE {{t}} SET status = {}, published_at = ?, {} WHERE id = ? AND status = {}",
             sql::PUBLISHED,
+            sql::END_LEASE,
             sql::PENDING
         );
         let marked = self
@@ -163,9 +163,9 @@ impl OutboxRepository {
     ) -> Result<u64> {
         let (condition, values) = self.filter(db.get_database_backend(), &filter);
         let query = format!(
-            "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, locked_until = NULL, \
-             claim_token = NULL WHERE status = {}{condition}",
+            "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, {} WHERE status = {}{condition}",
             sql::PENDING,
+            sql::END_LEASE,
             sql::DEAD
         );
         self.execute(db, "replaying dead letters", &query, values)

@@ -96,9 +96,10 @@ impl OutboxRepository {
             } else {
                 (
                     format!(
-                        "UPDATE {{t}} SET status = {}, published_at = ?, locked_until = NULL, claim_token = NULL \
+                        "UPDATE {{t}} SET status = {}, published_at = ?, {} \
                          WHERE claim_token = ? AND status = {} AND {id_in}",
                         sql::PUBLISHED,
+                        sql::END_LEASE,
                         sql::PENDING,
                     ),
                     vec![Value::from(Utc::now()), Value::from(token.0)],
@@ -159,9 +160,7 @@ impl OutboxRepository {
                     dead.push((failure, None));
                 }
                 FailureKind::Retry => {
-                    let delay = config
-                        .retry_delay(attempts)
-                        .mul_f64(0.5 + fastrand::f64() * 0.5);
+                    let delay = config.retry_delay_jittered(attempts);
                     retries.push((failure, Some(now + micros(delay))));
                 }
             }
@@ -199,9 +198,9 @@ impl OutboxRepository {
         let (id_in, id_values) = sql::id_in(db.get_database_backend(), &ids);
         let query = format!(
             "UPDATE {{t}} SET attempts = attempts + {attempt}, status = {status}, \
-             next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, \
-             locked_until = NULL, claim_token = NULL \
+             next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, {} \
              WHERE claim_token = ? AND status = {} AND {id_in}",
+            sql::END_LEASE,
             sql::PENDING,
         );
         let mut values = Vec::with_capacity(rows.len() * 5 + 1);
@@ -230,8 +229,8 @@ impl OutboxRepository {
     ) -> Result<u64> {
         self.per_id_chunk(db, ids, |id_in, id_values| async move {
             let query = format!(
-                "UPDATE {{t}} SET locked_until = NULL, claim_token = NULL \
-                 WHERE claim_token = ? AND status = {} AND {id_in}",
+                "UPDATE {{t}} SET {} WHERE claim_token = ? AND status = {} AND {id_in}",
+                sql::END_LEASE,
                 sql::PENDING,
             );
             let mut values = vec![Value::from(token.0)];

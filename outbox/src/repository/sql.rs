@@ -12,6 +12,9 @@ pub const PENDING: i16 = 0;
 pub const PUBLISHED: i16 = 1;
 pub const DEAD: i16 = 2;
 
+/// Ends a row's lease: what every mark, failure, release and replay sets.
+pub const END_LEASE: &str = "locked_until = NULL, claim_token = NULL";
+
 /// Every column a stored event is read back with, in the order `row::StoredEvent::from_row` expects.
 pub const COLUMNS: &str = "id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
      correlation_id, causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at";
