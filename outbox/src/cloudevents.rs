@@ -232,3 +232,61 @@ impl Serialize for Structured<'_> {
         map.end()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::{EventEnvelope, TraceContext};
+
+    #[derive(Serialize, Deserialize, crate::OutboxEvent)]
+    #[outbox(
+        crate = "crate",
+        type = "com.example.pin.checked",
+        source = "/pin",
+        dataschema = "https://example.com/s"
+    )]
+    struct Checked {
+        #[outbox(aggregate_id)]
+        id: u32,
+    }
+
+    /// The derive refuses an extension that reuses an attribute the runtime writes: its list
+    /// (`RESERVED_ATTRIBUTES` in outbox-derive) must name every attribute this module renders, no more, no less.
+    #[test]
+    fn the_derives_reserved_attributes_are_the_ones_rendered_here() {
+        let envelope = EventEnvelope::new(Checked { id: 1 })
+            .with_correlation_id("c")
+            .with_causation_id("d")
+            .with_trace_context(
+                TraceContext::new(
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    Some("k=v".into()),
+                )
+                .unwrap(),
+            );
+        let message = envelope.to_message().unwrap();
+        let mut rendered: BTreeSet<String> = attributes(&message)
+            .into_iter()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        // Placed by every binding and by the structured format themselves.
+        rendered.extend(["datacontenttype".to_owned(), "data".to_owned()]);
+
+        let source = include_str!("../../outbox-derive/src/check.rs");
+        let list = source
+            .split_once("const RESERVED_ATTRIBUTES: &[&str] = &[")
+            .and_then(|(_, rest)| rest.split_once("];"))
+            .map(|(list, _)| list)
+            .expect("outbox-derive/src/check.rs declares RESERVED_ATTRIBUTES");
+        let reserved: BTreeSet<String> = list
+            .split(',')
+            .map(|item| item.trim().trim_matches('"').to_owned())
+            .filter(|item| !item.is_empty())
+            .collect();
+        assert_eq!(reserved, rendered);
+    }
+}

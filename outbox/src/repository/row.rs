@@ -74,6 +74,32 @@ pub struct StoredEvent {
     pub published_at: Option<DateTime<Utc>>,
 }
 
+/// A [`StoredEvent`] from the columns of [`sql::COLUMNS`], read with `$row.$get(index)` (sea-orm's getter, or
+/// sqlx's on PostgreSQL), given the event id and the status, whose reading differs between the two.
+macro_rules! stored_event {
+    ($row:ident . $get:ident, $event_id:expr, $status:expr) => {{
+        let attempts: i32 = $row.$get(13)?;
+        StoredEvent {
+            id: $row.$get(0)?,
+            event_id: $event_id,
+            event_type: $row.$get(2)?,
+            data_version: $row.$get(3)?,
+            aggregate_type: $row.$get(4)?,
+            aggregate_id: $row.$get(5)?,
+            payload: $row.$get(6)?,
+            correlation_id: $row.$get(7)?,
+            causation_id: $row.$get(8)?,
+            traceparent: $row.$get(9)?,
+            tracestate: $row.$get(10)?,
+            occurred_at: $row.$get(11)?,
+            status: $status,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            last_error: $row.$get(14)?,
+            published_at: $row.$get(15)?,
+        }
+    }};
+}
+
 impl StoredEvent {
     /// Reads a row selected with [`sql::COLUMNS`].
     pub(crate) fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
@@ -86,25 +112,11 @@ impl StoredEvent {
         let event_id = Uuid::parse_str(&text)
             .map_err(|e| DbErr::Type(format!("event_id {text:?} is not a UUID: {e}")))?;
         let status: i16 = row.try_get_by_index(12)?;
-        let attempts: i32 = row.try_get_by_index(13)?;
-        Ok(Self {
-            id: row.try_get_by_index(0)?,
+        Ok(stored_event!(
+            row.try_get_by_index,
             event_id,
-            event_type: row.try_get_by_index(2)?,
-            data_version: row.try_get_by_index(3)?,
-            aggregate_type: row.try_get_by_index(4)?,
-            aggregate_id: row.try_get_by_index(5)?,
-            payload: row.try_get_by_index(6)?,
-            correlation_id: row.try_get_by_index(7)?,
-            causation_id: row.try_get_by_index(8)?,
-            traceparent: row.try_get_by_index(9)?,
-            tracestate: row.try_get_by_index(10)?,
-            occurred_at: row.try_get_by_index(11)?,
-            status: EventStatus::from_code(status).map_err(DbErr::Type)?,
-            attempts: u32::try_from(attempts).unwrap_or(0),
-            last_error: row.try_get_by_index(14)?,
-            published_at: row.try_get_by_index(15)?,
-        })
+            EventStatus::from_code(status).map_err(DbErr::Type)?
+        ))
     }
 
     /// [`from_row`](Self::from_row) on PostgreSQL, through sqlx: sea-orm's getters format an error message for
@@ -114,26 +126,11 @@ impl StoredEvent {
     fn from_pg_row(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Self, sea_orm::sqlx::Error> {
         use sea_orm::sqlx::Row;
         let status: i16 = row.try_get(12)?;
-        let attempts: i32 = row.try_get(13)?;
-        Ok(Self {
-            id: row.try_get(0)?,
-            event_id: row.try_get(1)?,
-            event_type: row.try_get(2)?,
-            data_version: row.try_get(3)?,
-            aggregate_type: row.try_get(4)?,
-            aggregate_id: row.try_get(5)?,
-            payload: row.try_get(6)?,
-            correlation_id: row.try_get(7)?,
-            causation_id: row.try_get(8)?,
-            traceparent: row.try_get(9)?,
-            tracestate: row.try_get(10)?,
-            occurred_at: row.try_get(11)?,
-            status: EventStatus::from_code(status)
-                .map_err(|e| sea_orm::sqlx::Error::Decode(e.into()))?,
-            attempts: u32::try_from(attempts).unwrap_or(0),
-            last_error: row.try_get(14)?,
-            published_at: row.try_get(15)?,
-        })
+        Ok(stored_event!(
+            row.try_get,
+            row.try_get(1)?,
+            EventStatus::from_code(status).map_err(|e| sea_orm::sqlx::Error::Decode(e.into()))?
+        ))
     }
 
     /// The event decoded through the global registry, with its recorded metadata.
