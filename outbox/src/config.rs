@@ -16,6 +16,9 @@
 //! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
 //! | `OUTBOX_ENABLE_HEALTH_CHECK` | [`enable_health_check`](OutboxConfig::enable_health_check) | true | as above |
 //!
+//! (One file of about 500 lines on purpose: the settings, their parsing and their validation are one table that
+//! must agree with itself.)
+//!
 //! A bad value is an error naming the variable, the value and what is allowed; an `OUTBOX_*` variable this
 //! crate does not know is an error too (with the closest known name, and without its value, which may be a
 //! secret), so a typo never passes silently.
