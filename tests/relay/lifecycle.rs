@@ -130,8 +130,13 @@ async fn start_up_refuses_conflicting_event_types_naming_both() {
     let _ = registry.register_entry(outbox::registry::Registration::of::<Impostor>(
         "tests::Impostor",
     ));
-    let err = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new())
+    // The relay validates the registry the repository decodes with.
+    let repository = OutboxRepository::builder()
+        .table(t.outbox.table())
         .registry(registry)
+        .build()
+        .unwrap();
+    let err = Relay::builder(t.db.clone(), repository, InMemoryPublisher::new())
         .build()
         .run(std::future::pending())
         .await

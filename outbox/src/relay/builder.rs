@@ -7,7 +7,6 @@ use sea_orm::DatabaseConnection;
 
 use super::{DefaultErrorHandler, ErrorHandler, Relay, RelayHandle};
 use crate::publisher::Publisher;
-use crate::registry::Registry;
 use crate::repository::OutboxRepository;
 
 impl Relay {
@@ -25,7 +24,6 @@ impl Relay {
                 repository,
                 publisher: Arc::new(publisher),
                 handler: Arc::new(handler),
-                registry: Registry::global(),
                 max_in_flight: 256,
                 unacknowledged_per_aggregate: 1,
                 max_batches_in_flight: None,
@@ -106,12 +104,6 @@ impl RelayBuilder {
     /// Whether to LISTEN for inserts on PostgreSQL (default true; ignored on other backends).
     pub fn listen(mut self, listen: bool) -> Self {
         self.relay.listen = listen;
-        self
-    }
-
-    /// The registry to validate at start (default: the one the repository decodes with, usually the global one).
-    pub fn registry(mut self, registry: &'static Registry) -> Self {
-        self.relay.registry = registry;
         self
     }
 

@@ -58,7 +58,6 @@ pub use report::{BatchReport, RelayError};
 
 use crate::config::OutboxConfig;
 use crate::publisher::Publisher;
-use crate::registry::Registry;
 use crate::repository::OutboxRepository;
 
 /// Publishes stored events; see the [module docs](self).
@@ -68,7 +67,6 @@ pub struct Relay {
     repository: OutboxRepository,
     publisher: Arc<dyn Publisher>,
     handler: Arc<dyn ErrorHandler>,
-    registry: &'static Registry,
     max_in_flight: usize,
     unacknowledged_per_aggregate: usize,
     /// `None`: per backend (see the builder).
@@ -104,8 +102,9 @@ impl Relay {
     /// exists, and the broker answers (an unreachable broker is logged, not fatal: the relay waits for it).
     pub async fn check(&self) -> Result<(), RelayError> {
         self.config().validate()?;
-        self.registry.validate()?;
-        let entries = self.registry.entries();
+        let registry = self.repository.registry();
+        registry.validate()?;
+        let entries = registry.entries();
         if entries.is_empty() {
             tracing::warn!(
                 target: "outbox",

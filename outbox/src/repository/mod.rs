@@ -178,6 +178,11 @@ impl OutboxRepository {
         &self.inner.config
     }
 
+    /// The registry stored rows are decoded with.
+    pub fn registry(&self) -> &'static Registry {
+        self.inner.registry
+    }
+
     /// Stores one event on `db`, which may be the caller's transaction; never commits.
     ///
     /// On a transaction, the event is stored if and only if the transaction commits. On a plain connection the
