@@ -41,7 +41,7 @@ impl Relay {
             });
         }
         let ids: Vec<i64> = leased.rows.iter().map(|row| row.id).collect();
-        let claim = self.repository.decode_leased(&self.db, leased).await?;
+        let claim = self.repository.decode(leased).await;
         // The runs index leased rows; the decoded events are the same rows in the same (id) order, less the dead
         // letters. A run left empty still waits for its turn and reports, so the aggregate's next run goes on.
         let position: Vec<Option<usize>> = {
@@ -62,12 +62,10 @@ impl Relay {
         let metrics = self.config().enable_metrics;
         let mut report = BatchReport {
             claimed: ids.len() as u64,
-            dead_lettered: claim.dead_lettered.len() as u64,
             ..BatchReport::default()
         };
-        if metrics {
-            observe::undecodable(&claim.dead_lettered);
-        }
+        // Rows that no longer decode become dead letters with the batch's other outcomes: they never block it.
+        observe::undecodable(&claim.dead_lettered, metrics);
         let mut tally = observe::Tally::default();
 
         // Set by the first chain that finds the broker unreachable, so the others stop too; unlike `stop`
@@ -83,7 +81,12 @@ impl Relay {
             .collect()
             .await;
 
-        let (mut published, mut failures, mut released) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut published, mut released) = (Vec::new(), Vec::new());
+        let mut failures: Vec<Failure> = claim
+            .dead_lettered
+            .iter()
+            .map(Failure::undecodable)
+            .collect();
         let mut lease_ran_out = 0;
         for outcome in outcomes {
             if outcome.lease_ran_out {

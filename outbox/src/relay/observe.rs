@@ -84,11 +84,14 @@ pub(crate) fn event_failed(tally: &mut Tally, event: &ClaimedEvent, error: &str,
     }
 }
 
-/// Rows the claim made dead letters because they no longer decode (logged where they were found).
-pub(crate) fn undecodable(dead: &[DeadLettered]) {
-    for row in dead {
-        metrics::counter!("outbox_events_dead_lettered_total", "event_type" => row.event_type.clone())
-            .increment(1);
+/// Rows of a batch that no longer decode, which become dead letters.
+pub(crate) fn undecodable(dead: &[DeadLettered], metrics: bool) {
+    crate::repository::log_undecodable(dead);
+    if metrics {
+        for row in dead {
+            metrics::counter!("outbox_events_dead_lettered_total", "event_type" => row.event_type.clone())
+                .increment(1);
+        }
     }
 }
 

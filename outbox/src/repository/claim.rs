@@ -2,7 +2,6 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
 
-use super::mark::FailureKind;
 use super::{
     ClaimToken, Failure, LeaseOwner, OutboxRepository, RepositoryError, Result, StoredEvent,
     micros, now_micros, row,
@@ -129,50 +128,47 @@ impl OutboxRepository {
         })
     }
 
-    /// The second half of [`claim_as`](Self::claim_as): decodes leased rows into events, in write order, and turns
-    /// the rows that cannot be decoded into dead letters.
+    /// The second half of [`claim_as`](Self::claim_as): decodes leased rows and makes the rows that cannot be
+    /// decoded dead letters.
     pub(crate) async fn decode_leased<C: ConnectionTrait>(
         &self,
         db: &C,
         leased: Leased,
     ) -> Result<Claim> {
+        let claim = self.decode(leased).await;
+        if !claim.dead_lettered.is_empty() {
+            log_undecodable(&claim.dead_lettered);
+            let failures: Vec<Failure> = claim
+                .dead_lettered
+                .iter()
+                .map(Failure::undecodable)
+                .collect();
+            self.mark_failed(db, claim.token, &failures).await?;
+        }
+        Ok(claim)
+    }
+
+    /// Decodes leased rows into events, in write order, and sets aside the rows that cannot be decoded (unknown
+    /// type or version, JSON that no longer fits the struct) with the reason, in
+    /// [`Claim::dead_lettered`]. Writes nothing: what becomes of those rows is the caller's to decide (the relay
+    /// marks them dead letters with the rest of the batch's outcome).
+    pub(crate) async fn decode(&self, leased: Leased) -> Claim {
         let Leased { token, rows } = leased;
         let mut claim = Claim {
             token,
             events: Vec::with_capacity(rows.len()),
             dead_lettered: Vec::new(),
         };
-        let mut failures = Vec::new();
         for row in &rows {
             // Decoding a batch takes milliseconds: yield to the runtime's other tasks (the relay's next claim, the
             // service) when tokio's budget says so.
             tokio::task::consume_budget().await;
             match self.decode_claimed(&row.row) {
                 Ok(event) => claim.events.push(event),
-                Err(dead) => {
-                    failures.push(Failure {
-                        id: dead.id,
-                        attempts: 0,
-                        error: dead.reason.clone(),
-                        kind: FailureKind::Permanent,
-                    });
-                    claim.dead_lettered.push(dead);
-                }
+                Err(dead) => claim.dead_lettered.push(dead),
             }
         }
-        if !failures.is_empty() {
-            for dead in &claim.dead_lettered {
-                tracing::error!(
-                    target: "outbox.dead_letter",
-                    id = dead.id,
-                    event_type = %dead.event_type,
-                    reason = %dead.reason,
-                    "undecodable event moved to the dead letters"
-                );
-            }
-            self.mark_failed(db, token, &failures).await?;
-        }
-        Ok(claim)
+        claim
     }
 
     /// Takes the claim lock with `lock`, putting the lock row back with `recreate` first if it was deleted (an
@@ -230,6 +226,19 @@ impl OutboxRepository {
                 reason: error.to_string(),
             }),
         }
+    }
+}
+
+/// Logs each row that no longer decodes, as it becomes a dead letter.
+pub(crate) fn log_undecodable(dead: &[DeadLettered]) {
+    for row in dead {
+        tracing::error!(
+            target: "outbox.dead_letter",
+            id = row.id,
+            event_type = %row.event_type,
+            reason = %row.reason,
+            "undecodable event moved to the dead letters"
+        );
     }
 }
 

@@ -48,6 +48,16 @@ impl Failure {
         self
     }
 
+    /// A row that no longer decodes: a dead letter at once, with the reason.
+    pub(crate) fn undecodable(dead: &super::DeadLettered) -> Self {
+        Self {
+            id: dead.id,
+            attempts: 0,
+            error: dead.reason.clone(),
+            kind: FailureKind::Permanent,
+        }
+    }
+
     /// Not the event's failure (its destination cannot take messages now): the event is tried again after
     /// `retry_in`, with no attempt counted, and holds its aggregate back until then. The error is kept as the
     /// event's last error.

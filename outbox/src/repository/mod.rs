@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 pub use admin::{DeadLetterFilter, OutboxStats};
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
-pub(crate) use claim::{Leased, LeasedRow};
+pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;
 pub use error::RepositoryError;
 pub use lease::{ClaimToken, LeaseOwner};
