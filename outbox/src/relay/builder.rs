@@ -96,6 +96,9 @@ impl RelayBuilder {
     /// How long one publish may go unanswered (default: half the lease). Past it the broker counts as
     /// unavailable: the batch is given back and the relay backs off, instead of waiting forever on a client that
     /// lost its connection without noticing. The message may still arrive: a duplicate, like a lost ack.
+    ///
+    /// Whatever this says, a publish is also abandoned at four fifths of its batch's lease, so that no event is
+    /// ever being published by two relays at once; its event is given back.
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.relay.publish_timeout = Some(timeout);
         self
