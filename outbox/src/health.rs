@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
 use crate::publisher::Publisher;
 use crate::relay::{HeldDestination, RelayHandle};
-use crate::repository::OutboxRepository;
+use crate::repository::{OutboxRepository, Store};
 
 /// Overall or per-component health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -147,8 +147,7 @@ impl HealthReport {
 /// Checks the database, the broker, the outbox's lag and (optionally) a relay.
 #[derive(Clone)]
 pub struct HealthCheck {
-    db: DatabaseConnection,
-    repository: OutboxRepository,
+    store: Store,
     publisher: Arc<dyn Publisher>,
     thresholds: HealthThresholds,
     relay: Option<RelayHandle>,
@@ -157,7 +156,7 @@ pub struct HealthCheck {
 impl std::fmt::Debug for HealthCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthCheck")
-            .field("table", &self.repository.table())
+            .field("table", &self.store.repository().table())
             .field("publisher", &self.publisher.name())
             .field("thresholds", &self.thresholds)
             .finish_non_exhaustive()
@@ -172,8 +171,7 @@ impl HealthCheck {
         publisher: Arc<dyn Publisher>,
     ) -> Self {
         Self {
-            db,
-            repository,
+            store: Store::new(db, repository),
             publisher,
             thresholds: HealthThresholds::default(),
             relay: None,
@@ -197,12 +195,7 @@ impl HealthCheck {
     /// Whether the database answers a trivial query.
     pub async fn check_database(&self) -> ComponentHealth {
         let started = Instant::now();
-        let backend = self.db.get_database_backend();
-        let result = self
-            .db
-            .query_one_raw(Statement::from_string(backend, "SELECT 1"))
-            .await;
-        component(started, result.map(drop).map_err(|e| e.to_string()))
+        component(started, self.store.ping().await.map_err(|e| e.to_string()))
     }
 
     /// Whether the broker answers the publisher's probe.
@@ -217,7 +210,7 @@ impl HealthCheck {
     /// Pending count, oldest pending age and dead letters against the thresholds.
     pub async fn check_outbox_lag(&self) -> LagHealth {
         let t = &self.thresholds;
-        match self.repository.stats(&self.db).await {
+        match self.store.stats().await {
             Ok(stats) => {
                 let age = stats.oldest_pending_age();
                 let status = if stats.pending >= t.pending_unhealthy

@@ -41,7 +41,7 @@ impl Relay {
             });
         }
         let ids: Vec<i64> = leased.rows.iter().map(|row| row.id).collect();
-        let claim = self.repository.decode(leased).await;
+        let claim = self.store.decode(leased).await;
         // The runs index leased rows; the decoded events are the same rows in the same (id) order, less the dead
         // letters. A run left empty still waits for its turn and reports, so the aggregate's next run goes on.
         let position: Vec<Option<usize>> = {
@@ -116,16 +116,12 @@ impl Relay {
 
         let token = claim.token;
         let (marked, fenced_out) = self
-            .mark_published(&published, || {
-                self.repository.mark_published(&self.db, token, &published)
-            })
+            .mark_published(&published, || self.store.acknowledge(token, &published))
             .await?;
         report.published = marked;
         report.fenced_out = fenced_out;
         if !failures.is_empty() {
-            let outcome = self
-                .persist(|| self.repository.mark_failed(&self.db, token, &failures))
-                .await?;
+            let outcome = self.persist(|| self.store.fail(token, &failures)).await?;
             report.failed = outcome.retrying;
             report.dead_lettered += outcome.dead_lettered;
             report.held = outcome.held;
@@ -133,7 +129,7 @@ impl Relay {
         }
         if !released.is_empty() {
             report.released = self
-                .persist(|| self.repository.release(&self.db, token, &released))
+                .persist(|| self.store.release(token, &released))
                 .await?;
         }
         if report.fenced_out > 0 {
@@ -170,7 +166,7 @@ impl Relay {
         observe::batch_started(limit);
         let mut attempt = 0;
         loop {
-            match self.repository.lease_as(&self.db, owner, limit).await {
+            match self.store.lease(owner, limit).await {
                 Err(error) if error.is_conflict() && attempt < 5 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10 * attempt)))
@@ -231,9 +227,7 @@ impl Relay {
         if marked == given || runs.load(Ordering::Relaxed) == 1 {
             return Ok((marked, given - marked));
         }
-        let pending = self
-            .persist(|| self.repository.count_pending_ids(&self.db, ids))
-            .await?;
+        let pending = self.persist(|| self.store.still_pending(ids)).await?;
         Ok((given - pending, pending))
     }
 }

@@ -7,7 +7,7 @@ use sea_orm::DatabaseConnection;
 
 use super::{DefaultErrorHandler, ErrorHandler, Relay, RelayHandle};
 use crate::publisher::Publisher;
-use crate::repository::OutboxRepository;
+use crate::repository::{OutboxRepository, Store};
 
 impl Relay {
     /// A relay publishing the events of `repository` (on `db`) to `publisher`, configured by the repository's
@@ -20,8 +20,7 @@ impl Relay {
         let handler = DefaultErrorHandler::new(repository.config().max_retry_count);
         RelayBuilder {
             relay: Relay {
-                db,
-                repository,
+                store: Store::new(db, repository),
                 publisher: Arc::new(publisher),
                 handler: Arc::new(handler),
                 max_in_flight: 256,

@@ -39,7 +39,6 @@ mod chain;
 mod handler;
 mod heartbeat;
 mod hold;
-mod listen;
 mod observe;
 mod order;
 mod report;
@@ -47,8 +46,6 @@ mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use sea_orm::DatabaseConnection;
 
 pub use builder::RelayBuilder;
 pub use handler::{DefaultErrorHandler, ErrorHandler};
@@ -58,13 +55,12 @@ pub use report::{BatchReport, RelayError};
 
 use crate::config::OutboxConfig;
 use crate::publisher::Publisher;
-use crate::repository::OutboxRepository;
+use crate::repository::Store;
 
 /// Publishes stored events; see the [module docs](self).
 #[must_use = "a relay does nothing until `run` or `publish_batch` is called"]
 pub struct Relay {
-    db: DatabaseConnection,
-    repository: OutboxRepository,
+    store: Store,
     publisher: Arc<dyn Publisher>,
     handler: Arc<dyn ErrorHandler>,
     max_in_flight: usize,
@@ -80,7 +76,7 @@ pub struct Relay {
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
-            .field("table", &self.repository.table())
+            .field("table", &self.store.repository().table())
             .field("publisher", &self.publisher.name())
             .field("max_in_flight", &self.max_in_flight)
             .field("max_batches_in_flight", &self.max_batches_in_flight)
@@ -95,14 +91,14 @@ impl Relay {
     }
 
     fn config(&self) -> &OutboxConfig {
-        self.repository.config()
+        self.store.repository().config()
     }
 
     /// What `run` checks before its first batch: the registry has no conflicting types, the outbox table
     /// exists, and the broker answers (an unreachable broker is logged, not fatal: the relay waits for it).
     pub async fn check(&self) -> Result<(), RelayError> {
         self.config().validate()?;
-        let registry = self.repository.registry();
+        let registry = self.store.repository().registry();
         registry.validate()?;
         let entries = registry.entries();
         if entries.is_empty() {
@@ -117,7 +113,7 @@ impl Relay {
             .map(|e| format!("{}@{}", e.meta.event_type, e.meta.data_version))
             .collect();
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
-        self.repository.check(&self.db).await?;
+        self.store.check().await?;
         if let Err(error) = self.publisher.check().await {
             tracing::error!(
                 target: "outbox",

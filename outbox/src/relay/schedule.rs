@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::DbBackend;
-
 use super::order::{Order, runs};
-use super::{Relay, RelayError, listen, observe};
+use super::{Relay, RelayError, observe};
 use crate::config::OutboxConfig;
-use crate::repository::LeaseOwner;
+use crate::repository::{LeaseOwner, WakeUps};
 
 impl Relay {
     /// Runs until `shutdown` completes (the seed's `schedule_publishing`): checks, then batches, woken by
@@ -84,18 +82,15 @@ impl Relay {
         // and be given back in turn, over and over; once everything in flight is settled, the database says
         // which events wait for a retry.
         let mut settle_first = false;
-        let depth =
-            self.max_batches_in_flight
-                .unwrap_or_else(|| match self.db.get_database_backend() {
-                    DbBackend::Postgres => 2,
-                    _ => 1,
-                });
+        let depth = self
+            .max_batches_in_flight
+            .unwrap_or_else(|| self.store.batches_in_flight());
         while !stopping {
             self.handle.beat();
             if config.enable_metrics
                 && last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
             {
-                match self.repository.stats(&self.db).await {
+                match self.store.stats().await {
                     Ok(stats) => observe::lag(&stats),
                     Err(error) => {
                         tracing::warn!(target: "outbox", %error, "cannot read outbox lag")
@@ -204,11 +199,12 @@ impl Relay {
         true
     }
 
-    fn start_listener(&self) -> Option<listen::Listener> {
+    fn start_listener(&self) -> Option<WakeUps> {
         if !self.listen {
             return None;
         }
-        listen::Listener::start(&self.db, self.repository.table(), self.handle.clone())
+        let handle = self.handle.clone();
+        self.store.wake_ups(move || handle.wake())
     }
 }
 

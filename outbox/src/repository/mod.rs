@@ -36,6 +36,7 @@ mod row;
 mod scan;
 mod sql;
 mod sqlite;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
 pub use row::{EventStatus, StoredEvent};
 pub(crate) use sql::{TableName, schema};
+pub(crate) use store::{Store, WakeUps};
 
 use crate::config::OutboxConfig;
 use crate::envelope::{AsDynEvent, EventEnvelope};

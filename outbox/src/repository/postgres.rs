@@ -128,3 +128,44 @@ fn writers(row: &QueryResult) -> Option<Vec<String>> {
         list.split(',').map(str::to_owned).collect()
     }))
 }
+
+/// Wake-ups from PostgreSQL: LISTEN on the outbox table's channel, which the table's insert trigger NOTIFYs.
+/// PostgreSQL delivers a notification when the inserting transaction commits and folds duplicates within one
+/// transaction, so a burst of commits costs at most one extra wake per batch. Reconnects by itself; while the
+/// connection is down, `wake` is called once so that nothing committed meanwhile waits for the next poll.
+#[cfg(feature = "postgres")]
+pub(super) fn listen(
+    pool: sea_orm::sqlx::PgPool,
+    channel: String,
+    wake: impl Fn() + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listen_once(&pool, &channel, &wake).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(target: "outbox", %error, "LISTEN connection lost; polling until it is back");
+                    wake();
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn listen_once(
+    pool: &sea_orm::sqlx::PgPool,
+    channel: &str,
+    wake: &(impl Fn() + Send + Sync),
+) -> std::result::Result<(), sea_orm::sqlx::Error> {
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    tracing::debug!(target: "outbox", channel, "listening for new outbox events");
+    loop {
+        // `try_recv` reports a lost connection as `None` (and reconnects on the next call) instead of hiding it;
+        // either way there may be something to publish.
+        listener.try_recv().await?;
+        wake();
+    }
+}

@@ -1,0 +1,117 @@
+//! The seam between the outbox table and what runs on it: a relay or a health check asks [`Store`] to claim,
+//! decode, acknowledge, fail and release events, for wake-ups and for health facts, and never sees a connection, a
+//! backend or SQL. Each backend's way of answering is behind it (`postgres.rs`, `mysql.rs`, `sqlite.rs`).
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+
+use super::{
+    Claim, ClaimToken, Failure, FailureOutcome, LeaseOwner, Leased, OutboxRepository, OutboxStats,
+    Result,
+};
+
+/// An outbox table on one database.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    db: DatabaseConnection,
+    repository: OutboxRepository,
+}
+
+/// Wake-ups from the database while held: see [`Store::wake_ups`].
+pub(crate) struct WakeUps {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WakeUps {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Store {
+    pub(crate) fn new(db: DatabaseConnection, repository: OutboxRepository) -> Self {
+        Self { db, repository }
+    }
+
+    /// The table's repository: its name, configuration and registry.
+    pub(crate) fn repository(&self) -> &OutboxRepository {
+        &self.repository
+    }
+
+    /// Leases up to `limit` events for `owner` (see [`OutboxRepository::claim_as`]), undecoded.
+    pub(crate) async fn lease(&self, owner: &LeaseOwner, limit: u32) -> Result<Leased> {
+        self.repository.lease_as(&self.db, owner, limit).await
+    }
+
+    /// Decodes a leased batch; writes nothing.
+    pub(crate) async fn decode(&self, leased: Leased) -> Claim {
+        self.repository.decode(leased).await
+    }
+
+    /// Marks the events `ids` of the claim `token` published.
+    pub(crate) async fn acknowledge(&self, token: ClaimToken, ids: &[i64]) -> Result<u64> {
+        self.repository.mark_published(&self.db, token, ids).await
+    }
+
+    /// Records failures of the claim `token`.
+    pub(crate) async fn fail(
+        &self,
+        token: ClaimToken,
+        failures: &[Failure],
+    ) -> Result<FailureOutcome> {
+        self.repository.mark_failed(&self.db, token, failures).await
+    }
+
+    /// Gives the events `ids` of the claim `token` back.
+    pub(crate) async fn release(&self, token: ClaimToken, ids: &[i64]) -> Result<u64> {
+        self.repository.release(&self.db, token, ids).await
+    }
+
+    /// How many of the events `ids` are still pending.
+    pub(crate) async fn still_pending(&self, ids: &[i64]) -> Result<u64> {
+        self.repository.count_pending_ids(&self.db, ids).await
+    }
+
+    /// Lag figures.
+    pub(crate) async fn stats(&self) -> Result<OutboxStats> {
+        self.repository.stats(&self.db).await
+    }
+
+    /// That the table is there with every column.
+    pub(crate) async fn check(&self) -> Result<()> {
+        self.repository.check(&self.db).await
+    }
+
+    /// That the database answers a trivial query.
+    pub(crate) async fn ping(&self) -> std::result::Result<(), DbErr> {
+        let backend = self.db.get_database_backend();
+        self.db
+            .query_one_raw(Statement::from_string(backend, "SELECT 1"))
+            .await
+            .map(drop)
+    }
+
+    /// How many batches a relay keeps in flight unless told otherwise: two on PostgreSQL, where claiming the
+    /// next one while the current one publishes pays; one elsewhere, where a claim beside a mark slowed the drain
+    /// (SQLite's single writer: 12.0k -> 6.4k events/s; MariaDB 4.2k -> 3.5k).
+    pub(crate) fn batches_in_flight(&self) -> usize {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => 2,
+            _ => 1,
+        }
+    }
+
+    /// Calls `wake` whenever a transaction that stored events commits, while the returned guard is held: on
+    /// PostgreSQL through LISTEN on the table's channel (its insert trigger NOTIFYs). `None` where the database
+    /// has no such signal: the relay polls.
+    pub(crate) fn wake_ups(&self, wake: impl Fn() + Send + Sync + 'static) -> Option<WakeUps> {
+        #[cfg(feature = "postgres")]
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            let pool = self.db.get_postgres_connection_pool().clone();
+            let task = super::postgres::listen(pool, self.repository.table().to_owned(), wake);
+            return Some(WakeUps { task });
+        }
+        let _ = wake;
+        None
+    }
+}
