@@ -97,7 +97,6 @@ impl Relay {
     /// What `run` checks before its first batch: the registry has no conflicting types, the outbox table
     /// exists, and the broker answers (an unreachable broker is logged, not fatal: the relay waits for it).
     pub async fn check(&self) -> Result<(), RelayError> {
-        self.config().validate()?;
         let registry = self.store.repository().registry();
         registry.validate()?;
         let entries = registry.entries();

@@ -41,7 +41,4 @@ pub enum RelayError {
     /// The database or the outbox table is not usable.
     #[error(transparent)]
     Repository(#[from] RepositoryError),
-    /// The configuration is invalid.
-    #[error("invalid outbox configuration:\n{0}")]
-    Config(#[from] crate::ConfigError),
 }
