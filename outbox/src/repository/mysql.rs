@@ -5,6 +5,37 @@ use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 use super::claim::Lease;
 use super::{OutboxRepository, Result, sql};
 
+// The statements of MySQL's claim.
+
+/// Serializes claims on one table (MySQL; PostgreSQL's is `postgres.rs`'s `LOCK_POSTGRES`): a row lock held until the claim
+/// commits, so two relays never judge the same aggregate's order at once. Released by commit or rollback, never
+/// left behind. Also returns the database's clock, which lease times are judged by (microseconds since the
+/// epoch, UTC), read before the lock is granted: a lease measured from it ends early rather than late.
+pub(super) const LOCK: &str = "SELECT id, TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) AS now_micros \
+     FROM {t}_lock WHERE id = 1 FOR UPDATE";
+
+/// Puts the lock row back when it was deleted, so the claims stay serialized (the migration creates it).
+pub(super) const LOCK_ROW_MYSQL: &str = "INSERT IGNORE INTO {t}_lock (id) VALUES (1)";
+
+/// Bounds a MySQL claim: its lock wait, and (MariaDB, with `idle_transaction_timeout`) how long its
+/// transaction may sit idle before the server ends the session, which is what frees the lock of a relay frozen
+/// inside its claim. Session variables, so the session's own values are kept in user variables and put back by
+/// [`RESTORE_MYSQL`] before the claim commits. Values: the timeout in seconds (once, or twice on MariaDB).
+pub(super) const BOUND_MYSQL: &str = "SET @outbox_lwt = @@SESSION.innodb_lock_wait_timeout, \
+     SESSION innodb_lock_wait_timeout = ?";
+
+/// [`BOUND_MYSQL`]'s MariaDB form.
+pub(super) const BOUND_MARIADB: &str = "SET @outbox_lwt = @@SESSION.innodb_lock_wait_timeout, \
+     @outbox_itt = @@SESSION.idle_transaction_timeout, SESSION innodb_lock_wait_timeout = ?, \
+     SESSION idle_transaction_timeout = ?";
+
+/// Undoes [`BOUND_MYSQL`].
+pub(super) const RESTORE_MYSQL: &str = "SET SESSION innodb_lock_wait_timeout = @outbox_lwt";
+
+/// Undoes [`BOUND_MARIADB`].
+pub(super) const RESTORE_MARIADB: &str = "SET SESSION innodb_lock_wait_timeout = @outbox_lwt, \
+     SESSION idle_transaction_timeout = @outbox_itt";
+
 impl OutboxRepository {
     /// MySQL cannot `UPDATE` with a `LIMIT` subquery on the same table, nor return updated rows. Under the claim
     /// lock, in one READ COMMITTED transaction: pick the claimable ids, lease them, read back the rows that carry
@@ -39,9 +70,9 @@ impl OutboxRepository {
             }
         };
         let (bound, restore) = if mariadb {
-            (sql::BOUND_MARIADB, sql::RESTORE_MARIADB)
+            (BOUND_MARIADB, RESTORE_MARIADB)
         } else {
-            (sql::BOUND_MYSQL, sql::RESTORE_MYSQL)
+            (BOUND_MYSQL, RESTORE_MYSQL)
         };
         // Whole seconds, at least one, rounded up.
         let seconds = self.inner.config.claim_timeout.as_millis().div_ceil(1000) as u64;
@@ -71,9 +102,7 @@ impl OutboxRepository {
         lease: &Lease,
         limit: u32,
     ) -> Result<Vec<QueryResult>> {
-        let locked = self
-            .lock(txn, sql::LOCK, sql::LOCK_ROW_MYSQL, Vec::new())
-            .await?;
+        let locked = self.lock(txn, LOCK, LOCK_ROW_MYSQL, Vec::new()).await?;
         let lease = lease.on_clock(locked.try_get::<i64>("", "now_micros").ok());
         let select = format!("SELECT o.id {}", sql::CLAIMABLE);
         let candidates = self
