@@ -1,4 +1,4 @@
-//! The seed's own design, on the same database and publisher: select 100 unpublished, then for each event
+//! python-outbox-core's own design, on the same database and publisher: select 100 unpublished, then for each event
 //! publish, `UPDATE ... SET published = true`, commit.
 
 use std::time::Instant;
@@ -13,7 +13,7 @@ use crate::workload::{drop_tables, event, fresh, prefill};
 
 pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let n = 20_000;
-    let mut row = Row::new("seed design, 20k, in-memory", "events/s");
+    let mut row = Row::new("python-outbox-core design, 20k, in-memory", "events/s");
     for _ in 0..runs {
         let outbox = fresh(db, OutboxConfig::default()).await?;
         let table = outbox.table();

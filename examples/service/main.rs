@@ -1,6 +1,6 @@
 //! An axum service backed by sea-orm, the way a user would build one: `POST /users` stores a user and its
 //! `UserCreated` event in one transaction, `DELETE /users/{id}` records `UserDeleted`, and the relay publishes
-//! them, inside this process (the default, like the seed's FastAPI lifespan) or in processes of their own.
+//! them, inside this process (the default, like python-outbox-core's FastAPI lifespan) or in processes of their own.
 //!
 //! ```text
 //! cargo run --example service                                  # SQLite file, events printed to stdout

@@ -29,7 +29,7 @@ const ROUTINGS: &[&str] = &["aggregate_type", "event_type"];
 pub enum Routing {
     /// One destination per aggregate type: keeps order across an aggregate's event types.
     AggregateType,
-    /// One destination per event type, as the Python seed did.
+    /// One destination per event type, as python-outbox-core did.
     EventType,
 }
 

@@ -148,7 +148,7 @@ fn json_result(krate: &TokenStream) -> TokenStream {
     }
 }
 
-/// `com.example.user.created` belongs to aggregate type `com.example.user`: the seed's types are
+/// `com.example.user.created` belongs to aggregate type `com.example.user`: python-outbox-core's types are
 /// `<company>.<domain>.<action>`, so dropping the action names the aggregate.
 fn default_aggregate_type(event_type: &str) -> String {
     match event_type.rsplit_once('.') {

@@ -1,4 +1,4 @@
-//! Relay configuration (the seed's `OutboxConfig`), from code or from `OUTBOX_*` environment variables.
+//! Relay configuration (python-outbox-core's `OutboxConfig`), from code or from `OUTBOX_*` environment variables.
 //!
 //! | variable | field | default | allowed |
 //! |---|---|---|---|
@@ -85,7 +85,7 @@ pub struct OutboxConfig {
     pub delete_on_publish: bool,
     /// Emit metrics through the `metrics` crate. Default true.
     pub enable_metrics: bool,
-    /// Whether the application serves health checks (the seed's setting). The library only carries it: an
+    /// Whether the application serves health checks (python-outbox-core's setting). The library only carries it: an
     /// application reads it to mount its health endpoint or not, as the example service does with `/health`.
     /// Default true.
     pub enable_health_check: bool,
@@ -355,7 +355,7 @@ struct Setting {
 }
 
 /// Each variable only parses its type here; ranges are checked once, in `range_problems`, for config built in
-/// code and from the environment alike. The seconds form keeps the seed's own range.
+/// code and from the environment alike. The seconds form keeps python-outbox-core's own range.
 const SETTINGS: &[Setting] = &[
     Setting {
         var: "OUTBOX_BATCH_SIZE",
@@ -442,7 +442,7 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
-/// A duration with a unit (`250ms`, `2s`, `1m 30s`); a bare number is seconds, as in the seed's variables.
+/// A duration with a unit (`250ms`, `2s`, `1m 30s`); a bare number is seconds, as in python-outbox-core's variables.
 fn parse_duration(value: &str) -> Result<Duration, String> {
     if let Ok(seconds) = value.parse::<f64>() {
         return Duration::try_from_secs_f64(seconds)

@@ -175,7 +175,7 @@ impl<E: AsDynEvent> EventEnvelope<E> {
         self.event.as_dyn().aggregate_id()
     }
 
-    /// Renders the broker-neutral message (the seed's `to_message()`).
+    /// Renders the broker-neutral message (python-outbox-core's `to_message()`).
     ///
     /// Fails only if the event's `Serialize` implementation fails (e.g. a map with non-string keys).
     pub fn to_message(&self) -> Result<Message, EncodeError> {

@@ -49,7 +49,7 @@ use serde_json::value::RawValue;
 /// | `version = "1.0"` | data version, `MAJOR.MINOR`; travels as the `dataversion` extension | `"1.0"` |
 /// | `aggregate_type = "..."` | the kind of aggregate the event belongs to | `type` without its last segment |
 /// | `topic = "..."` | fixed destination for this type (gives up order across types of one aggregate) | the aggregate type |
-/// | `routing = "event_type"` | destination = the event type, as the Python seed did (same caveat) | `"aggregate_type"` |
+/// | `routing = "event_type"` | destination = the event type, as python-outbox-core did (same caveat) | `"aggregate_type"` |
 /// | `dataschema = "..."` | CloudEvents `dataschema`, an absolute URI | none |
 /// | `extension(name = "value", ...)` | constant CloudEvents extension attributes, names `[a-z0-9]{1,20}` | none |
 /// | `headers = path::to_fn` | `fn(&Self) -> Vec<(String, String)>`: extra transport headers per message | none |

@@ -1,4 +1,4 @@
-//! Health checks (the seed's `OutboxHealthCheck` and `HealthStatus`): database, broker, outbox lag and relay
+//! Health checks (python-outbox-core's `OutboxHealthCheck` and `HealthStatus`): database, broker, outbox lag and relay
 //! liveness, combined into one status an HTTP endpoint can serve as JSON.
 //!
 //! ```no_run

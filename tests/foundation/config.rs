@@ -4,7 +4,7 @@ use outbox::OutboxConfig;
 use outbox::config::ConfigLoader;
 
 #[test]
-fn defaults_are_the_seeds() {
+fn defaults_are_python_outbox_cores() {
     let config = OutboxConfig::from_vars(std::iter::empty::<(&str, &str)>()).unwrap();
     assert_eq!(config, OutboxConfig::default());
     assert_eq!(config.batch_size, 100);
@@ -18,7 +18,7 @@ fn defaults_are_the_seeds() {
 }
 
 #[test]
-fn every_seed_variable_is_read() {
+fn every_python_outbox_core_variable_is_read() {
     let config = OutboxConfig::from_vars([
         ("OUTBOX_BATCH_SIZE", "1000"),
         ("OUTBOX_POLL_INTERVAL_SECONDS", "1.5"),

@@ -32,7 +32,7 @@ fn a_new_envelope_has_a_time_ordered_id_and_the_current_time() {
 }
 
 #[test]
-fn the_envelope_exposes_every_role_of_the_seed_event() {
+fn the_envelope_exposes_every_role_of_python_outbox_cores_event() {
     let event = user();
     let aggregate = event.user_id.to_string();
     let envelope: EventEnvelope<UserCreated> = event.into();

@@ -27,7 +27,7 @@ on_every_backend!(
     dead_letters_replay_and_purge,
     undecodable_rows_become_dead_letters_without_stopping_others,
     release_gives_events_back_without_an_attempt,
-    seed_single_event_forms,
+    python_outbox_core_single_event_forms,
     stats_report_lag,
     retention_purges_old_published_events_in_batches,
     delete_on_publish_removes_rows,
@@ -796,7 +796,7 @@ async fn release_gives_events_back_without_an_attempt(backend: Backend) {
     t.drop_tables().await;
 }
 
-async fn seed_single_event_forms(backend: Backend) {
+async fn python_outbox_core_single_event_forms(backend: Backend) {
     let t = TestDb::new(backend).await;
     t.outbox
         .add_events(&t.db, [opened("a", 1), opened("b", 1)])

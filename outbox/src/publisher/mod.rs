@@ -1,4 +1,4 @@
-//! Publishers (the seed's `IEventPublisher`): where the relay sends messages.
+//! Publishers (python-outbox-core's `IEventPublisher`): where the relay sends messages.
 //!
 //! A publisher sends one [`Message`] and reports the broker's acknowledgement. The relay calls it concurrently
 //! for different aggregates (and one at a time within an aggregate), so implementations should let many sends

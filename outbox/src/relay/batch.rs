@@ -13,7 +13,7 @@ use super::{BatchReport, Relay, RelayError};
 use crate::repository::{Failure, LeaseOwner, Leased, RepositoryError};
 
 impl Relay {
-    /// Claims up to `limit` events, publishes them and marks the outcome (the seed's `publish_batch`).
+    /// Claims up to `limit` events, publishes them and marks the outcome (python-outbox-core's `publish_batch`).
     ///
     /// Use it to write a schedule of your own; [`run`](Self::run) is the ready one.
     pub async fn publish_batch(&self, limit: u32) -> Result<BatchReport, RelayError> {

@@ -1,4 +1,4 @@
-//! The error policy (the seed's `OutboxErrorHandler`): retry or give up, per failed publish.
+//! The error policy (python-outbox-core's `OutboxErrorHandler`): retry or give up, per failed publish.
 
 use crate::publisher::PublishError;
 use crate::repository::ClaimedEvent;

@@ -1,4 +1,4 @@
-//! The relay (the seed's `OutboxPublisherBase`): a tokio worker that claims stored events, publishes them and
+//! The relay (python-outbox-core's `OutboxPublisherBase`): a tokio worker that claims stored events, publishes them and
 //! marks the outcome.
 //!
 //! ```no_run

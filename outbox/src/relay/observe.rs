@@ -1,4 +1,4 @@
-//! What the relay tells the world: structured `tracing` events named as in the seed (`outbox.batch_started`,
+//! What the relay tells the world: structured `tracing` events named as in python-outbox-core (`outbox.batch_started`,
 //! `outbox.event_published`, `outbox.batch_complete`, `outbox.no_events`, plus failures and dead letters) and
 //! metrics through the `metrics` crate, ready for any exporter (e.g. Prometheus).
 //!

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::registry::RegistryError;
 use crate::repository::RepositoryError;
 
-/// What one batch did (the seed's `publish_batch` returned the published count).
+/// What one batch did (python-outbox-core's `publish_batch` returned the published count).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BatchReport {

@@ -12,7 +12,7 @@ use crate::config::OutboxConfig;
 use crate::repository::{LeaseOwner, WakeUps};
 
 impl Relay {
-    /// Runs until `shutdown` completes (the seed's `schedule_publishing`): checks, then batches, woken by
+    /// Runs until `shutdown` completes (python-outbox-core's `schedule_publishing`): checks, then batches, woken by
     /// notifications or the poll interval, backing off while the broker or database is unavailable.
     ///
     /// Cancellation-safe in the sense that matters: dropping the future loses nothing (leases expire and another

@@ -45,7 +45,7 @@ impl OutboxStats {
 }
 
 impl OutboxRepository {
-    /// Pending events in write order (the seed's `get_unpublished`). Use [`StoredEvent::decode`] to get the
+    /// Pending events in write order (python-outbox-core's `get_unpublished`). Use [`StoredEvent::decode`] to get the
     /// typed events; a row that no longer decodes is still listed, so nothing is hidden.
     pub async fn get_unpublished<C: ConnectionTrait>(
         &self,
@@ -57,13 +57,13 @@ impl OutboxRepository {
             .await
     }
 
-    /// How many events are pending (the seed's `count_unpublished`), including those being published now.
+    /// How many events are pending (python-outbox-core's `count_unpublished`), including those being published now.
     pub async fn count_unpublished<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
         self.count(db, "counting pending events", sql::PENDING)
             .await
     }
 
-    /// Marks one event published by row id, whoever holds it (the seed's `mark_published(id)`). Relays use the
+    /// Marks one event published by row id, whoever holds it (python-outbox-core's `mark_published(id)`). Relays use the
     /// fenced [`mark_published`](Self::mark_published); this is for tools and hand-written schedules.
     pub async fn mark_event_published<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<bool> {
         let query = format!(
@@ -83,7 +83,7 @@ impl OutboxRepository {
         Ok(marked == 1)
     }
 
-    /// Records one failed publish by row id (the seed's `mark_failed(id, error)`), with the same backoff and
+    /// Records one failed publish by row id (python-outbox-core's `mark_failed(id, error)`), with the same backoff and
     /// dead-letter rule as [`mark_failed`](Self::mark_failed). Returns false if the event is not pending.
     pub async fn mark_event_failed<C: ConnectionTrait>(
         &self,

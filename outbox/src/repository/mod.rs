@@ -1,4 +1,4 @@
-//! The sea-orm repository (the seed's `IOutboxRepository`): events stored in the caller's transaction, claimed
+//! The sea-orm repository (python-outbox-core's `IOutboxRepository`): events stored in the caller's transaction, claimed
 //! by relays under leases, marked in one statement per batch.
 //!
 //! ```no_run
