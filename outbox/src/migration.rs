@@ -7,10 +7,10 @@
 //! - Teams that manage schemas with other tools take the SQL from `outbox/sql/{postgres,mysql,sqlite}.sql`
 //!   (the same statements, with the default table name).
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbErr, Statement};
 use sea_orm_migration::prelude::*;
 
-use crate::repository::{RepositoryError, TableName};
+use crate::repository::{Dialect, RepositoryError, SchemaObject, TableName};
 
 /// Creates the outbox table under a given name (default `outbox_events`).
 #[derive(Clone, Debug, Default)]
@@ -80,7 +80,7 @@ pub async fn create_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(),
 }
 
 async fn run_schema<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<(), DbErr> {
-    for statement in crate::repository::schema(db.get_database_backend(), table) {
+    for statement in Dialect::of(db).schema(table) {
         if !already_done(db, &statement).await? {
             db.execute_unprepared(&statement).await?;
         }
@@ -97,33 +97,20 @@ async fn run_schema<C: ConnectionTrait>(db: &C, table: &TableName) -> Result<(),
 /// the catalog takes no lock on the table.
 async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<bool, DbErr> {
     let words: Vec<&str> = statement.split_whitespace().collect();
-    let (kind, name) = match words.as_slice() {
-        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => ("table", *name),
-        ["CREATE", "INDEX", "IF", "NOT", "EXISTS", name, ..] => ("index", *name),
-        ["CREATE", "OR", "REPLACE", "TRIGGER", name, ..] => ("trigger", *name),
-        ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => ("fillfactor", *name),
+    let (object, name) = match words.as_slice() {
+        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Table, *name),
+        ["CREATE", "INDEX", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Index, *name),
+        ["CREATE", "OR", "REPLACE", "TRIGGER", name, ..] => (SchemaObject::Trigger, *name),
+        ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => {
+            (SchemaObject::Fillfactor, *name)
+        }
         _ => return Ok(false),
     };
-    let backend = db.get_database_backend();
-    let query = match (backend, kind) {
-        (DbBackend::Postgres, "trigger") => {
-            "SELECT COUNT(*) FROM pg_trigger WHERE tgname = $1 AND NOT tgisinternal"
-        }
-        (DbBackend::Postgres, "fillfactor") => {
-            "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass($1) \
-             AND reloptions @> ARRAY['fillfactor=50']"
-        }
-        (DbBackend::Postgres, _) => "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass($1)",
-        (DbBackend::MySql, _) => {
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
-             AND table_name = ?"
-        }
-        _ => "SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
-    };
+    let dialect = Dialect::of(db);
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            query,
+            dialect.backend,
+            dialect.with_placeholders((dialect.catalog)(object)),
             [name.into()],
         ))
         .await?;

@@ -278,12 +278,13 @@ mod tests {
                     return marked;
                 }
                 // Committed, but the answer never came back.
-                Err(RepositoryError::db(
-                    "marking events published",
-                    "outbox_events",
-                    sea_orm::DbBackend::Sqlite,
-                    sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal("connection reset".into())),
-                ))
+                Err(RepositoryError::Database {
+                    operation: "marking events published",
+                    table: "outbox_events".to_owned(),
+                    source: sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(
+                        "connection reset".into(),
+                    )),
+                })
             })
             .await
             .unwrap();

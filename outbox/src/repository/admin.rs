@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DbBackend, Value};
+use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use super::mark::FailureKind;
-use super::{ClaimToken, Failure, OutboxRepository, Result, StoredEvent, row, sql};
+use super::{ClaimToken, Dialect, Failure, OutboxRepository, Result, StoredEvent, sql};
 
 /// Which dead letters to replay or purge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl OutboxRepository {
         db: &C,
         filter: DeadLetterFilter,
     ) -> Result<u64> {
-        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let (condition, values) = self.filter(Dialect::of(db), &filter);
         let query = format!(
             "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, {} WHERE status = {}{condition}",
             sql::PENDING,
@@ -178,19 +178,17 @@ impl OutboxRepository {
         db: &C,
         filter: DeadLetterFilter,
     ) -> Result<u64> {
-        let (condition, values) = self.filter(db.get_database_backend(), &filter);
+        let (condition, values) = self.filter(Dialect::of(db), &filter);
         let query = format!("DELETE FROM {{t}} WHERE status = {}{condition}", sql::DEAD);
         self.execute(db, "purging dead letters", &query, values)
             .await
     }
 
-    fn filter(&self, backend: DbBackend, filter: &DeadLetterFilter) -> (&'static str, Vec<Value>) {
+    fn filter(&self, dialect: &Dialect, filter: &DeadLetterFilter) -> (&'static str, Vec<Value>) {
         match filter {
             DeadLetterFilter::All => ("", Vec::new()),
             DeadLetterFilter::Id(id) => (" AND id = ?", vec![(*id).into()]),
-            DeadLetterFilter::EventId(id) => {
-                (" AND event_id = ?", vec![row::event_id_value(backend, *id)])
-            }
+            DeadLetterFilter::EventId(id) => (" AND event_id = ?", vec![dialect.event_id(*id)]),
             DeadLetterFilter::EventType(t) => (" AND event_type = ?", vec![t.clone().into()]),
         }
     }
@@ -206,25 +204,14 @@ impl OutboxRepository {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let batch = batch_size.max(1);
-        let query = match db.get_database_backend() {
-            // MySQL refuses a subquery on the table it deletes from, but has DELETE ... LIMIT.
-            DbBackend::MySql => format!(
-                "DELETE FROM {{t}} WHERE status = {} AND published_at < ? ORDER BY id LIMIT ?",
-                sql::PUBLISHED
-            ),
-            _ => format!(
-                "DELETE FROM {{t}} WHERE id IN (SELECT id FROM {{t}} WHERE status = {} AND published_at < ? \
-                 ORDER BY id LIMIT ?)",
-                sql::PUBLISHED
-            ),
-        };
+        let query = Dialect::of(db).purge_published;
         let mut total = 0;
         loop {
             let deleted = self
                 .execute(
                     db,
                     "purging published events",
-                    &query,
+                    query,
                     vec![cutoff.into(), batch.into()],
                 )
                 .await?;

@@ -1,6 +1,6 @@
 //! Claiming: leasing a batch of events under the claim lock, each backend its own way, and decoding them.
 
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::{
     ClaimToken, Failure, LeaseOwner, OutboxRepository, RepositoryError, Result, StoredEvent,
@@ -103,12 +103,7 @@ impl OutboxRepository {
             now,
             until: now + micros(self.inner.config.lease_duration),
         };
-        let backend = db.get_database_backend();
-        let rows = match backend {
-            DbBackend::MySql => self.claim_mysql(db, &lease, limit).await?,
-            DbBackend::Postgres => self.claim_postgres(db, &lease, limit).await?,
-            _ => self.claim_sqlite(db, &lease, limit).await?,
-        };
+        let rows = self.claim_rows(db, &lease, limit).await?;
         let mut rows: Vec<LeasedRow> = rows
             .into_iter()
             .map(|row| {

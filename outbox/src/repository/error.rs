@@ -111,14 +111,12 @@ impl RepositoryError {
         backend: sea_orm::DbBackend,
         source: DbErr,
     ) -> Self {
-        let text = source.to_string();
-        let missing = text.contains("does not exist") && text.contains(table) // PostgreSQL, MySQL ("doesn't")
-            || text.contains("doesn't exist") && text.contains(table)
-            || text.contains("no such table"); // SQLite
+        let dialect = super::dialect::Dialect::for_backend(backend);
+        let missing = (dialect.missing_table)(&source.to_string(), table);
         if missing {
             Self::MissingTable {
                 table: table.to_owned(),
-                backend: backend_name(backend),
+                backend: dialect.name,
             }
         } else {
             Self::Database {
@@ -127,13 +125,5 @@ impl RepositoryError {
                 source,
             }
         }
-    }
-}
-
-pub(crate) fn backend_name(backend: sea_orm::DbBackend) -> &'static str {
-    match backend {
-        sea_orm::DbBackend::Postgres => "postgres",
-        sea_orm::DbBackend::MySql => "mysql",
-        _ => "sqlite",
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, Value};
 
-use super::{ClaimToken, ClaimedEvent, OutboxRepository, Result, micros, now_micros, sql};
+use super::{ClaimToken, ClaimedEvent, Dialect, OutboxRepository, Result, micros, now_micros, sql};
 
 /// Longest error text kept per event; the rest is cut so one huge message cannot bloat the table.
 const MAX_ERROR_LEN: usize = 4096;
@@ -205,7 +205,7 @@ impl OutboxRepository {
     ) -> Result<u64> {
         let cases = vec![" WHEN ? THEN ?"; rows.len()].concat();
         let ids: Vec<i64> = rows.iter().map(|(f, _)| f.id).collect();
-        let (id_in, id_values) = sql::id_in(db.get_database_backend(), &ids);
+        let (id_in, id_values) = Dialect::of(db).id_in(&ids);
         let query = format!(
             "UPDATE {{t}} SET attempts = attempts + {attempt}, status = {status}, \
              next_attempt_at = CASE id{cases} END, last_error = CASE id{cases} END, {} \
@@ -258,10 +258,10 @@ impl OutboxRepository {
         F: FnMut(String, Vec<Value>) -> Fut,
         Fut: Future<Output = Result<u64>>,
     {
-        let backend = db.get_database_backend();
+        let dialect = Dialect::of(db);
         let mut total = 0;
-        for chunk in ids.chunks(sql::id_chunk(backend)) {
-            let (id_in, values) = sql::id_in(backend, chunk);
+        for chunk in ids.chunks(dialect.id_chunk()) {
+            let (id_in, values) = dialect.id_in(chunk);
             total += statement(id_in, values).await?;
         }
         Ok(total)

@@ -27,6 +27,7 @@
 mod admin;
 mod claim;
 mod connect;
+mod dialect;
 mod error;
 mod lease;
 mod mark;
@@ -52,11 +53,12 @@ pub use admin::{DeadLetterFilter, OutboxStats};
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
 pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;
+pub(crate) use dialect::{Dialect, SchemaObject};
 pub use error::RepositoryError;
 pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
 pub use row::{EventStatus, StoredEvent};
-pub(crate) use sql::{TableName, schema};
+pub(crate) use sql::TableName;
 pub(crate) use store::{Store, WakeUps};
 
 use crate::config::OutboxConfig;
@@ -213,7 +215,7 @@ impl OutboxRepository {
         I: IntoIterator,
         I::Item: Into<EventEnvelope<E>>,
     {
-        let backend = db.get_database_backend();
+        let dialect = Dialect::of(db);
         let envelopes: Vec<EventEnvelope<E>> = events.into_iter().map(Into::into).collect();
         // Every event is encoded and checked before the first INSERT: on a plain connection each INSERT commits on
         // its own, and a bad event must not leave the ones before it stored.
@@ -244,7 +246,7 @@ impl OutboxRepository {
                 let meta = event.meta();
                 let trace = envelope.trace_context();
                 values.extend([
-                    row::event_id_value(backend, envelope.event_id()),
+                    dialect.event_id(envelope.event_id()),
                     meta.event_type.into(),
                     meta.data_version.into(),
                     meta.aggregate_type.into(),
@@ -269,7 +271,7 @@ impl OutboxRepository {
     }
 
     fn statement(&self, backend: DbBackend, query: &str, values: Vec<Value>) -> Statement {
-        sql::statement(backend, &self.inner.table, query, values)
+        Dialect::for_backend(backend).statement(&self.inner.table, query, values)
     }
 
     async fn execute<C: ConnectionTrait>(

@@ -3,7 +3,34 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::claim::Lease;
+use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, Result, sql};
+
+/// How MySQL and MariaDB differ: `?` placeholders, one per id, the event id as text, no wake-up signal, and one
+/// batch in flight (a claim beside a mark slowed the drain: MariaDB 4.2k -> 3.5k events/s).
+pub(super) const DIALECT: Dialect = Dialect {
+    backend: sea_orm::DbBackend::MySql,
+    name: "mysql",
+    schema: include_str!("../../sql/mysql.sql"),
+    numbered_placeholders: false,
+    id_array: false,
+    native_uuid: false,
+    purge_published: PURGE_PUBLISHED,
+    batches_in_flight: 1,
+    catalog,
+    missing_table: |error, table| error.contains("doesn't exist") && error.contains(table),
+    wake_ups: no_wake_ups,
+};
+
+/// MySQL refuses a subquery on the table it deletes from, but has `DELETE ... LIMIT`.
+const PURGE_PUBLISHED: &str =
+    "DELETE FROM {t} WHERE status = 1 AND published_at < ? ORDER BY id LIMIT ?";
+
+/// Whether a schema object named `?` exists: MySQL's schema creates tables only (its indexes are declared in
+/// them).
+fn catalog(_: SchemaObject) -> &'static str {
+    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+}
 
 // The statements of MySQL's claim.
 
@@ -122,7 +149,7 @@ impl OutboxRepository {
         if !ids.is_empty() {
             // Every id in one statement, not in chunks: the claim is one transaction, and the largest batch stays
             // within MySQL's limit on bound parameters (tested).
-            let (id_in, id_values) = sql::id_in(txn.get_database_backend(), &ids);
+            let (id_in, id_values) = DIALECT.id_in(&ids);
             let update = format!(
                 "UPDATE {{t}} SET claim_token = ?, locked_until = ? WHERE status = {} AND {id_in}",
                 sql::PENDING

@@ -4,7 +4,41 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
-use super::{OutboxRepository, Result, scan, sql};
+use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
+use super::{OutboxRepository, Result, TableName, scan, sql};
+
+/// How PostgreSQL differs: numbered placeholders, id lists as one array, a native UUID, LISTEN/NOTIFY, and a
+/// second batch in flight (claiming the next batch while the current one publishes pays here).
+pub(super) const DIALECT: Dialect = Dialect {
+    backend: sea_orm::DbBackend::Postgres,
+    name: "postgres",
+    schema: include_str!("../../sql/postgres.sql"),
+    numbered_placeholders: true,
+    id_array: true,
+    native_uuid: true,
+    purge_published: sql::PURGE_PUBLISHED,
+    batches_in_flight: 2,
+    catalog,
+    missing_table: |error, table| error.contains("does not exist") && error.contains(table),
+    wake_ups,
+};
+
+/// Whether a schema object named `?` exists, from the catalog: it takes no lock on the table (see
+/// `migration.rs`).
+fn catalog(object: SchemaObject) -> &'static str {
+    match object {
+        SchemaObject::Trigger => {
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgname = ? AND NOT tgisinternal"
+        }
+        SchemaObject::Fillfactor => {
+            "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass(?) \
+             AND reloptions @> ARRAY['fillfactor=50']"
+        }
+        SchemaObject::Table | SchemaObject::Index => {
+            "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass(?)"
+        }
+    }
+}
 
 /// The PostgreSQL claim's windows, in multiples of the batch size: the first fits a backlog whose head is this
 /// relay's own or free (a relay claims with at most one of its batches in flight by default, two at three in
@@ -228,16 +262,26 @@ fn writers(row: &QueryResult) -> Option<Vec<String>> {
     }))
 }
 
+/// LISTEN on the table's channel, with the pool the database connection holds.
+fn wake_ups(db: &sea_orm::DatabaseConnection, table: &TableName, wake: Wake) -> Option<WakeTask> {
+    #[cfg(feature = "postgres")]
+    {
+        let pool = db.get_postgres_connection_pool().clone();
+        Some(listen(pool, table.as_str().to_owned(), wake))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (db, table, wake);
+        None
+    }
+}
+
 /// Wake-ups from PostgreSQL: LISTEN on the outbox table's channel, which the table's insert trigger NOTIFYs.
 /// PostgreSQL delivers a notification when the inserting transaction commits and folds duplicates within one
 /// transaction, so a burst of commits costs at most one extra wake per batch. Reconnects by itself; while the
 /// connection is down, `wake` is called once so that nothing committed meanwhile waits for the next poll.
 #[cfg(feature = "postgres")]
-pub(super) fn listen(
-    pool: sea_orm::sqlx::PgPool,
-    channel: String,
-    wake: impl Fn() + Send + Sync + 'static,
-) -> tokio::task::JoinHandle<()> {
+fn listen(pool: sea_orm::sqlx::PgPool, channel: String, wake: Wake) -> WakeTask {
     tokio::spawn(async move {
         loop {
             match listen_once(&pool, &channel, &wake).await {

@@ -1,7 +1,7 @@
 //! Stored events as read back from the outbox table.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{DbBackend, DbErr, QueryResult, Value};
+use sea_orm::{DbErr, QueryResult};
 use uuid::Uuid;
 
 use crate::envelope::{EventEnvelope, TraceContext};
@@ -205,12 +205,4 @@ pub(crate) fn lease_key(row: &QueryResult) -> (i64, String, String) {
         row.try_get_by_index(4).unwrap_or_default(),
         row.try_get_by_index(5).unwrap_or_default(),
     )
-}
-
-/// The event id as the backend stores it: a native UUID on PostgreSQL, text elsewhere.
-pub(crate) fn event_id_value(backend: DbBackend, id: Uuid) -> Value {
-    match backend {
-        DbBackend::Postgres => id.into(),
-        _ => id.to_string().into(),
-    }
 }

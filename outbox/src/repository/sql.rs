@@ -1,9 +1,8 @@
-//! The SQL the repository runs, written once with `?` placeholders and adapted to each backend here.
+//! The SQL the repository runs, written once with `?` placeholders; each backend's [`Dialect`](super::dialect::Dialect)
+//! adapts it (placeholders, id lists), and a statement whose form differs by backend lives in that backend's module.
 //!
 //! Hand-written rather than built with sea-query so that every statement is readable in one place and the
 //! claim query is exactly the one `docs/design.md` explains.
-
-use sea_orm::{DbBackend, Statement, Value};
 
 use super::error::RepositoryError;
 
@@ -20,7 +19,7 @@ pub const COLUMNS: &str = "id, event_id, event_type, data_version, aggregate_typ
      correlation_id, causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at";
 
 /// The longest suffix the schema adds to the table's name (`_published_idx`, `_aggregate_idx`).
-const LONGEST_SUFFIX: usize = "_published_idx".len();
+pub(super) const LONGEST_SUFFIX: usize = "_published_idx".len();
 
 /// The outbox table's name, validated so it can be spliced into SQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,75 +60,9 @@ impl Default for TableName {
     }
 }
 
-/// Builds a statement from SQL written with `?` placeholders and `{t}` for the (validated) table name.
-pub fn statement(
-    backend: DbBackend,
-    table: &TableName,
-    sql: &str,
-    values: Vec<Value>,
-) -> Statement {
-    let sql = sql.replace("{t}", table.as_str());
-    let sql = match backend {
-        DbBackend::Postgres => numbered_placeholders(&sql),
-        _ => sql,
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// Rows per INSERT, per UPDATE of failures and per [`id_in`] outside PostgreSQL: well under every backend's limit
+/// Rows per INSERT, per UPDATE of failures and per id list where ids are one placeholder each: well under every backend's limit
 /// on bound parameters.
 pub const CHUNK: usize = 500;
-
-/// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`, ... (the SQL here has no `?` in literals).
-fn numbered_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut number = itoa::Buffer::new();
-    let mut n: u32 = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(number.format(n));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The condition `id IN (ids)`, with its values. PostgreSQL takes the ids as one array parameter: the statement
-/// is then the same text for any number of ids (one prepared statement), and nothing is built, bound or parsed
-/// per id, which a placeholder per id cost the relay on every mark (callgrind). Elsewhere one placeholder per
-/// id, so at most [`id_chunk`] ids at a time.
-pub fn id_in(backend: DbBackend, ids: &[i64]) -> (String, Vec<Value>) {
-    if backend == DbBackend::Postgres {
-        let mut array = String::with_capacity(ids.len() * 8 + 2);
-        let mut number = itoa::Buffer::new();
-        array.push('{');
-        for (i, &id) in ids.iter().enumerate() {
-            if i > 0 {
-                array.push(',');
-            }
-            array.push_str(number.format(id));
-        }
-        array.push('}');
-        return (
-            "id = ANY(CAST(? AS BIGINT[]))".to_owned(),
-            vec![array.into()],
-        );
-    }
-    let values = ids.iter().map(|&id| Value::from(id)).collect();
-    (format!("id IN ({})", placeholders(ids.len())), values)
-}
-
-/// How many ids one [`id_in`] condition may take: any number on PostgreSQL (one parameter), [`CHUNK`] elsewhere.
-pub fn id_chunk(backend: DbBackend) -> usize {
-    if backend == DbBackend::Postgres {
-        usize::MAX
-    } else {
-        CHUNK
-    }
-}
 
 /// `?, ?, ?` for `n` values.
 pub fn placeholders(n: usize) -> String {
@@ -143,33 +76,10 @@ pub fn placeholders(n: usize) -> String {
     s
 }
 
-/// The DDL for `backend`, one statement per item, with the table name substituted.
-pub fn schema(backend: DbBackend, table: &TableName) -> Vec<String> {
-    let template = match backend {
-        DbBackend::Postgres => include_str!("../../sql/postgres.sql"),
-        DbBackend::MySql => include_str!("../../sql/mysql.sql"),
-        _ => include_str!("../../sql/sqlite.sql"),
-    };
-    // A statement ends with a line ending in `;` (a function body may hold `;` mid-line).
-    let mut statements = Vec::new();
-    let mut current = String::new();
-    for line in template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-    {
-        current.push_str(line);
-        current.push('\n');
-        if line.trim_end().ends_with(';') {
-            let statement = current
-                .trim()
-                .trim_end_matches(';')
-                .replace(TableName::DEFAULT, table.as_str());
-            statements.push(statement);
-            current.clear();
-        }
-    }
-    statements
-}
+/// Deletes published rows older than `?`, at most `?` of them, oldest first (MySQL's form is `mysql.rs`'s: it
+/// refuses a subquery on the table it deletes from).
+pub const PURGE_PUBLISHED: &str = "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 1 \
+     AND published_at < ? ORDER BY id LIMIT ?)";
 
 /// Pending rows that may be claimed now, oldest first: not leased, due, and with no earlier pending event of the
 /// same aggregate that is leased by another owner or waiting for a retry (so an aggregate's events are handed out
@@ -192,30 +102,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn postgres_placeholders_are_numbered() {
-        assert_eq!(
-            numbered_placeholders("a = ? AND b IN (?, ?)"),
-            "a = $1 AND b IN ($2, $3)"
-        );
-        assert_eq!(numbered_placeholders("?"), "$1");
-        assert_eq!(numbered_placeholders("no placeholder"), "no placeholder");
+    fn placeholders_are_listed() {
         assert_eq!(placeholders(3), "?, ?, ?");
         assert_eq!(placeholders(0), "");
-    }
-
-    #[test]
-    fn id_lists_are_one_array_on_postgres_and_placeholders_elsewhere() {
-        let (condition, values) = id_in(DbBackend::Postgres, &[3, 10, -1]);
-        assert_eq!(condition, "id = ANY(CAST(? AS BIGINT[]))");
-        assert_eq!(values, vec![Value::from("{3,10,-1}")]);
-        let (condition, values) = id_in(DbBackend::Postgres, &[]);
-        assert_eq!(
-            (condition.as_str(), values),
-            ("id = ANY(CAST(? AS BIGINT[]))", vec![Value::from("{}")])
-        );
-        let (condition, values) = id_in(DbBackend::MySql, &[3, 10]);
-        assert_eq!(condition, "id IN (?, ?)");
-        assert_eq!(values, vec![Value::from(3i64), Value::from(10i64)]);
     }
 
     #[test]
@@ -234,50 +123,5 @@ mod tests {
             assert!(TableName::new(bad).is_err(), "{bad}");
         }
         assert!(TableName::new(&"x".repeat(49)).is_ok());
-    }
-
-    #[test]
-    fn every_name_the_schema_derives_fits_every_backend() {
-        let table = TableName::new(&"t".repeat(TableName::MAX_LEN)).unwrap();
-        // PostgreSQL cuts identifiers at 63 bytes, MySQL refuses them over 64; SQLite has no limit.
-        for (backend, limit) in [(DbBackend::Postgres, 63), (DbBackend::MySql, 64)] {
-            for statement in schema(backend, &table) {
-                for word in statement.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                    if word.starts_with(table.as_str()) {
-                        assert!(
-                            word.len() <= limit,
-                            "{backend:?}: {word} ({} bytes)",
-                            word.len()
-                        );
-                    }
-                }
-            }
-        }
-        let suffixes = ["postgres", "mysql", "sqlite"].map(|name| {
-            let sql = match name {
-                "postgres" => include_str!("../../sql/postgres.sql"),
-                "mysql" => include_str!("../../sql/mysql.sql"),
-                _ => include_str!("../../sql/sqlite.sql"),
-            };
-            sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter_map(|word| word.strip_prefix(TableName::DEFAULT))
-                .map(str::len)
-                .max()
-                .unwrap_or(0)
-        });
-        assert_eq!(suffixes.into_iter().max(), Some(LONGEST_SUFFIX));
-    }
-
-    #[test]
-    fn schema_substitutes_the_table_name_everywhere() {
-        let table = TableName::new("shop_outbox").unwrap();
-        for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
-            let statements = schema(backend, &table);
-            assert!(statements.len() >= 2, "{backend:?}");
-            for s in &statements {
-                assert!(!s.contains("outbox_events"), "{backend:?}: {s}");
-                assert!(s.contains("shop_outbox"), "{backend:?}: {s}");
-            }
-        }
     }
 }

@@ -3,7 +3,30 @@
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::claim::Lease;
+use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, Result, sql};
+
+/// How SQLite differs: `?` placeholders, one per id, the event id as text, no wake-up signal across processes,
+/// and one batch in flight (a claim beside a mark halved the drain under its single writer: 12.0k -> 6.4k
+/// events/s).
+pub(super) const DIALECT: Dialect = Dialect {
+    backend: sea_orm::DbBackend::Sqlite,
+    name: "sqlite",
+    schema: include_str!("../../sql/sqlite.sql"),
+    numbered_placeholders: false,
+    id_array: false,
+    native_uuid: false,
+    purge_published: sql::PURGE_PUBLISHED,
+    batches_in_flight: 1,
+    catalog,
+    missing_table: |error, _| error.contains("no such table"),
+    wake_ups: no_wake_ups,
+};
+
+/// Whether a schema object named `?` exists.
+fn catalog(_: SchemaObject) -> &'static str {
+    "SELECT COUNT(*) FROM sqlite_master WHERE name = ?"
+}
 
 impl OutboxRepository {
     /// SQLite: one UPDATE ... RETURNING, atomic under its single writer.

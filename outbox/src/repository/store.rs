@@ -2,11 +2,12 @@
 //! decode, acknowledge, fail and release events, for wake-ups and for health facts, and never sees a connection, a
 //! backend or SQL. Each backend's way of answering is behind it (`postgres.rs`, `mysql.rs`, `sqlite.rs`).
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
+use super::dialect::WakeTask;
 use super::{
-    Claim, ClaimToken, Failure, FailureOutcome, LeaseOwner, Leased, OutboxRepository, OutboxStats,
-    Result,
+    Claim, ClaimToken, Dialect, Failure, FailureOutcome, LeaseOwner, Leased, OutboxRepository,
+    OutboxStats, Result,
 };
 
 /// An outbox table on one database.
@@ -18,8 +19,7 @@ pub(crate) struct Store {
 
 /// Wake-ups from the database while held: see [`Store::wake_ups`].
 pub(crate) struct WakeUps {
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    task: tokio::task::JoinHandle<()>,
+    task: WakeTask,
 }
 
 impl Drop for WakeUps {
@@ -91,27 +91,19 @@ impl Store {
             .map(drop)
     }
 
-    /// How many batches a relay keeps in flight unless told otherwise: two on PostgreSQL, where claiming the
-    /// next one while the current one publishes pays; one elsewhere, where a claim beside a mark slowed the drain
-    /// (SQLite's single writer: 12.0k -> 6.4k events/s; MariaDB 4.2k -> 3.5k).
+    /// How many batches a relay keeps in flight unless told otherwise: two where claiming the next one while the
+    /// current one publishes pays (PostgreSQL), one where a claim beside a mark slows the drain (see each
+    /// backend's [`Dialect`]).
     pub(crate) fn batches_in_flight(&self) -> usize {
-        match self.db.get_database_backend() {
-            DbBackend::Postgres => 2,
-            _ => 1,
-        }
+        Dialect::of(&self.db).batches_in_flight
     }
 
     /// Calls `wake` whenever a transaction that stored events commits, while the returned guard is held: on
     /// PostgreSQL through LISTEN on the table's channel (its insert trigger NOTIFYs). `None` where the database
     /// has no such signal: the relay polls.
     pub(crate) fn wake_ups(&self, wake: impl Fn() + Send + Sync + 'static) -> Option<WakeUps> {
-        #[cfg(feature = "postgres")]
-        if self.db.get_database_backend() == DbBackend::Postgres {
-            let pool = self.db.get_postgres_connection_pool().clone();
-            let task = super::postgres::listen(pool, self.repository.table().to_owned(), wake);
-            return Some(WakeUps { task });
-        }
-        let _ = wake;
-        None
+        let dialect = Dialect::of(&self.db);
+        let task = (dialect.wake_ups)(&self.db, &self.repository.inner.table, Box::new(wake))?;
+        Some(WakeUps { task })
     }
 }
