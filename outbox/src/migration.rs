@@ -67,6 +67,18 @@ impl MigratorTrait for OutboxMigrator {
     }
 }
 
+/// The schema of the outbox table named `table` on `backend`, one statement per item, as [`create_table`] runs
+/// it: for teams that apply schemas with their own tools.
+///
+/// ```
+/// let statements = outbox::migration::schema(sea_orm::DbBackend::Sqlite, "shop_outbox")?;
+/// assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS shop_outbox"));
+/// # Ok::<(), outbox::repository::RepositoryError>(())
+/// ```
+pub fn schema(backend: sea_orm::DbBackend, table: &str) -> Result<Vec<String>, RepositoryError> {
+    Ok(Dialect::for_backend(backend).schema(&TableName::new(table)?))
+}
+
 /// Creates the outbox table named `table` and its indexes on `db` if they do not exist yet.
 pub async fn create_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(), RepositoryError> {
     let table = TableName::new(table)?;

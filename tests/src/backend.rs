@@ -21,6 +21,8 @@ pub struct TestDb {
     pub backend: Backend,
     pub db: DatabaseConnection,
     pub outbox: OutboxRepository,
+    /// The database's URL, for another process (an in-memory SQLite database is this process's alone).
+    pub url: String,
     /// A domain table of the test's own: `users_<suffix>` (id, email).
     pub users: String,
     _dir: Option<TempDir>,
@@ -95,6 +97,7 @@ impl TestDb {
             backend,
             db,
             outbox,
+            url,
             users,
             _dir: dir,
         }

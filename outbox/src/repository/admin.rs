@@ -36,6 +36,18 @@ pub struct OutboxStats {
     pub dead_letters: u64,
 }
 
+/// The pending events of one aggregate type (see [`OutboxRepository::backlog`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// Its pending events.
+    pub pending: u64,
+    /// When the oldest of them occurred.
+    pub oldest_pending: Option<chrono::DateTime<Utc>>,
+}
+
 impl OutboxStats {
     /// How long the oldest pending event has waited.
     pub fn oldest_pending_age(&self) -> Option<Duration> {
@@ -141,8 +153,53 @@ impl OutboxRepository {
         limit: u64,
         offset: u64,
     ) -> Result<Vec<StoredEvent>> {
-        self.list(db, "listing dead letters", sql::DEAD, limit, offset)
+        self.dead_letters_matching(db, &DeadLetterFilter::All, limit, offset)
             .await
+    }
+
+    /// The dead letters that `filter` selects, in id order, with their last error: what
+    /// [`replay_dead_letters`](Self::replay_dead_letters) or [`purge_dead_letters`](Self::purge_dead_letters)
+    /// with the same filter would act on.
+    pub async fn dead_letters_matching<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: &DeadLetterFilter,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let (condition, mut values) = self.filter(Dialect::of(db), filter);
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {}{condition} ORDER BY id LIMIT ? OFFSET ?",
+            sql::COLUMNS,
+            sql::DEAD
+        );
+        values.extend([limit.into(), offset.into()]);
+        self.select(db, "listing dead letters", &query, values)
+            .await
+    }
+
+    /// The pending events per aggregate type, largest backlog first: how many, and when the oldest occurred.
+    pub async fn backlog<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<Backlog>> {
+        const OPERATION: &str = "reading the backlog";
+        let query = format!(
+            "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {} \
+             GROUP BY aggregate_type ORDER BY COUNT(*) DESC, aggregate_type",
+            sql::PENDING
+        );
+        let backend = db.get_database_backend();
+        self.query(db, OPERATION, &query, Vec::new())
+            .await?
+            .iter()
+            .map(|row| {
+                let pending: i64 = row.try_get_by_index(1)?;
+                Ok(Backlog {
+                    aggregate_type: row.try_get_by_index(0)?,
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_pending: row.try_get_by_index(2)?,
+                })
+            })
+            .collect::<std::result::Result<_, sea_orm::DbErr>>()
+            .map_err(|e| self.db_error(OPERATION, backend, e))
     }
 
     /// How many dead letters there are.

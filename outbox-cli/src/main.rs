@@ -1,0 +1,150 @@
+//! `outbox`: the outbox table from a shell. See how the backlog stands, look at dead letters and replay or purge
+//! them, apply retention, create the table or print its schema, and check that the settings, the database and the
+//! broker are all usable.
+//!
+//! ```text
+//! outbox status                                   # pending, oldest pending age, dead letters, backlog per type
+//! outbox dead-letters list --type com.example.user.created --json
+//! outbox dead-letters show 42
+//! outbox dead-letters replay --all --dry-run      # what would be replayed; then again with --yes
+//! outbox purge-published --older-than 7d
+//! outbox migrate --print --backend postgres       # the schema, for a team's own migration tool
+//! outbox check --broker nats://127.0.0.1:4222     # exit code 0 only if everything answers
+//! ```
+//!
+//! The database comes from `--database-url` or `DATABASE_URL`, the table from `--table` or `OUTBOX_TABLE`, as
+//! the relay reads them. Exit codes: 0 done, 1 failed (the message says what and why), 2 bad usage.
+
+mod dead_letters;
+mod maintenance;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outbox::repository::{OutboxRepository, RepositoryError};
+use sea_orm::DatabaseConnection;
+
+/// The outbox table from a shell: backlog, dead letters, retention, schema and checks.
+#[derive(Debug, Parser)]
+#[command(name = "outbox", version, about, long_about = None)]
+struct Cli {
+    /// The database: `postgres://`, `mysql://`, `mariadb://` or `sqlite:` URL.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// The outbox table's name.
+    #[arg(
+        long,
+        env = "OUTBOX_TABLE",
+        default_value = "outbox_events",
+        global = true,
+        hide_env_values = true
+    )]
+    table: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pending events, the oldest one's age, dead letters, and the backlog per aggregate type.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, show, replay or purge dead letters.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::Command),
+    /// Delete published events older than a given age, in batches.
+    PurgePublished {
+        /// The age, e.g. `7d`, `12h`, `30m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Rows per DELETE statement, so the table is never locked for long.
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+    },
+    /// Create the outbox table (idempotent), or print its schema.
+    Migrate {
+        /// Print the schema instead of applying it; needs no database.
+        #[arg(long, requires = "backend")]
+        print: bool,
+        /// The database whose schema to print.
+        #[arg(long, value_enum)]
+        backend: Option<maintenance::Backend>,
+    },
+    /// Check the `OUTBOX_*` settings, the database and the table, and a broker if given; exit code 1 if any fails.
+    Check {
+        /// A broker URL to reach too (`nats://`, `amqp://`, `redis://`, `kafka://`, `memory://`).
+        #[arg(long, env = "OUTBOX_BROKER", hide_env_values = true)]
+        broker: Option<String>,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("no database given: pass --database-url or set DATABASE_URL")]
+    NoDatabase,
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot read the confirmation: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} of the checks failed")]
+    Checks(usize),
+}
+
+/// What every command that reads the table starts from.
+struct Target {
+    db: DatabaseConnection,
+    outbox: OutboxRepository,
+}
+
+impl Cli {
+    async fn target(&self) -> Result<Target, CliError> {
+        let url = self.database_url.as_deref().ok_or(CliError::NoDatabase)?;
+        let outbox = OutboxRepository::builder()
+            .table(&self.table)
+            .build()
+            .map_err(|e| CliError::Refused(e.to_string()))?;
+        let db = outbox::repository::connect(url).await?;
+        Ok(Target { db, outbox })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Status { json } => maintenance::status(&cli.target().await?, *json).await,
+        Command::DeadLetters(command) => command.run(&cli.target().await?).await,
+        Command::PurgePublished { older_than, batch } => {
+            maintenance::purge_published(&cli.target().await?, *older_than, *batch).await
+        }
+        Command::Migrate {
+            print: true,
+            backend: Some(backend),
+        } => maintenance::print_schema(*backend, &cli.table),
+        Command::Migrate { .. } => maintenance::migrate(&cli.target().await?).await,
+        Command::Check { broker } => maintenance::check(&cli, broker.as_deref()).await,
+    }
+}

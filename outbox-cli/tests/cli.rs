@@ -1,0 +1,334 @@
+//! The `outbox` command run as a process against real databases: what it prints, its exit code, and what it did
+//! to the table.
+
+use std::process::{Command, Output, Stdio};
+
+use outbox::publisher::InMemoryPublisher;
+use outbox::relay::Relay;
+use outbox::repository::Failure;
+use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::{AccountClosed, opened};
+
+/// Runs `outbox args...` on the test's database and table, with no terminal on stdin.
+fn outbox(t: &TestDb, args: &[&str]) -> Output {
+    outbox_with(t, args, &[])
+}
+
+fn outbox_with(t: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", &t.url)
+        .env("OUTBOX_TABLE", t.outbox.table())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the outbox binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    );
+    stdout(output)
+}
+
+#[track_caller]
+fn failed(output: &Output) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+    format!("{}{}", stdout(output), stderr(output))
+}
+
+/// Three pending events (two account ones, one closing) and one dead letter whose reason is `broker said no`.
+/// Returns the dead letter's row id.
+async fn seed(t: &TestDb) -> i64 {
+    t.outbox
+        .add_events(&t.db, [opened("a", 1), opened("b", 1)])
+        .await
+        .unwrap();
+    t.outbox
+        .add_event(
+            &t.db,
+            AccountClosed {
+                account: "c".into(),
+                reason: "moved".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // The oldest event is claimed and fails for good.
+    let claim = t.outbox.claim(&t.db, 1).await.unwrap();
+    let event = &claim.events[0];
+    let failure = Failure::new(event, "broker said no").permanent();
+    t.outbox
+        .mark_failed(&t.db, claim.token, &[failure])
+        .await
+        .unwrap();
+    event.id
+}
+
+async fn status_reports_the_backlog_and_dead_letters(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    seed(&t).await;
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeded(&outbox(&t, &["status", "--json"]))).unwrap();
+    assert_eq!(json["pending"], 2);
+    assert_eq!(json["dead_letters"], 1);
+    assert!(json["oldest_pending"].is_string(), "{json}");
+    let backlog = json["backlog"].as_array().unwrap();
+    let pending: Vec<(&str, u64)> = backlog
+        .iter()
+        .map(|b| {
+            (
+                b["aggregate_type"].as_str().unwrap(),
+                b["pending"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pending.iter().map(|(_, n)| n).sum::<u64>(), 2, "{json}");
+    let text = succeeded(&outbox(&t, &["status"]));
+    assert!(text.contains("pending       2"), "{text}");
+    assert!(text.contains("dead letters  1"), "{text}");
+    assert!(text.contains("AGGREGATE TYPE"), "{text}");
+    t.drop_tables().await;
+}
+
+async fn dead_letters_are_listed_and_shown_with_their_reason(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let id = seed(&t).await;
+    let list: serde_json::Value =
+        serde_json::from_str(&succeeded(&outbox(&t, &["dead-letters", "list", "--json"]))).unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(rows[0]["id"], id);
+    assert_eq!(rows[0]["last_error"], "broker said no");
+    assert_eq!(
+        rows[0]["payload"]["seq"], 1,
+        "the payload is JSON, not text"
+    );
+    let other_type = succeeded(&outbox(
+        &t,
+        &[
+            "dead-letters",
+            "list",
+            "--type",
+            "com.example.account.closed",
+        ],
+    ));
+    assert_eq!(
+        other_type.lines().count(),
+        1,
+        "only the header: {other_type}"
+    );
+    let shown = succeeded(&outbox(&t, &["dead-letters", "show", &id.to_string()]));
+    assert!(shown.contains("broker said no"), "{shown}");
+    assert!(shown.contains("com.example.account.opened"), "{shown}");
+    let missing = failed(&outbox(&t, &["dead-letters", "show", "987654321"]));
+    assert!(
+        missing.contains("no dead letter with id 987654321"),
+        "{missing}"
+    );
+    t.drop_tables().await;
+}
+
+async fn a_replay_asks_first_then_the_relay_publishes_it(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let id = seed(&t).await;
+    // No terminal to ask and no --yes: nothing is done.
+    let refused = failed(&outbox(&t, &["dead-letters", "replay", "--all"]));
+    assert!(refused.contains("pass --yes"), "{refused}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    let dry = succeeded(&outbox(
+        &t,
+        &[
+            "dead-letters",
+            "replay",
+            "--id",
+            &id.to_string(),
+            "--dry-run",
+        ],
+    ));
+    assert!(dry.contains("would replay 1 dead letters"), "{dry}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    let done = succeeded(&outbox(
+        &t,
+        &["dead-letters", "replay", "--id", &id.to_string(), "--yes"],
+    ));
+    assert!(done.contains("replayed 1"), "{done}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    // The replayed event goes out with the others.
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), publisher.clone()).build();
+    relay.publish_batch(10).await.unwrap();
+    let ids: Vec<_> = publisher.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+async fn purges_delete_what_they_select(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    seed(&t).await;
+    let none = succeeded(&outbox(
+        &t,
+        &[
+            "dead-letters",
+            "purge",
+            "--type",
+            "com.example.account.closed",
+            "--yes",
+        ],
+    ));
+    assert!(none.contains("no dead letters match"), "{none}");
+    let purged = succeeded(&outbox(&t, &["dead-letters", "purge", "--all", "-y"]));
+    assert!(purged.contains("purged 1"), "{purged}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    relay.publish_batch(10).await.unwrap();
+    let published = succeeded(&outbox(&t, &["purge-published", "--older-than", "0s"]));
+    assert!(
+        published.contains("deleted 2 published events"),
+        "{published}"
+    );
+    t.drop_tables().await;
+}
+
+async fn migrate_and_check(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let fresh = format!("{}_cli", t.outbox.table());
+    // The table is not there yet: the check says so and fails.
+    let missing = failed(&outbox_with(&t, &["check"], &[("OUTBOX_TABLE", &fresh)]));
+    assert!(missing.contains("FAIL  table"), "{missing}");
+    assert!(missing.contains("run the outbox migration"), "{missing}");
+    let migrated = succeeded(&outbox_with(&t, &["migrate"], &[("OUTBOX_TABLE", &fresh)]));
+    assert!(
+        migrated.contains(&format!("`{fresh}` is in place")),
+        "{migrated}"
+    );
+    let ok = succeeded(&outbox_with(
+        &t,
+        &["check", "--broker", "memory://"],
+        &[("OUTBOX_TABLE", &fresh)],
+    ));
+    assert!(ok.contains("ok    table"), "{ok}");
+    assert!(ok.contains("ok    broker: memory answers"), "{ok}");
+    // A bad setting and an unknown broker scheme are each a failed check, named.
+    let bad = failed(&outbox_with(
+        &t,
+        &["check", "--broker", "pigeon://coop"],
+        &[("OUTBOX_TABLE", &fresh), ("OUTBOX_BATCH_SIZE", "0")],
+    ));
+    assert!(bad.contains("FAIL  settings: OUTBOX_BATCH_SIZE=0"), "{bad}");
+    assert!(bad.contains("FAIL  broker"), "{bad}");
+    assert!(bad.contains("2 of the checks failed"), "{bad}");
+    for table in [format!("{fresh}_lock"), fresh] {
+        let _ = outbox::sea_orm::ConnectionTrait::execute_unprepared(
+            &t.db,
+            &format!("DROP TABLE IF EXISTS {table}"),
+        )
+        .await;
+    }
+    t.drop_tables().await;
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test(super::Backend::Postgres).await;
+            })*
+        }
+        mod mariadb {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test(super::Backend::MariaDb).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() {
+                super::$test(super::Backend::SqliteFile).await;
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    status_reports_the_backlog_and_dead_letters,
+    dead_letters_are_listed_and_shown_with_their_reason,
+    a_replay_asks_first_then_the_relay_publishes_it,
+    purges_delete_what_they_select,
+    migrate_and_check,
+);
+
+#[test]
+fn the_schema_prints_without_a_database() {
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args([
+            "migrate",
+            "--print",
+            "--backend",
+            "postgres",
+            "--table",
+            "shop_outbox",
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let sql = stdout(&output);
+    assert!(
+        sql.starts_with("CREATE TABLE IF NOT EXISTS shop_outbox"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("CREATE TABLE IF NOT EXISTS shop_outbox_lock"),
+        "{sql}"
+    );
+}
+
+#[test]
+fn usage_errors_say_what_is_missing() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_outbox"))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let no_database = run(&["status"]);
+    assert_eq!(no_database.status.code(), Some(1));
+    assert!(stderr(&no_database).contains("pass --database-url or set DATABASE_URL"));
+    let bad_table = run(&[
+        "status",
+        "--database-url",
+        "sqlite::memory:",
+        "--table",
+        "Bad-Name",
+    ]);
+    assert_eq!(bad_table.status.code(), Some(1));
+    assert!(stderr(&bad_table).contains("invalid outbox table name \"Bad-Name\""));
+    let no_selection = run(&["dead-letters", "replay"]);
+    assert_eq!(no_selection.status.code(), Some(2), "clap's usage error");
+    assert!(stderr(&no_selection).contains("--all"));
+}
