@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn no_backend_is_told_apart_outside_the_dialects() {
         // The seam's rule, checked on the source: only this file and the backends' own modules name a backend or
-        // reach for a driver's pool.
+        // reach for a driver's pool in their code.
         let allowed = ["dialect.rs", "postgres.rs", "mysql.rs", "sqlite.rs"];
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut pending = vec![root];
@@ -322,7 +322,12 @@ mod tests {
                 if in_store && allowed.contains(&name.as_str()) {
                     continue;
                 }
-                let text = std::fs::read_to_string(&path).unwrap();
+                // Code only: a doc example may show a user naming a backend.
+                let text: String = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .filter(|line| !line.trim_start().starts_with("//"))
+                    .collect();
                 for needle in ["DbBackend::", "DatabaseBackend::", "_connection_pool("] {
                     if text.contains(needle) {
                         offenders.push(format!("{}: {needle}", path.display()));
