@@ -25,6 +25,7 @@ on_every_backend!(
     a_lease_beyond_every_window_still_holds_its_aggregate_back,
     failures_back_off_then_dead_letter,
     dead_letters_replay_and_purge,
+    dead_letter_filters_select_by_aggregate_reason_and_time,
     undecodable_rows_become_dead_letters_without_stopping_others,
     release_gives_events_back_without_an_attempt,
     python_outbox_core_single_event_forms,
@@ -608,6 +609,100 @@ async fn failures_back_off_then_dead_letter(backend: Backend) {
         .unwrap();
     let row = &t.outbox.get_unpublished(&t.db, 1, 0).await.unwrap()[0];
     assert!(row.last_error.as_ref().unwrap().len() <= 4096 + 3);
+    t.drop_tables().await;
+}
+
+/// Four dead letters: aggregates a, b (twice: a wildcard-laden reason and a plain one) and c; the event of c
+/// occurred a day ago, the others now.
+async fn dead_letter_filters_select_by_aggregate_reason_and_time(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let day_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    t.outbox
+        .add_events(&t.db, [opened("a", 1), opened("b", 1), opened("b", 2)])
+        .await
+        .unwrap();
+    t.outbox
+        .add_event(
+            &t.db,
+            EventEnvelope::new(opened("c", 1)).with_occurred_at(day_ago),
+        )
+        .await
+        .unwrap();
+    let claim = t.outbox.claim(&t.db, 10).await.unwrap();
+    let reasons = ["timeout", "50% of quota_used", "timeout", "rejected"];
+    let failures: Vec<Failure> = claim
+        .events
+        .iter()
+        .zip(reasons)
+        .map(|(e, reason)| Failure::new(e, reason).permanent())
+        .collect();
+    t.outbox
+        .mark_failed(&t.db, claim.token, &failures)
+        .await
+        .unwrap();
+    let selected = |filter: DeadLetterFilter| {
+        let t = &t;
+        async move {
+            let rows = t
+                .outbox
+                .dead_letters_matching(&t.db, &filter, 100, 0)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r.aggregate_id,
+                        r.last_error.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let aggregate = |id: &str| DeadLetterFilter::Aggregate {
+        aggregate_type: AccountOpened::AGGREGATE_TYPE.into(),
+        aggregate_id: id.into(),
+    };
+    assert_eq!(
+        selected(aggregate("b")).await,
+        ["b50% of quota_used", "btimeout"]
+    );
+    assert_eq!(
+        selected(DeadLetterFilter::ErrorContains("% of quota_".into())).await,
+        ["b50% of quota_used"]
+    );
+    assert!(
+        selected(DeadLetterFilter::ErrorContains("0_ of".into()))
+            .await
+            .is_empty(),
+        "`_` and `%` are literal, not wildcards"
+    );
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        selected(DeadLetterFilter::OccurredBefore(an_hour_ago)).await,
+        ["crejected"]
+    );
+    assert_eq!(
+        selected(DeadLetterFilter::OccurredSince(an_hour_ago))
+            .await
+            .len(),
+        3
+    );
+    let both = DeadLetterFilter::AllOf(vec![
+        DeadLetterFilter::ErrorContains("timeout".into()),
+        aggregate("b"),
+    ]);
+    assert_eq!(selected(both.clone()).await, ["btimeout"]);
+    // What a filter lists is what a replay or purge with it acts on.
+    assert_eq!(t.outbox.replay_dead_letters(&t.db, both).await.unwrap(), 1);
+    assert_eq!(
+        t.outbox
+            .purge_dead_letters(&t.db, DeadLetterFilter::OccurredBefore(an_hour_ago))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 2);
     t.drop_tables().await;
 }
 

@@ -22,6 +22,22 @@ pub enum DeadLetterFilter {
     Id(i64),
     /// Every dead letter of one event type.
     EventType(String),
+    /// Every dead letter of one aggregate.
+    Aggregate {
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The aggregate id.
+        aggregate_id: String,
+    },
+    /// Every dead letter whose last error contains this text (matched with the database's `LIKE`, so its case
+    /// rules apply: case-sensitive on PostgreSQL, not for ASCII on MySQL's default collations and SQLite).
+    ErrorContains(String),
+    /// Every dead letter whose event occurred at or after this time.
+    OccurredSince(chrono::DateTime<Utc>),
+    /// Every dead letter whose event occurred before this time.
+    OccurredBefore(chrono::DateTime<Utc>),
+    /// The dead letters that every one of these filters selects (all of them when empty).
+    AllOf(Vec<DeadLetterFilter>),
 }
 
 /// Lag figures for health checks and metrics.
@@ -241,13 +257,39 @@ impl OutboxRepository {
             .await
     }
 
-    fn filter(&self, dialect: &Dialect, filter: &DeadLetterFilter) -> (&'static str, Vec<Value>) {
-        match filter {
-            DeadLetterFilter::All => ("", Vec::new()),
-            DeadLetterFilter::Id(id) => (" AND id = ?", vec![(*id).into()]),
-            DeadLetterFilter::EventId(id) => (" AND event_id = ?", vec![dialect.event_id(*id)]),
-            DeadLetterFilter::EventType(t) => (" AND event_type = ?", vec![t.clone().into()]),
-        }
+    /// The condition (` AND ...`, or nothing) and its values that select `filter`'s dead letters.
+    fn filter(&self, dialect: &Dialect, filter: &DeadLetterFilter) -> (String, Vec<Value>) {
+        let (condition, values) = match filter {
+            DeadLetterFilter::All => return (String::new(), Vec::new()),
+            DeadLetterFilter::Id(id) => ("id = ?", vec![(*id).into()]),
+            DeadLetterFilter::EventId(id) => ("event_id = ?", vec![dialect.event_id(*id)]),
+            DeadLetterFilter::EventType(t) => ("event_type = ?", vec![t.clone().into()]),
+            DeadLetterFilter::Aggregate {
+                aggregate_type,
+                aggregate_id,
+            } => (
+                "aggregate_type = ? AND aggregate_id = ?",
+                vec![aggregate_type.clone().into(), aggregate_id.clone().into()],
+            ),
+            // `!` escapes: a backslash means different things in MySQL's and PostgreSQL's string literals.
+            DeadLetterFilter::ErrorContains(text) => (
+                "last_error LIKE ? ESCAPE '!'",
+                vec![format!("%{}%", like_escaped(text)).into()],
+            ),
+            DeadLetterFilter::OccurredSince(t) => ("occurred_at >= ?", vec![(*t).into()]),
+            DeadLetterFilter::OccurredBefore(t) => ("occurred_at < ?", vec![(*t).into()]),
+            DeadLetterFilter::AllOf(filters) => {
+                let mut condition = String::new();
+                let mut values = Vec::new();
+                for filter in filters {
+                    let (more, more_values) = self.filter(dialect, filter);
+                    condition.push_str(&more);
+                    values.extend(more_values);
+                }
+                return (condition, values);
+            }
+        };
+        (format!(" AND {condition}"), values)
     }
 
     /// Deletes published events older than `older_than`, `batch_size` rows per statement so the table is never
@@ -363,5 +405,26 @@ impl OutboxRepository {
             .iter()
             .map(|row| StoredEvent::from_row(row).map_err(|e| self.db_error(operation, backend, e)))
             .collect()
+    }
+}
+
+/// `text` with `LIKE`'s wildcards and the escape character `!` escaped by `!`.
+fn like_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            escaped.push('!');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_wildcards_are_taken_literally() {
+        assert_eq!(super::like_escaped("50% off_now!"), "50!% off!_now!!");
+        assert_eq!(super::like_escaped("plain"), "plain");
     }
 }
