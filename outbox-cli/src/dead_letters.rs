@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use outbox::repository::{DeadLetterFilter, StoredEvent};
 use uuid::Uuid;
@@ -16,9 +17,8 @@ const ALL: u64 = i64::MAX as u64;
 pub(crate) enum Command {
     /// List dead letters, oldest first, with their last error.
     List {
-        /// Only dead letters of this event type.
-        #[arg(long = "type")]
-        event_type: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u64,
@@ -43,11 +43,27 @@ pub(crate) enum Command {
     Purge(Action),
 }
 
-/// Which dead letters a replay or purge acts on, and whether to act.
+/// Which dead letters a replay or purge acts on, and whether to act: `--all`, one by `--id` or `--event-id`, or
+/// the ones every given filter selects.
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("selection")
+        .required(true)
+        .multiple(true)
+        .args(["id", "event_id", "all", "event_type", "aggregate", "reason", "since", "before"])
+))]
 pub(crate) struct Action {
+    /// One dead letter, by row id.
+    #[arg(long, conflicts_with_all = ["event_id", "all"])]
+    id: Option<i64>,
+    /// One dead letter, by event id (CloudEvents `id`).
+    #[arg(long, conflicts_with = "all")]
+    event_id: Option<Uuid>,
+    /// Every dead letter.
+    #[arg(long, conflicts_with_all = ["event_type", "aggregate", "reason", "since", "before"])]
+    all: bool,
     #[command(flatten)]
-    select: Select,
+    filters: Filters,
     /// Print what would be done, and do nothing.
     #[arg(long)]
     dry_run: bool,
@@ -56,33 +72,92 @@ pub(crate) struct Action {
     yes: bool,
 }
 
+/// Filters that narrow the dead letters down; given together, a dead letter must match all of them.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-struct Select {
-    /// One dead letter, by row id.
-    #[arg(long)]
-    id: Option<i64>,
-    /// One dead letter, by event id (CloudEvents `id`).
-    #[arg(long)]
-    event_id: Option<Uuid>,
-    /// Every dead letter of this event type.
+pub(crate) struct Filters {
+    /// Of this event type.
     #[arg(long = "type")]
     event_type: Option<String>,
-    /// Every dead letter.
+    /// Of this aggregate, as `TYPE/ID` (e.g. `com.example.user/42`).
+    #[arg(long, value_name = "TYPE/ID", value_parser = parse_aggregate)]
+    aggregate: Option<(String, String)>,
+    /// Whose last error contains this text.
     #[arg(long)]
-    all: bool,
+    reason: Option<String>,
+    /// Whose event occurred at or after this time: RFC 3339 (`2026-12-01T08:00:00Z`) or an age (`2h`: two hours
+    /// ago).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Whose event occurred before this time: RFC 3339 or an age, as for `--since`.
+    #[arg(long, value_parser = parse_time)]
+    before: Option<DateTime<Utc>>,
 }
 
-impl Select {
+impl Filters {
     fn filter(&self) -> DeadLetterFilter {
-        match (self.id, self.event_id, &self.event_type) {
-            (Some(id), _, _) => DeadLetterFilter::Id(id),
-            (_, Some(event_id), _) => DeadLetterFilter::EventId(event_id),
-            (_, _, Some(event_type)) => DeadLetterFilter::EventType(event_type.clone()),
-            // clap requires exactly one of the four.
-            _ => DeadLetterFilter::All,
+        let mut all = Vec::new();
+        if let Some(event_type) = &self.event_type {
+            all.push(DeadLetterFilter::EventType(event_type.clone()));
+        }
+        if let Some((aggregate_type, aggregate_id)) = &self.aggregate {
+            all.push(DeadLetterFilter::Aggregate {
+                aggregate_type: aggregate_type.clone(),
+                aggregate_id: aggregate_id.clone(),
+            });
+        }
+        if let Some(reason) = &self.reason {
+            all.push(DeadLetterFilter::ErrorContains(reason.clone()));
+        }
+        if let Some(since) = self.since {
+            all.push(DeadLetterFilter::OccurredSince(since));
+        }
+        if let Some(before) = self.before {
+            all.push(DeadLetterFilter::OccurredBefore(before));
+        }
+        DeadLetterFilter::AllOf(all)
+    }
+}
+
+impl Action {
+    fn filter(&self) -> DeadLetterFilter {
+        match (self.id, self.event_id) {
+            (Some(id), _) => DeadLetterFilter::Id(id),
+            (_, Some(event_id)) => DeadLetterFilter::AllOf(vec![
+                DeadLetterFilter::EventId(event_id),
+                self.filters.filter(),
+            ]),
+            // `--all` excludes every filter, so an empty AllOf is all.
+            _ => self.filters.filter(),
         }
     }
+}
+
+/// `TYPE/ID`, split at the last `/` (an aggregate type may hold one, an id rarely does).
+fn parse_aggregate(text: &str) -> Result<(String, String), String> {
+    match text.rsplit_once('/') {
+        Some((kind, id)) if !kind.is_empty() && !id.is_empty() => {
+            Ok((kind.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!(
+            "expected TYPE/ID, e.g. com.example.user/42, not {text:?}"
+        )),
+    }
+}
+
+/// A time in RFC 3339, or an age meaning that long ago.
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let age = humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "expected an RFC 3339 time (2026-12-01T08:00:00Z) or an age (30m, 2h, 7d), not {text:?}"
+        )
+    })?;
+    let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
+    Utc::now()
+        .checked_sub_signed(age)
+        .ok_or_else(|| format!("{text} ago is before any time this can name"))
 }
 
 impl Command {
@@ -90,14 +165,12 @@ impl Command {
         let Target { db, outbox } = target;
         match self {
             Self::List {
-                event_type,
+                filters,
                 limit,
                 offset,
                 json,
             } => {
-                let filter = event_type
-                    .clone()
-                    .map_or(DeadLetterFilter::All, DeadLetterFilter::EventType);
+                let filter = filters.filter();
                 let rows = outbox
                     .dead_letters_matching(db, &filter, *limit, *offset)
                     .await?;
@@ -150,7 +223,7 @@ impl Verb {
 impl Action {
     async fn run(&self, target: &Target, verb: Verb) -> Result<(), CliError> {
         let Target { db, outbox } = target;
-        let filter = self.select.filter();
+        let filter = self.filter();
         let matching = outbox.dead_letters_matching(db, &filter, ALL, 0).await?;
         if matching.is_empty() {
             println!("no dead letters match");

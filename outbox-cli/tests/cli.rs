@@ -3,11 +3,12 @@
 
 use std::process::{Command, Output, Stdio};
 
+use outbox::OutboxEvent;
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
 use outbox::repository::Failure;
 use outbox_tests::backend::{Backend, TestDb};
-use outbox_tests::events::{AccountClosed, opened};
+use outbox_tests::events::{AccountClosed, AccountOpened, opened};
 
 /// Runs `outbox args...` on the test's database and table, with no terminal on stdin.
 fn outbox(t: &TestDb, args: &[&str]) -> Output {
@@ -150,6 +151,59 @@ async fn dead_letters_are_listed_and_shown_with_their_reason(backend: Backend) {
     t.drop_tables().await;
 }
 
+async fn filters_narrow_what_is_listed_and_replayed(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    seed(&t).await;
+    let list = |args: &[&str]| {
+        let mut all = vec!["dead-letters", "list", "--json"];
+        all.extend_from_slice(args);
+        let rows: serde_json::Value = serde_json::from_str(&succeeded(&outbox(&t, &all))).unwrap();
+        rows.as_array().unwrap().len()
+    };
+    let aggregate = format!("{}/a", AccountOpened::AGGREGATE_TYPE);
+    assert_eq!(list(&["--reason", "said no"]), 1);
+    assert_eq!(list(&["--reason", "said yes"]), 0);
+    assert_eq!(list(&["--aggregate", &aggregate, "--since", "1h"]), 1);
+    assert_eq!(list(&["--aggregate", &aggregate, "--before", "1h"]), 0);
+    assert_eq!(
+        list(&[
+            "--aggregate",
+            &format!("{}/b", AccountOpened::AGGREGATE_TYPE)
+        ]),
+        0
+    );
+    let dry = succeeded(&outbox(
+        &t,
+        &[
+            "dead-letters",
+            "replay",
+            "--reason",
+            "said no",
+            "--type",
+            AccountOpened::EVENT_TYPE,
+            "--dry-run",
+        ],
+    ));
+    assert!(dry.contains("would replay 1 dead letters"), "{dry}");
+    let none = succeeded(&outbox(
+        &t,
+        &[
+            "dead-letters",
+            "purge",
+            "--reason",
+            "said no",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--before",
+            "2000-01-02T00:00:00Z",
+            "--yes",
+        ],
+    ));
+    assert!(none.contains("no dead letters match"), "{none}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    t.drop_tables().await;
+}
+
 async fn a_replay_asks_first_then_the_relay_publishes_it(backend: Backend) {
     let t = TestDb::new(backend).await;
     let id = seed(&t).await;
@@ -276,6 +330,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     status_reports_the_backlog_and_dead_letters,
     dead_letters_are_listed_and_shown_with_their_reason,
+    filters_narrow_what_is_listed_and_replayed,
     a_replay_asks_first_then_the_relay_publishes_it,
     purges_delete_what_they_select,
     migrate_and_check,
@@ -331,4 +386,25 @@ fn usage_errors_say_what_is_missing() {
     let no_selection = run(&["dead-letters", "replay"]);
     assert_eq!(no_selection.status.code(), Some(2), "clap's usage error");
     assert!(stderr(&no_selection).contains("--all"));
+    let all_and_a_filter = run(&["dead-letters", "purge", "--all", "--type", "x"]);
+    assert_eq!(all_and_a_filter.status.code(), Some(2));
+    assert!(
+        stderr(&all_and_a_filter).contains("cannot be used with"),
+        "{}",
+        stderr(&all_and_a_filter)
+    );
+    let bad_time = run(&["dead-letters", "list", "--since", "yesterday"]);
+    assert_eq!(bad_time.status.code(), Some(2));
+    assert!(
+        stderr(&bad_time).contains("expected an RFC 3339 time"),
+        "{}",
+        stderr(&bad_time)
+    );
+    let bad_aggregate = run(&["dead-letters", "list", "--aggregate", "noslash"]);
+    assert_eq!(bad_aggregate.status.code(), Some(2));
+    assert!(
+        stderr(&bad_aggregate).contains("expected TYPE/ID"),
+        "{}",
+        stderr(&bad_aggregate)
+    );
 }
