@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use outbox::repository::{DeadLetterFilter, StoredEvent};
 use uuid::Uuid;
 
-use crate::render::Table;
+use crate::render::{Table, event_json};
 use crate::{CliError, Target};
 
 /// Every dead letter a filter selects is read at once: dead letters are an exception to look at, not a backlog.
@@ -175,7 +175,7 @@ impl Command {
                     .dead_letters_matching(db, &filter, *limit, *offset)
                     .await?;
                 if *json {
-                    let rows: Vec<_> = rows.iter().map(to_json).collect();
+                    let rows: Vec<_> = rows.iter().map(event_json).collect();
                     println!("{:#}", serde_json::Value::Array(rows));
                 } else {
                     print!("{}", table(&rows));
@@ -193,7 +193,7 @@ impl Command {
                     ))
                 })?;
                 if *json {
-                    println!("{:#}", to_json(row));
+                    println!("{:#}", event_json(row));
                 } else {
                     show(row);
                 }
@@ -320,25 +320,4 @@ fn show(row: &StoredEvent) {
     let payload = serde_json::from_str::<serde_json::Value>(&row.payload)
         .map_or_else(|_| row.payload.clone(), |v| format!("{v:#}"));
     println!("payload\n{payload}");
-}
-
-fn to_json(row: &StoredEvent) -> serde_json::Value {
-    // The payload as JSON when it is JSON (it always is when the repository stored it), else as text.
-    let payload = serde_json::from_str::<serde_json::Value>(&row.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(row.payload.clone()));
-    serde_json::json!({
-        "id": row.id,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "data_version": row.data_version,
-        "aggregate_type": row.aggregate_type,
-        "aggregate_id": row.aggregate_id,
-        "occurred_at": row.occurred_at.to_rfc3339(),
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "correlation_id": row.correlation_id,
-        "causation_id": row.causation_id,
-        "traceparent": row.traceparent,
-        "payload": payload,
-    })
 }

@@ -8,6 +8,7 @@
 //! outbox dead-letters show 42
 //! outbox dead-letters replay --all --dry-run      # what would be replayed; then again with --yes
 //! outbox purge-published --older-than 7d
+//! outbox tail --json                              # follow what the relays publish
 //! outbox migrate --print --backend postgres       # the schema, for a team's own migration tool
 //! outbox check --broker nats://127.0.0.1:4222     # exit code 0 only if everything answers
 //! ```
@@ -18,6 +19,7 @@
 mod dead_letters;
 mod maintenance;
 mod render;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -65,6 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch: u32,
     },
+    /// Follow events as the relays mark them published (Ctrl-C stops).
+    Tail(tail::Tail),
     /// Create the outbox table (idempotent), or print its schema.
     Migrate {
         /// Print the schema instead of applying it; needs no database.
@@ -115,6 +119,15 @@ impl Cli {
     }
 }
 
+/// The relay's `OUTBOX_*` settings, as the relay beside this command reads them (with the two variables it
+/// reads that the settings do not cover).
+fn settings() -> Result<outbox::OutboxConfig, outbox::ConfigError> {
+    outbox::config::ConfigLoader::new()
+        .allow("OUTBOX_TABLE")
+        .allow("OUTBOX_BROKER")
+        .from_env()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -140,6 +153,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::PurgePublished { older_than, batch } => {
             maintenance::purge_published(&cli.target().await?, *older_than, *batch).await
         }
+        Command::Tail(tail) => tail.run(&cli.target().await?).await,
         Command::Migrate {
             print: true,
             backend: Some(backend),

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use outbox::config::ConfigLoader;
-
 use crate::render::{Table, age};
 use crate::{Cli, CliError, Target};
 
@@ -111,14 +109,9 @@ pub(crate) async fn check(cli: &Cli, broker: Option<&str>) -> Result<(), CliErro
             println!("FAIL  {what}: {error}");
         }
     };
-    // The variables the relay's settings do not cover but this command (and the service example) reads.
-    let settings = ConfigLoader::new()
-        .allow("OUTBOX_TABLE")
-        .allow("OUTBOX_BROKER")
-        .from_env();
     report(
         "settings",
-        settings
+        crate::settings()
             .map(|_| "every OUTBOX_* variable is valid".to_owned())
             .map_err(|e| e.to_string()),
     );

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use outbox::repository::StoredEvent;
+
 /// Rows printed under a header, each column as wide as its widest cell.
 pub(crate) struct Table {
     rows: Vec<Vec<String>>,
@@ -67,6 +69,29 @@ pub(crate) fn age(age: Duration) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// A stored event as one JSON object, its payload as JSON.
+pub(crate) fn event_json(row: &StoredEvent) -> serde_json::Value {
+    // The payload as JSON when it is JSON (it always is when the repository stored it), else as text.
+    let payload = serde_json::from_str::<serde_json::Value>(&row.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(row.payload.clone()));
+    serde_json::json!({
+        "id": row.id,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "data_version": row.data_version,
+        "aggregate_type": row.aggregate_type,
+        "aggregate_id": row.aggregate_id,
+        "occurred_at": row.occurred_at.to_rfc3339(),
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "published_at": row.published_at.map(|t| t.to_rfc3339()),
+        "correlation_id": row.correlation_id,
+        "causation_id": row.causation_id,
+        "traceparent": row.traceparent,
+        "payload": payload,
+    })
 }
 
 #[cfg(test)]

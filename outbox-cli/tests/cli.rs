@@ -239,6 +239,88 @@ async fn a_replay_asks_first_then_the_relay_publishes_it(backend: Backend) {
     t.drop_tables().await;
 }
 
+/// The event ids `outbox tail --json` printed, one object a line.
+fn tailed(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(event["published_at"].is_string(), "{event}");
+            event["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+async fn tail_follows_what_the_relay_publishes(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    let before = t
+        .outbox
+        .add_events(&t.db, [opened("a", 1), opened("a", 2)])
+        .await
+        .unwrap();
+    relay.publish_batch(10).await.unwrap();
+    let from_start = succeeded(&outbox(
+        &t,
+        &[
+            "tail",
+            "--from-start",
+            "--count",
+            "2",
+            "--json",
+            "--settle",
+            "0s",
+        ],
+    ));
+    let expected: Vec<String> = before.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        tailed(&from_start),
+        expected,
+        "in the order they were published"
+    );
+
+    // From now: what was published before the tail started is not shown, what comes after is.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args([
+            "tail",
+            "--count",
+            "2",
+            "--json",
+            "--settle",
+            "300ms",
+            "--interval",
+            "50ms",
+        ])
+        .env_clear()
+        .env("DATABASE_URL", &t.url)
+        .env("OUTBOX_TABLE", t.outbox.table())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = t
+        .outbox
+        .add_events(&t.db, [opened("b", 1), opened("c", 1)])
+        .await
+        .unwrap();
+    relay.publish_batch(10).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("tail did not show the two new events within 20 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let followed = succeeded(&output);
+    let expected: Vec<String> = after.iter().map(ToString::to_string).collect();
+    assert_eq!(tailed(&followed), expected);
+    t.drop_tables().await;
+}
+
 async fn purges_delete_what_they_select(backend: Backend) {
     let t = TestDb::new(backend).await;
     seed(&t).await;
@@ -333,6 +415,7 @@ on_every_backend!(
     filters_narrow_what_is_listed_and_replayed,
     a_replay_asks_first_then_the_relay_publishes_it,
     purges_delete_what_they_select,
+    tail_follows_what_the_relay_publishes,
     migrate_and_check,
 );
 

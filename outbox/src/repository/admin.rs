@@ -194,6 +194,38 @@ impl OutboxRepository {
             .await
     }
 
+    /// Published events in the order they were marked published (by `published_at`, then id): those after
+    /// `after` (a previous page's last `(published_at, id)`, or from the beginning) and marked at or before
+    /// `until`, at most `limit`. For following what the relays publish (`outbox tail`): pass an `until` a few
+    /// seconds in the past, so that a mark still committing, or stamped by a relay whose clock is slightly behind,
+    /// is not passed over. With [`delete_on_publish`](crate::OutboxConfig::delete_on_publish) there is nothing to
+    /// read.
+    pub async fn published_between<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        after: Option<(chrono::DateTime<Utc>, i64)>,
+        until: chrono::DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let (after_time, after_id) =
+            after.unwrap_or((chrono::DateTime::<Utc>::UNIX_EPOCH, i64::MIN));
+        let query = format!(
+            "SELECT {} FROM {{t}} WHERE status = {} AND published_at <= ? \
+             AND (published_at > ? OR (published_at = ? AND id > ?)) ORDER BY published_at, id LIMIT ?",
+            sql::COLUMNS,
+            sql::PUBLISHED
+        );
+        let values = vec![
+            until.into(),
+            after_time.into(),
+            after_time.into(),
+            after_id.into(),
+            limit.into(),
+        ];
+        self.select(db, "reading published events", &query, values)
+            .await
+    }
+
     /// The pending events per aggregate type, largest backlog first: how many, and when the oldest occurred.
     pub async fn backlog<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<Backlog>> {
         const OPERATION: &str = "reading the backlog";
