@@ -31,6 +31,7 @@ use axum::Router;
 use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use outbox::health::HealthCheck;
+use outbox::ops::Dashboard;
 use outbox::publisher::{Publisher, from_url};
 use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
@@ -114,6 +115,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
 
+    // The ops dashboard, in every mode: read-only unless OUTBOX_OPS_TOKEN is set.
+    let ops = Dashboard::new(db.clone(), outbox.clone())
+        .token(settings.ops_token.clone())
+        .health(health.clone())
+        .router();
     // Every mode serves the endpoints an orchestrator probes; the relay-only mode serves nothing else.
     let app = http::App {
         db,
@@ -122,7 +128,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         relay: relay_handle,
         metrics,
     };
-    let mut router = Router::new().route("/metrics", get(http::metrics));
+    let mut router = Router::new()
+        .route("/metrics", get(http::metrics))
+        .nest("/ops", ops);
     if settings.outbox.enable_health_check {
         router = router.route("/health", get(http::health));
     }

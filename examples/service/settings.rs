@@ -21,6 +21,8 @@ pub struct Settings {
     pub table: String,
     pub json_logs: bool,
     pub outbox: OutboxConfig,
+    /// The ops dashboard's token (`OUTBOX_OPS_TOKEN`): without one, the dashboard at `/ops` is read-only.
+    pub ops_token: Option<String>,
 }
 
 fn var(name: &str, default: &str) -> String {
@@ -29,7 +31,7 @@ fn var(name: &str, default: &str) -> String {
 
 impl Settings {
     /// Reads `DATABASE_URL`, `OUTBOX_BROKER`, `BIND_ADDR`, `SERVICE_MODE` (or `--mode`), `OUTBOX_TABLE`,
-    /// `LOG_FORMAT` and every `OUTBOX_*` setting.
+    /// `OUTBOX_OPS_TOKEN`, `LOG_FORMAT` and every `OUTBOX_*` setting.
     pub fn from_env() -> Result<Self, String> {
         let mut problems = Vec::new();
         let bind_text = var("BIND_ADDR", "127.0.0.1:8080");
@@ -67,6 +69,7 @@ impl Settings {
         let outbox = ConfigLoader::new()
             .allow("OUTBOX_BROKER")
             .allow("OUTBOX_TABLE")
+            .allow("OUTBOX_OPS_TOKEN")
             .from_env()
             .unwrap_or_else(|e| {
                 problems.push(e.to_string());
@@ -83,6 +86,7 @@ impl Settings {
             table: var("OUTBOX_TABLE", "outbox_events"),
             json_logs,
             outbox,
+            ops_token: std::env::var("OUTBOX_OPS_TOKEN").ok(),
         })
     }
 }

@@ -251,6 +251,11 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
         metrics.contains("outbox_events_published_total"),
         "{metrics}"
     );
+    // The ops dashboard is mounted and shows the relay's health.
+    let (status, ops) = service.request("GET", "/ops", "").await;
+    assert_eq!(status, 200, "{ops}");
+    assert!(ops.contains("<base href=\"/ops/\">"), "{ops}");
+    assert!(ops.contains("&quot;running&quot;: true"), "{ops}");
 
     service.signal("-TERM");
     assert!(

@@ -119,12 +119,13 @@ impl Cli {
     }
 }
 
-/// The relay's `OUTBOX_*` settings, as the relay beside this command reads them (with the two variables it
-/// reads that the settings do not cover).
+/// The relay's `OUTBOX_*` settings, as the relay beside this command reads them (with the variables a service
+/// reads beside them: the table, the broker and the ops dashboard's token).
 fn settings() -> Result<outbox::OutboxConfig, outbox::ConfigError> {
     outbox::config::ConfigLoader::new()
         .allow("OUTBOX_TABLE")
         .allow("OUTBOX_BROKER")
+        .allow("OUTBOX_OPS_TOKEN")
         .from_env()
 }
 

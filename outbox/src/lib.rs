@@ -50,6 +50,8 @@ pub mod limits;
 pub mod message;
 #[cfg(feature = "sea-orm")]
 pub mod migration;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod publisher;
 mod redact;
 pub mod registry;

@@ -7,5 +7,6 @@
 mod claim_lock;
 mod contract;
 mod limits;
+mod ops;
 mod setup;
 mod stragglers;
