@@ -9,6 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod browser;
+
 const NATS: &str = "nats://127.0.0.1:4222";
 const SUBJECT: &str = "com.example.user";
 
@@ -509,6 +511,104 @@ async fn the_health_endpoint_follows_outbox_enable_health_check() {
     );
     assert_eq!(service.request("GET", "/health", "").await.0, 404);
     assert_eq!(service.request("GET", "/metrics", "").await.0, 200);
+    service.signal("-TERM");
+    assert!(service.wait().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The service's own event, as the test writes it straight into the table.
+#[derive(serde::Serialize, serde::Deserialize, outbox::OutboxEvent)]
+#[outbox(type = "com.example.user.created", source = "/user-service")]
+struct UserCreated {
+    #[outbox(aggregate_id)]
+    user_id: uuid::Uuid,
+    email: String,
+}
+
+/// An operator opens the dashboard in a real browser, sees a dead letter, types the token and replays it; the
+/// service's relay then delivers it. Set `SCREENSHOTS_DIR` to a folder to keep the page as PNGs (the README's
+/// screenshot comes from here).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_browser() {
+    use outbox::repository::{Failure, OutboxRepository};
+    let dir = std::env::temp_dir().join(format!("outbox-ops-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_path = dir.join("service.db");
+    let db_path = db_path.to_str().unwrap();
+    let db = outbox::repository::connect(&format!("sqlite://{db_path}?mode=rwc"))
+        .await
+        .unwrap();
+    outbox::migration::create_table(&db, "outbox_events")
+        .await
+        .unwrap();
+    let outbox = OutboxRepository::new();
+    outbox
+        .add_event(
+            &db,
+            UserCreated {
+                user_id: uuid::Uuid::new_v4(),
+                email: "ada@example.com".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let claim = outbox.claim(&db, 1).await.unwrap();
+    let failure =
+        Failure::new(&claim.events[0], "the broker refused it: quota exceeded").permanent();
+    outbox
+        .mark_failed(&db, claim.token, &[failure])
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let service = Service::start_with(
+        port,
+        db_path,
+        "unused",
+        "all",
+        &[
+            ("OUTBOX_BROKER", "memory://"),
+            ("OUTBOX_OPS_TOKEN", "letmein"),
+        ],
+    );
+    assert_eq!(service.request("GET", "/ops", "").await.0, 200);
+    let browser = browser::Browser::start(free_port()).await;
+    browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
+    let page = browser.source().await;
+    assert!(
+        page.contains("the broker refused it: quota exceeded"),
+        "{page}"
+    );
+    assert!(page.contains("com.example.user.created"), "{page}");
+    let screenshots = std::env::var_os("SCREENSHOTS_DIR").map(PathBuf::from);
+    if let Some(folder) = &screenshots {
+        std::fs::write(folder.join("ops-dashboard.png"), browser.screenshot().await).unwrap();
+    }
+
+    // A wrong token is refused and changes nothing.
+    browser.type_into("input[name=token]", "guess").await;
+    browser.click("button[value=replay]").await;
+    browser.wait_for("wrong or missing token").await;
+    assert_eq!(outbox.count_dead_letters(&db).await.unwrap(), 1);
+
+    browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
+    browser.type_into("input[name=token]", "letmein").await;
+    browser.click("button[value=replay]").await;
+    browser.wait_for("replayed 1 dead letter").await;
+    // The relay publishes it: no dead letter, nothing pending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while outbox.count_unpublished(&db).await.unwrap() > 0
+        || outbox.count_dead_letters(&db).await.unwrap() > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replayed event was not delivered within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
+    browser.wait_for("<b id=\"dead\">0</b> dead letters").await;
+    browser.quit().await;
     service.signal("-TERM");
     assert!(service.wait().success());
     let _ = std::fs::remove_dir_all(&dir);
