@@ -318,16 +318,7 @@ async fn replay(
     Base(base): Base,
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, Failure> {
-    ops.authorize(&form.token)?;
-    let n = ops
-        .repository
-        .replay_dead_letters(&ops.db, DeadLetterFilter::Id(form.id))
-        .await?;
-    tracing::info!(target: "outbox", id = form.id, replayed = n, "dead letter replayed from the ops dashboard");
-    Ok(back(
-        &base,
-        &format!("replayed {n} dead letter (id {})", form.id),
-    ))
+    ops.act(&base, &form, Action::Replay).await
 }
 
 async fn purge(
@@ -335,16 +326,13 @@ async fn purge(
     Base(base): Base,
     Form(form): Form<ActionForm>,
 ) -> Result<Redirect, Failure> {
-    ops.authorize(&form.token)?;
-    let n = ops
-        .repository
-        .purge_dead_letters(&ops.db, DeadLetterFilter::Id(form.id))
-        .await?;
-    tracing::info!(target: "outbox", id = form.id, purged = n, "dead letter purged from the ops dashboard");
-    Ok(back(
-        &base,
-        &format!("purged {n} dead letter (id {})", form.id),
-    ))
+    ops.act(&base, &form, Action::Purge).await
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Replay,
+    Purge,
 }
 
 /// Back to the overview, with a notice of what was done.
@@ -361,6 +349,34 @@ fn back(base: &str, notice: &str) -> Redirect {
 }
 
 impl Ops {
+    /// Replays or purges the form's dead letter if its token is right, and goes back to the overview.
+    async fn act(
+        &self,
+        base: &str,
+        form: &ActionForm,
+        action: Action,
+    ) -> Result<Redirect, Failure> {
+        self.authorize(&form.token)?;
+        let filter = DeadLetterFilter::Id(form.id);
+        let (n, done) = match action {
+            Action::Replay => (
+                self.repository
+                    .replay_dead_letters(&self.db, filter)
+                    .await?,
+                "replayed",
+            ),
+            Action::Purge => (
+                self.repository.purge_dead_letters(&self.db, filter).await?,
+                "purged",
+            ),
+        };
+        tracing::info!(target: "outbox", id = form.id, count = n, action = done, "dead letter changed from the ops dashboard");
+        Ok(back(
+            base,
+            &format!("{done} {n} dead letter (id {})", form.id),
+        ))
+    }
+
     fn authorize(&self, given: &str) -> Result<(), Failure> {
         let Some(token) = &self.token else {
             return Err(Failure(
