@@ -6,7 +6,6 @@ use std::process::{Command, Output, Stdio};
 use outbox::OutboxEvent;
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
-use outbox::repository::Failure;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::{AccountClosed, AccountOpened, opened};
 
@@ -76,15 +75,7 @@ async fn seed(t: &TestDb) -> i64 {
         )
         .await
         .unwrap();
-    // The oldest event is claimed and fails for good.
-    let claim = t.outbox.claim(&t.db, 1).await.unwrap();
-    let event = &claim.events[0];
-    let failure = Failure::new(event, "broker said no").permanent();
-    t.outbox
-        .mark_failed(&t.db, claim.token, &[failure])
-        .await
-        .unwrap();
-    event.id
+    t.dead_letter_oldest("broker said no").await
 }
 
 async fn status_reports_the_backlog_and_dead_letters(backend: Backend) {

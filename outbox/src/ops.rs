@@ -118,9 +118,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
 }
 
 /// An error page: the database's error, or a refusal.
-struct Failure(StatusCode, String);
+struct PageError(StatusCode, String);
 
-impl IntoResponse for Failure {
+impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let body = page(
             "outbox: error",
@@ -131,7 +131,7 @@ impl IntoResponse for Failure {
     }
 }
 
-impl From<crate::repository::RepositoryError> for Failure {
+impl From<crate::repository::RepositoryError> for PageError {
     fn from(error: crate::repository::RepositoryError) -> Self {
         Self(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
     }
@@ -164,7 +164,7 @@ async fn overview(
     State(ops): State<Arc<Ops>>,
     Base(base): Base,
     Query(query): Query<ListQuery>,
-) -> Result<Html<String>, Failure> {
+) -> Result<Html<String>, PageError> {
     let stats = ops.repository.stats(&ops.db).await?;
     let backlog = ops.repository.backlog(&ops.db).await?;
     let dead = ops
@@ -262,13 +262,13 @@ async fn dead_letter(
     State(ops): State<Arc<Ops>>,
     Base(base): Base,
     Path(id): Path<i64>,
-) -> Result<Html<String>, Failure> {
+) -> Result<Html<String>, PageError> {
     let rows = ops
         .repository
         .dead_letters_matching(&ops.db, &DeadLetterFilter::Id(id), 1, 0)
         .await?;
     let row = rows.first().ok_or_else(|| {
-        Failure(
+        PageError(
             StatusCode::NOT_FOUND,
             format!("no dead letter with id {id}"),
         )
@@ -317,7 +317,7 @@ async fn replay(
     State(ops): State<Arc<Ops>>,
     Base(base): Base,
     Form(form): Form<ActionForm>,
-) -> Result<Redirect, Failure> {
+) -> Result<Redirect, PageError> {
     ops.act(&base, &form, Action::Replay).await
 }
 
@@ -325,7 +325,7 @@ async fn purge(
     State(ops): State<Arc<Ops>>,
     Base(base): Base,
     Form(form): Form<ActionForm>,
-) -> Result<Redirect, Failure> {
+) -> Result<Redirect, PageError> {
     ops.act(&base, &form, Action::Purge).await
 }
 
@@ -355,7 +355,7 @@ impl Ops {
         base: &str,
         form: &ActionForm,
         action: Action,
-    ) -> Result<Redirect, Failure> {
+    ) -> Result<Redirect, PageError> {
         self.authorize(&form.token)?;
         let filter = DeadLetterFilter::Id(form.id);
         let (n, done) = match action {
@@ -377,9 +377,9 @@ impl Ops {
         ))
     }
 
-    fn authorize(&self, given: &str) -> Result<(), Failure> {
+    fn authorize(&self, given: &str) -> Result<(), PageError> {
         let Some(token) = &self.token else {
-            return Err(Failure(
+            return Err(PageError(
                 StatusCode::FORBIDDEN,
                 "this dashboard is read-only: no token is configured".to_owned(),
             ));
@@ -387,7 +387,7 @@ impl Ops {
         if constant_time_eq(token.as_bytes(), given.as_bytes()) {
             Ok(())
         } else {
-            Err(Failure(
+            Err(PageError(
                 StatusCode::FORBIDDEN,
                 "wrong or missing token".to_owned(),
             ))
@@ -404,7 +404,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     differ == 0
 }
 
-async fn stats(State(ops): State<Arc<Ops>>) -> Result<Response, Failure> {
+async fn stats(State(ops): State<Arc<Ops>>) -> Result<Response, PageError> {
     let stats = ops.repository.stats(&ops.db).await?;
     Ok(axum::Json(serde_json::json!({
         "pending": stats.pending,

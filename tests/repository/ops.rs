@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use outbox::ops::Dashboard;
-use outbox::repository::Failure;
 use tower::ServiceExt;
 
 use outbox_tests::backend::{Backend, TestDb};
@@ -25,14 +24,8 @@ async fn seed(t: &TestDb) -> i64 {
         .add_events(&t.db, [opened("a", 1), opened("b", 1)])
         .await
         .unwrap();
-    let claim = t.outbox.claim(&t.db, 1).await.unwrap();
-    let event = &claim.events[0];
-    let failure = Failure::new(event, "<script>alert(1)</script> refused").permanent();
-    t.outbox
-        .mark_failed(&t.db, claim.token, &[failure])
+    t.dead_letter_oldest("<script>alert(1)</script> refused")
         .await
-        .unwrap();
-    event.id
 }
 
 fn app(t: &TestDb, token: Option<&str>) -> axum::Router {
@@ -150,12 +143,7 @@ async fn replay_and_purge_need_the_token(backend: Backend) {
     assert!(page.contains("replayed 1 dead letter"), "{page}");
 
     // A purge deletes it for good.
-    let claim = t.outbox.claim(&t.db, 1).await.unwrap();
-    let failure = Failure::new(&claim.events[0], "again").permanent();
-    t.outbox
-        .mark_failed(&t.db, claim.token, &[failure])
-        .await
-        .unwrap();
+    t.dead_letter_oldest("again").await;
     let (status, _, _) = send(&app, post("/ops/dead-letters/purge", &form)).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);

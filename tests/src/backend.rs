@@ -103,6 +103,19 @@ impl TestDb {
         }
     }
 
+    /// Claims the oldest pending event and fails it for good with `reason`, making it a dead letter. Returns its
+    /// row id.
+    pub async fn dead_letter_oldest(&self, reason: &str) -> i64 {
+        let claim = self.outbox.claim(&self.db, 1).await.unwrap();
+        let event = claim.events.first().expect("a pending event to fail");
+        let failure = outbox::repository::Failure::new(event, reason).permanent();
+        self.outbox
+            .mark_failed(&self.db, claim.token, &[failure])
+            .await
+            .unwrap();
+        event.id
+    }
+
     /// Whether a second connection can look at the database while a transaction is open.
     pub fn has_second_connection(&self) -> bool {
         self.backend != Backend::SqliteMemory
