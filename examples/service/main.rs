@@ -65,6 +65,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let metrics = PrometheusBuilder::new().install_recorder()?;
 
+    // One shutdown signal for the HTTP server and the relay, listened for before the slow start (connect,
+    // migrations), so that an orchestrator's SIGTERM during start is a clean stop rather than a kill.
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let on_signal = stop.clone();
+    let signal = shutdown_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("shutting down");
+        let _ = on_signal.send(true);
+    });
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
     let db = connect(&settings.database_url).await?;
     // Migrations at start: the outbox table (idempotent) and the application's own table.
     outbox::migration::create_table(&db, &settings.table).await?;
@@ -75,19 +90,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .config(settings.outbox.clone())
         .build()?;
     let publisher: Arc<dyn Publisher> = Arc::from(from_url(&settings.broker_url).await?);
-
-    // One shutdown signal for the HTTP server and the relay.
-    let (stop, stopped) = watch::channel(false);
-    let stop = Arc::new(stop);
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = on_signal.send(true);
-    });
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
 
     let mut health = HealthCheck::new(db.clone(), outbox.clone(), publisher.clone());
     let mut relay_handle = None;
@@ -152,20 +154,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -118,6 +118,20 @@ impl Service {
         );
     }
 
+    /// SIGTERM once the service answers (a signal sent before it has installed its handler would kill it
+    /// outright, which is not what an orchestrator's SIGTERM tests), then expect a clean exit.
+    async fn stop(self, what: &str) {
+        self.request("GET", "/metrics", "").await;
+        self.signal("-TERM");
+        let log = self.log.clone();
+        let status = self.wait();
+        assert!(
+            status.success(),
+            "{what}: {status:?}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
     fn wait(mut self) -> std::process::ExitStatus {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -259,11 +273,9 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
     assert!(ops.contains("<base href=\"/ops/\">"), "{ops}");
     assert!(ops.contains("&quot;running&quot;: true"), "{ops}");
 
-    service.signal("-TERM");
-    assert!(
-        service.wait().success(),
-        "SIGTERM: drain, finish the batch, exit 0"
-    );
+    service
+        .stop("SIGTERM: drain, finish the batch, exit 0")
+        .await;
 
     // A redelivery from outside JetStream's de-duplication window: same event, no Nats-Msg-Id.
     let first = js
@@ -369,8 +381,7 @@ async fn sigkill_mid_flow_then_restart_loses_nothing() {
         unique, 40,
         "every committed user's event arrives after the restart"
     );
-    restarted.signal("-TERM");
-    assert!(restarted.wait().success());
+    restarted.stop("the restarted service").await;
     js.delete_stream(&stream).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -417,10 +428,8 @@ async fn api_and_relay_run_as_separate_processes() {
             .0,
         404
     );
-    for process in [api, relay] {
-        process.signal("-TERM");
-        assert!(process.wait().success());
-    }
+    api.stop("the API process").await;
+    relay.stop("the relay process").await;
     js.delete_stream(&stream).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -460,8 +469,7 @@ async fn an_overlong_request_id_is_refused_and_delivery_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    service.signal("-TERM");
-    assert!(service.wait().success());
+    service.stop("the service").await;
     js.delete_stream(&stream).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -511,8 +519,7 @@ async fn the_health_endpoint_follows_outbox_enable_health_check() {
     );
     assert_eq!(service.request("GET", "/health", "").await.0, 404);
     assert_eq!(service.request("GET", "/metrics", "").await.0, 200);
-    service.signal("-TERM");
-    assert!(service.wait().success());
+    service.stop("the service").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -609,7 +616,6 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_browser() {
     browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
     browser.wait_for("<b id=\"dead\">0</b> dead letters").await;
     browser.quit().await;
-    service.signal("-TERM");
-    assert!(service.wait().success());
+    service.stop("the service").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
