@@ -367,7 +367,7 @@ async fn migrate_and_check(backend: Backend) {
     assert!(bad.contains("FAIL  settings: OUTBOX_BATCH_SIZE=0"), "{bad}");
     assert!(bad.contains("FAIL  broker"), "{bad}");
     assert!(bad.contains("2 of the checks failed"), "{bad}");
-    for table in [format!("{fresh}_lock"), fresh] {
+    for table in [format!("{fresh}_lock"), format!("{fresh}_relays"), fresh] {
         let _ = outbox::sea_orm::ConnectionTrait::execute_unprepared(
             &t.db,
             &format!("DROP TABLE IF EXISTS {table}"),

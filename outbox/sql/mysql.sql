@@ -28,3 +28,13 @@ CREATE TABLE IF NOT EXISTS outbox_events (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS outbox_events_lock (id SMALLINT NOT NULL PRIMARY KEY) ENGINE = InnoDB;
 INSERT IGNORE INTO outbox_events_lock (id) VALUES (1);
+-- The relays at work on the table, each as it last reported itself (see docs/design.md, "Relays"): what
+-- `outbox status` and the ops dashboard show. Times are Unix microseconds, as the relay's clock read them.
+CREATE TABLE IF NOT EXISTS outbox_events_relays (
+    relay_id      VARCHAR(36)  NOT NULL PRIMARY KEY,
+    name          VARCHAR(255) NOT NULL,
+    started_at    BIGINT       NOT NULL,
+    heartbeat_at  BIGINT       NOT NULL,
+    published     BIGINT       NOT NULL DEFAULT 0,
+    dead_lettered BIGINT       NOT NULL DEFAULT 0
+) ENGINE = InnoDB;

@@ -40,3 +40,13 @@ INSERT INTO outbox_events_lock (id) VALUES (1) ON CONFLICT DO NOTHING;
 -- PostgreSQL 14+ for CREATE OR REPLACE TRIGGER.
 CREATE OR REPLACE FUNCTION outbox_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify(TG_TABLE_NAME, ''); RETURN NULL; END $$;
 CREATE OR REPLACE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events FOR EACH STATEMENT EXECUTE FUNCTION outbox_events_notify();
+-- The relays at work on the table, each as it last reported itself (see docs/design.md, "Relays"): what
+-- `outbox status` and the ops dashboard show. Times are Unix microseconds, as the relay's clock read them.
+CREATE TABLE IF NOT EXISTS outbox_events_relays (
+    relay_id      VARCHAR(36)  PRIMARY KEY,
+    name          VARCHAR(255) NOT NULL,
+    started_at    BIGINT       NOT NULL,
+    heartbeat_at  BIGINT       NOT NULL,
+    published     BIGINT       NOT NULL DEFAULT 0,
+    dead_lettered BIGINT       NOT NULL DEFAULT 0
+);

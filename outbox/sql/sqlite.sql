@@ -26,3 +26,13 @@ CREATE INDEX IF NOT EXISTS outbox_events_pending_idx ON outbox_events (id) WHERE
 CREATE INDEX IF NOT EXISTS outbox_events_aggregate_idx ON outbox_events (aggregate_type, aggregate_id, id) WHERE status = 0;
 CREATE INDEX IF NOT EXISTS outbox_events_dead_idx ON outbox_events (id) WHERE status = 2;
 CREATE INDEX IF NOT EXISTS outbox_events_published_idx ON outbox_events (published_at) WHERE status = 1;
+-- The relays at work on the table, each as it last reported itself (see docs/design.md, "Relays"): what
+-- `outbox status` and the ops dashboard show. Times are Unix microseconds, as the relay's clock read them.
+CREATE TABLE IF NOT EXISTS outbox_events_relays (
+    relay_id      TEXT    PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    started_at    INTEGER NOT NULL,
+    heartbeat_at  INTEGER NOT NULL,
+    published     INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0
+);

@@ -2,7 +2,8 @@
 //!
 //! - [`OutboxMigrator`] runs on its own migration table (`seaql_migrations_outbox`), so it never collides with the
 //!   application's: `OutboxMigrator::up(&db, None).await?`.
-//! - An application with its own migrator adds [`OutboxMigration`] to its list, with the table name it uses.
+//! - An application with its own migrator adds [`OutboxMigration`] and [`RelaysMigration`] to its list, with the
+//!   table name it uses.
 //! - [`create_table`] creates the table directly (idempotent), for tests and tools.
 //! - Teams that manage schemas with other tools take the SQL from `outbox/sql/{postgres,mysql,sqlite}.sql`
 //!   (the same statements, with the default table name).
@@ -42,6 +43,7 @@ impl MigrationTrait for OutboxMigration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         for table in [
+            format!("{}_relays", self.table.as_str()),
             format!("{}_lock", self.table.as_str()),
             self.table.as_str().to_owned(),
         ] {
@@ -52,6 +54,49 @@ impl MigrationTrait for OutboxMigration {
     }
 }
 
+/// Adds `<table>_relays`, where relays record themselves for operators (see
+/// [`OutboxRepository::relays`](crate::repository::OutboxRepository::relays)), to an outbox table created before
+/// it. An application with its own migrator lists it after [`OutboxMigration`], with the same table name; on a
+/// new table it finds everything there already.
+#[derive(Clone, Debug, Default)]
+pub struct RelaysMigration {
+    table: TableName,
+}
+
+impl RelaysMigration {
+    /// The migration for a table of another name; the repository must use the same name.
+    pub fn new(table: &str) -> Result<Self, RepositoryError> {
+        Ok(Self {
+            table: TableName::new(table)?,
+        })
+    }
+}
+
+impl MigrationName for RelaysMigration {
+    fn name(&self) -> &str {
+        "m20261205_000001_create_outbox_relays_table"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for RelaysMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Every statement of the schema is idempotent: on a table already there, only what is missing is made.
+        run_schema(manager.get_connection(), &self.table).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(&format!(
+                "DROP TABLE IF EXISTS {}_relays",
+                self.table.as_str()
+            ))
+            .await
+            .map(drop)
+    }
+}
+
 /// The outbox's own migrator, on its own migration table.
 #[derive(Clone, Copy, Debug)]
 pub struct OutboxMigrator;
@@ -59,7 +104,10 @@ pub struct OutboxMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for OutboxMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(OutboxMigration::default())]
+        vec![
+            Box::new(OutboxMigration::default()),
+            Box::new(RelaysMigration::default()),
+        ]
     }
 
     fn migration_table_name() -> sea_orm::DynIden {

@@ -226,3 +226,76 @@ async fn shutdown_returns_within_its_deadline_even_from_a_claim_that_waits() {
     holder.rollback().await.unwrap();
     t.drop_tables().await;
 }
+
+/// A running relay is in `<table>_relays` under its name, alive, with what it published; a clean stop removes it;
+/// a relay that ends without stopping (its task aborted, like a killed process) stays, its heartbeat ageing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_record_themselves_for_operators_on_every_backend() {
+    for backend in [Backend::Postgres, Backend::MariaDb, Backend::SqliteFile] {
+        let t = TestDb::with_config(backend, fast_config()).await;
+        let broker = InMemoryPublisher::new();
+        t.outbox
+            .add_events(&t.db, (1..=5).map(|seq| opened("a", seq)))
+            .await
+            .unwrap();
+        let running = Running::start(
+            Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone())
+                .name("orders-relay-1")
+                .heartbeat_interval(Duration::from_millis(50))
+                .build(),
+        );
+        assert!(broker.wait_for(5, Duration::from_secs(20)).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let relay = loop {
+            let relays = t.outbox.relays(&t.db).await.unwrap();
+            assert_eq!(relays.len(), 1, "{backend:?}: {relays:?}");
+            if relays[0].published == 5 || tokio::time::Instant::now() > deadline {
+                break relays[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(relay.name, "orders-relay-1");
+        assert_eq!(relay.published, 5, "{backend:?}: {relay:?}");
+        assert_eq!(relay.dead_lettered, 0);
+        assert!(relay.is_alive(), "{relay:?}");
+        assert!(relay.started_at <= relay.heartbeat_at, "{relay:?}");
+        running.stop().await;
+        assert_eq!(t.outbox.relays(&t.db).await.unwrap(), vec![], "{backend:?}");
+
+        let killed = Running::start(
+            Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone())
+                .heartbeat_interval(Duration::from_millis(50))
+                .build(),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while t.outbox.relays(&t.db).await.unwrap().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{backend:?}: never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        killed.task.abort();
+        let left = t.outbox.relays(&t.db).await.unwrap();
+        assert_eq!(left.len(), 1, "{backend:?}: {left:?}");
+        assert!(
+            left[0].name.ends_with(&format!(":{}", std::process::id())),
+            "the default name is host:pid: {left:?}"
+        );
+        t.drop_tables().await;
+    }
+}
+
+/// A table created before the relays table: the relay says what is missing and delivers all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_without_the_relays_table_still_delivers() {
+    let t = TestDb::with_config(Backend::SqliteFile, fast_config()).await;
+    t.sql("DROP TABLE {t}_relays").await;
+    t.outbox.add_event(&t.db, opened("a", 1)).await.unwrap();
+    let broker = InMemoryPublisher::new();
+    let running =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    assert!(broker.wait_for(1, Duration::from_secs(20)).await);
+    running.stop().await;
+    assert!(t.outbox.relays(&t.db).await.is_err());
+}

@@ -62,9 +62,35 @@ async fn the_outbox_migrator_uses_its_own_migration_table_and_is_idempotent() {
         ))
         .await
         .unwrap();
-    assert_eq!(applied.len(), 1);
+    assert_eq!(applied.len(), 2);
+    assert_eq!(outbox.relays(&db).await.unwrap(), vec![]);
     OutboxMigrator::down(&db, None).await.unwrap();
     assert!(outbox.check(&db).await.is_err());
+    assert!(outbox.relays(&db).await.is_err());
+}
+
+/// A database migrated before the relays table existed gets it from the migrator's next step.
+#[tokio::test]
+async fn the_outbox_migrator_adds_the_relays_table_to_an_older_schema() {
+    struct Older;
+    impl outbox::sea_orm_migration::MigratorTrait for Older {
+        fn migrations() -> Vec<Box<dyn outbox::sea_orm_migration::MigrationTrait>> {
+            vec![Box::new(OutboxMigration::default())]
+        }
+        fn migration_table_name() -> outbox::sea_orm::DynIden {
+            use outbox::sea_orm_migration::prelude::IntoIden;
+            "seaql_migrations_outbox".into_iden()
+        }
+    }
+    let db = connect("sqlite::memory:").await.unwrap();
+    Older::up(&db, None).await.unwrap();
+    db.execute_unprepared("DROP TABLE outbox_events_relays")
+        .await
+        .unwrap();
+    let outbox = OutboxRepository::new();
+    assert!(outbox.relays(&db).await.is_err());
+    OutboxMigrator::up(&db, None).await.unwrap();
+    assert_eq!(outbox.relays(&db).await.unwrap(), vec![]);
 }
 
 #[tokio::test]
@@ -165,7 +191,11 @@ async fn the_longest_table_name_migrates_on_every_backend_and_a_longer_one_is_re
             .check(&db)
             .await
             .unwrap();
-        for table in [format!("{longest}_lock"), longest.clone()] {
+        for table in [
+            format!("{longest}_lock"),
+            format!("{longest}_relays"),
+            longest.clone(),
+        ] {
             db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
                 .await
                 .unwrap();

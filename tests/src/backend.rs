@@ -125,6 +125,7 @@ impl TestDb {
         if matches!(self.backend, Backend::Postgres | Backend::MariaDb) {
             for table in [
                 format!("{}_lock", self.outbox.table()),
+                format!("{}_relays", self.outbox.table()),
                 self.outbox.table().to_owned(),
                 self.users.clone(),
             ] {

@@ -29,6 +29,8 @@ impl Relay {
                 shutdown_timeout: Duration::from_secs(10),
                 publish_timeout: None,
                 listen: true,
+                name: default_name(),
+                heartbeat_interval: Duration::from_secs(5),
                 handle: RelayHandle::default(),
             },
         }
@@ -109,8 +111,33 @@ impl RelayBuilder {
         self
     }
 
+    /// The name operators see for this relay (`outbox status`, the ops dashboard); default `host:pid`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.relay.name = name.into();
+        self
+    }
+
+    /// How often the relay refreshes its row in `<table>_relays` (default 5 s). A relay counts as alive while its
+    /// last heartbeat is under [`ALIVE_WITHIN`](crate::repository::ALIVE_WITHIN) old (15 s), so an interval
+    /// longer than a third of that shows a live relay as gone between heartbeats.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.relay.heartbeat_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// The relay.
     pub fn build(self) -> Relay {
         self.relay
     }
+}
+
+/// `host:pid`: which process a relay is, for an operator.
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
 }

@@ -1,6 +1,6 @@
 //! The relay's pulse and wake-up handle, shared with health checks and writers.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     pub(crate) holds: Holds,
     last_beat_micros: AtomicI64,
+    /// What the relay has done since it started, for its row in the relays table.
+    pub(crate) published: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     state: AtomicU8,
     failure: Mutex<Option<String>>,
 }
@@ -71,6 +74,21 @@ impl RelayHandle {
         (last > 0).then(|| {
             Duration::from_micros(u64::try_from(Utc::now().timestamp_micros() - last).unwrap_or(0))
         })
+    }
+
+    pub(crate) fn last_beat_micros(&self) -> i64 {
+        self.shared.last_beat_micros.load(Ordering::Relaxed)
+    }
+
+    /// Counts a finished batch's outcome.
+    pub(crate) fn count(&self, report: &super::BatchReport) {
+        let shared = &self.shared;
+        shared
+            .published
+            .fetch_add(report.published, Ordering::Relaxed);
+        shared
+            .dead_lettered
+            .fetch_add(report.dead_lettered, Ordering::Relaxed);
     }
 
     pub(crate) fn beat(&self) {

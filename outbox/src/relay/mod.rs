@@ -41,6 +41,7 @@ mod heartbeat;
 mod hold;
 mod observe;
 mod order;
+mod presence;
 mod report;
 mod schedule;
 
@@ -70,12 +71,15 @@ pub struct Relay {
     shutdown_timeout: Duration,
     publish_timeout: Option<Duration>,
     listen: bool,
+    name: String,
+    heartbeat_interval: Duration,
     handle: RelayHandle,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
+            .field("name", &self.name)
             .field("table", &self.store.repository().table())
             .field("publisher", &self.publisher.name())
             .field("max_in_flight", &self.max_in_flight)

@@ -25,6 +25,7 @@ impl Relay {
                 let _listener = self.start_listener();
                 self.handle.set_running();
                 let relay = Arc::new(self);
+                let presence = relay.sign_on().await;
                 let stopping = Arc::new(tokio::sync::Notify::new());
                 // The shutdown deadline bounds all of the shutdown (a claim waiting on the database, the batches
                 // in flight), from the moment it is requested: past it the loop is dropped, which aborts its
@@ -33,7 +34,7 @@ impl Relay {
                     stopping.notified().await;
                     tokio::time::sleep(relay.shutdown_timeout).await;
                 };
-                tokio::select! {
+                let result = tokio::select! {
                     result = relay.run_loop(shutdown, &stopping) => result,
                     () = deadline => {
                         tracing::warn!(
@@ -44,7 +45,12 @@ impl Relay {
                         );
                         Ok(())
                     }
+                };
+                // A relay that stopped on an error keeps its row, shown as gone: an operator sees it died.
+                if let (Ok(()), Some(presence)) = (&result, presence) {
+                    presence.sign_off().await;
                 }
+                result
             }
             Err(error) => Err(error),
         };
@@ -166,6 +172,7 @@ impl Relay {
                 if let Ok(report) = &result {
                     settle_first |=
                         report.released + report.failed + report.dead_lettered + report.held > 0;
+                    self.handle.count(report);
                 }
                 match result {
                     Ok(report) if report.publisher_unavailable.is_some() => {

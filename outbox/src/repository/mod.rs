@@ -22,7 +22,7 @@
 //!
 //! One file per concept: adding events here, claiming in `claim.rs` (with each backend's claim, statements and
 //! `Dialect` in `postgres.rs`, `mysql.rs` and `sqlite.rs`, picked in `dialect.rs`), marking outcomes in
-//! `mark.rs`, what operators do in `admin.rs`, the shared SQL in `sql.rs`, and what the relay sees in `store.rs`.
+//! `mark.rs`, what operators do in `admin.rs`, the relays' own rows in `relays.rs`, the shared SQL in `sql.rs`, and what the relay sees in `store.rs`.
 
 mod admin;
 mod claim;
@@ -33,6 +33,7 @@ mod lease;
 mod mark;
 mod mysql;
 mod postgres;
+mod relays;
 mod row;
 mod scan;
 mod sql;
@@ -57,6 +58,8 @@ pub(crate) use dialect::{Dialect, SchemaObject};
 pub use error::RepositoryError;
 pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
+pub(crate) use relays::Heartbeat;
+pub use relays::{ALIVE_WITHIN, RelayInfo};
 pub use row::{EventStatus, StoredEvent};
 pub(crate) use sql::TableName;
 pub(crate) use store::{Store, WakeUps};

@@ -6,8 +6,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
 use super::dialect::WakeTask;
 use super::{
-    Claim, ClaimToken, Dialect, Failure, FailureOutcome, LeaseOwner, Leased, OutboxRepository,
-    OutboxStats, Result,
+    Claim, ClaimToken, Dialect, Failure, FailureOutcome, Heartbeat, LeaseOwner, Leased,
+    OutboxRepository, OutboxStats, Result,
 };
 
 /// An outbox table on one database.
@@ -80,6 +80,21 @@ impl Store {
     /// That the table is there with every column.
     pub(crate) async fn check(&self) -> Result<()> {
         self.repository.check(&self.db).await
+    }
+
+    /// A relay starts: its row in `<table>_relays`.
+    pub(crate) async fn sign_on(&self, beat: &Heartbeat<'_>) -> Result<()> {
+        self.repository.sign_on(&self.db, beat).await
+    }
+
+    /// A relay's heartbeat.
+    pub(crate) async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<()> {
+        self.repository.heartbeat(&self.db, beat).await
+    }
+
+    /// A relay stops cleanly.
+    pub(crate) async fn sign_off(&self, relay_id: &str) -> Result<()> {
+        self.repository.sign_off(&self.db, relay_id).await
     }
 
     /// That the database answers a trivial query.
