@@ -3,7 +3,7 @@
 //! broker are all usable.
 //!
 //! ```text
-//! outbox status                                   # pending, oldest pending age, dead letters, backlog per type
+//! outbox status                                   # backlog per type, oldest pending age, dead letters, relays
 //! outbox dead-letters list --type com.example.user.created --json
 //! outbox dead-letters show 42
 //! outbox dead-letters replay --all --dry-run      # what would be replayed; then again with --yes
@@ -49,7 +49,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Pending events, the oldest one's age, dead letters, and the backlog per aggregate type.
+    /// Pending events, the oldest one's age, dead letters, the backlog per aggregate type, and the relays with
+    /// their last heartbeat.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -18,7 +18,32 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
     let stats = outbox.stats(db).await?;
     let backlog = outbox.backlog(db).await?;
     let oldest_age = stats.oldest_pending_age();
+    // A schema from before the relays table still has a status; the line about relays says what is missing.
+    let relays = outbox
+        .relays(db)
+        .await
+        .map_err(|error| format!("unknown ({error}); `outbox migrate` creates the relays table"));
     if json {
+        let relays = match &relays {
+            Ok(relays) => serde_json::Value::Array(
+                relays
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "relay_id": r.relay_id,
+                            "name": r.name,
+                            "alive": r.is_alive(),
+                            "started_at": r.started_at.to_rfc3339(),
+                            "heartbeat_at": r.heartbeat_at.to_rfc3339(),
+                            "since_heartbeat_seconds": r.since_heartbeat().as_secs_f64(),
+                            "published": r.published,
+                            "dead_lettered": r.dead_lettered,
+                        })
+                    })
+                    .collect(),
+            ),
+            Err(_) => serde_json::Value::Null,
+        };
         let types: Vec<_> = backlog
             .iter()
             .map(|b| {
@@ -36,6 +61,7 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
             "oldest_pending_age_seconds": oldest_age.map(|a| a.as_secs_f64()),
             "dead_letters": stats.dead_letters,
             "backlog": types,
+            "relays": relays,
         });
         println!("{status:#}");
         return Ok(());
@@ -47,6 +73,13 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
         oldest_age.map_or_else(|| "-".to_owned(), age)
     );
     println!("dead letters  {}", stats.dead_letters);
+    match &relays {
+        Ok(relays) => {
+            let alive = relays.iter().filter(|r| r.is_alive()).count();
+            println!("relays        {alive} alive, {} gone", relays.len() - alive);
+        }
+        Err(unknown) => println!("relays        {unknown}"),
+    }
     if !backlog.is_empty() {
         println!();
         let mut table = Table::new(["AGGREGATE TYPE", "PENDING", "OLDEST"]);
@@ -58,6 +91,25 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
                 b.aggregate_type.clone(),
                 b.pending.to_string(),
                 oldest.unwrap_or_else(|| "-".to_owned()),
+            ]);
+        }
+        print!("{table}");
+    }
+    if let Ok(relays) = &relays
+        && !relays.is_empty()
+    {
+        println!();
+        let mut table = Table::new(["RELAY", "STATE", "HEARTBEAT", "UP", "PUBLISHED", "DEAD"]);
+        for r in relays {
+            table.row([
+                r.name.clone(),
+                if r.is_alive() { "alive" } else { "gone" }.to_owned(),
+                format!("{} ago", age(r.since_heartbeat())),
+                age((chrono::Utc::now() - r.started_at)
+                    .to_std()
+                    .unwrap_or_default()),
+                r.published.to_string(),
+                r.dead_lettered.to_string(),
             ]);
         }
         print!("{table}");

@@ -101,6 +101,35 @@ async fn status_reports_the_backlog_and_dead_letters(backend: Backend) {
     assert!(text.contains("pending       2"), "{text}");
     assert!(text.contains("dead letters  1"), "{text}");
     assert!(text.contains("AGGREGATE TYPE"), "{text}");
+    assert!(text.contains("relays        0 alive, 0 gone"), "{text}");
+
+    // A relay at work is listed, alive, under its name.
+    let running = outbox_tests::running::Running::start(
+        Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new())
+            .name("cli-relay")
+            .build(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.outbox.relays(&t.db).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never recorded itself"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeded(&outbox(&t, &["status", "--json"]))).unwrap();
+    let relays = json["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 1, "{json}");
+    assert_eq!(relays[0]["name"], "cli-relay", "{json}");
+    assert_eq!(relays[0]["alive"], true, "{json}");
+    let text = succeeded(&outbox(&t, &["status"]));
+    assert!(text.contains("relays        1 alive, 0 gone"), "{text}");
+    assert!(
+        text.contains("cli-relay") && text.contains("alive"),
+        "{text}"
+    );
+    running.stop().await;
     t.drop_tables().await;
 }
 
