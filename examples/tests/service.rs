@@ -533,7 +533,7 @@ struct UserCreated {
 }
 
 /// An operator opens the dashboard in a real browser, sees a dead letter, types the token and replays it; the
-/// service's relay then delivers it. Set `SCREENSHOTS_DIR` to a folder to keep the page as PNGs (the README's
+/// service's relay then delivers it. Set `SCREENSHOTS_DIR` to a folder (an absolute path) to keep the page as PNGs (the README's
 /// screenshot comes from here).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_browser() {
@@ -587,20 +587,41 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_browser() {
         "{page}"
     );
     assert!(page.contains("com.example.user.created"), "{page}");
+    // The service's own relay is listed, alive (it records itself once it has started: reload until then).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !browser
+        .source()
+        .await
+        .contains("<b id=\"alive\">1</b> alive, 0 gone")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service's relay is not listed alive:\n{}",
+            browser.source().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
+    }
     let screenshots = std::env::var_os("SCREENSHOTS_DIR").map(PathBuf::from);
     if let Some(folder) = &screenshots {
+        // A few of the chart's two-second polls first, so that it has a line to show.
+        tokio::time::sleep(Duration::from_secs(7)).await;
         std::fs::write(folder.join("ops-dashboard.png"), browser.screenshot().await).unwrap();
     }
 
     // A wrong token is refused and changes nothing.
-    browser.type_into("input[name=token]", "guess").await;
-    browser.click("button[value=replay]").await;
+    browser
+        .type_into("#dead-letters input[name=token]", "guess")
+        .await;
+    browser.click("#dead-letters button[value=replay]").await;
     browser.wait_for("wrong or missing token").await;
     assert_eq!(outbox.count_dead_letters(&db).await.unwrap(), 1);
 
     browser.open(&format!("http://127.0.0.1:{port}/ops")).await;
-    browser.type_into("input[name=token]", "letmein").await;
-    browser.click("button[value=replay]").await;
+    browser
+        .type_into("#dead-letters input[name=token]", "letmein")
+        .await;
+    browser.click("#dead-letters button[value=replay]").await;
     browser.wait_for("replayed 1 dead letter").await;
     // The relay publishes it: no dead letter, nothing pending.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

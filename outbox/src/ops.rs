@@ -181,8 +181,10 @@ async fn overview(
     let _ = write!(
         body,
         "<section><h2>Backlog</h2><p>table <code>{}</code> &middot; <b id=\"pending\">{}</b> pending &middot; \
-         oldest waiting {} &middot; <b id=\"dead\">{}</b> dead letters</p>\
-         <svg id=\"chart\" width=\"600\" height=\"120\" role=\"img\" aria-label=\"pending events over time\"></svg>",
+         oldest waiting {} &middot; <b id=\"dead\">{}</b> dead letters &middot; \
+         <b id=\"rate\">-</b> published/s</p>\
+         <svg id=\"chart\" width=\"600\" height=\"120\" role=\"img\" \
+         aria-label=\"pending events and events published per second over time\"></svg>",
         escape(ops.repository.table()),
         stats.pending,
         oldest,
@@ -201,6 +203,7 @@ async fn overview(
         body.push_str("</table>");
     }
     body.push_str("</section>");
+    body.push_str(&relays(&ops.repository.relays(&ops.db).await));
     if let Some(health) = &ops.health {
         let report = health.check_health().await;
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -218,6 +221,9 @@ async fn overview(
         escape(&query.event_type),
         escape(&query.reason)
     );
+    if !dead.is_empty() {
+        body.push_str(&bulk_actions(&query, ops.token.is_some()));
+    }
     body.push_str(
         "<table id=\"dead-letters\"><tr><th>id</th><th>type</th><th>aggregate</th><th>attempts</th>\
          <th>last error</th><th></th></tr>",
@@ -256,6 +262,74 @@ fn actions(id: i64, enabled: bool) -> String {
             )
         })
         .concat()
+}
+
+/// Replay or purge every dead letter the filter selects (not only those listed), with the token they need.
+fn bulk_actions(query: &ListQuery, enabled: bool) -> String {
+    if !enabled {
+        return String::new();
+    }
+    let what = if query.event_type.is_empty() && query.reason.is_empty() {
+        "all dead letters"
+    } else {
+        "every dead letter the filter selects"
+    };
+    ["replay", "purge"]
+        .map(|action| {
+            format!(
+                "<form method=\"post\" action=\"dead-letters/{action}\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"type\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"reason\" value=\"{}\">\
+                 <input type=\"password\" name=\"token\" placeholder=\"token\" aria-label=\"token\">\
+                 <button name=\"do\" value=\"{action}-all\">{action} {what}</button></form> ",
+                escape(&query.event_type),
+                escape(&query.reason),
+            )
+        })
+        .concat()
+}
+
+/// The relays on the table, as each last reported itself.
+fn relays(
+    relays: &Result<Vec<crate::repository::RelayInfo>, crate::repository::RepositoryError>,
+) -> String {
+    let relays = match relays {
+        Ok(relays) => relays,
+        Err(error) => {
+            return format!(
+                "<section><h2>Relays</h2><p class=\"bad\">unknown: {}; the outbox migration creates the relays \
+                 table</p></section>",
+                escape(&error.to_string())
+            );
+        }
+    };
+    let alive = relays.iter().filter(|r| r.is_alive()).count();
+    let mut out = format!(
+        "<section><h2>Relays</h2><p><b id=\"alive\">{alive}</b> alive, {} gone</p>",
+        relays.len() - alive
+    );
+    if !relays.is_empty() {
+        out.push_str(
+            "<table id=\"relays\"><tr><th>relay</th><th>state</th><th>last heartbeat</th><th>started</th>\
+             <th>published</th><th>dead-lettered</th></tr>",
+        );
+        for r in relays {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{} s ago</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&r.name),
+                if r.is_alive() { "" } else { "bad" },
+                if r.is_alive() { "alive" } else { "gone" },
+                r.since_heartbeat().as_secs(),
+                r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.published,
+                r.dead_lettered
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    out
 }
 
 async fn dead_letter(
@@ -306,11 +380,43 @@ fn details(row: &StoredEvent, enabled: bool) -> String {
     )
 }
 
+/// One dead letter by `id`, or every one the filter (`type`, `reason`) selects.
 #[derive(Debug, Deserialize)]
 struct ActionForm {
-    id: i64,
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default, rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    reason: String,
     #[serde(default)]
     token: String,
+}
+
+impl ActionForm {
+    fn filter(&self) -> DeadLetterFilter {
+        match self.id {
+            Some(id) => DeadLetterFilter::Id(id),
+            None => ListQuery {
+                event_type: self.event_type.clone(),
+                reason: self.reason.clone(),
+                notice: String::new(),
+            }
+            .filter(),
+        }
+    }
+
+    /// Which dead letters, for the notice and the log.
+    fn selection(&self) -> String {
+        match self.id {
+            Some(id) => format!("id {id}"),
+            None if self.event_type.is_empty() && self.reason.is_empty() => "all".to_owned(),
+            None => format!(
+                "type '{}', error containing '{}'",
+                self.event_type, self.reason
+            ),
+        }
+    }
 }
 
 async fn replay(
@@ -357,7 +463,7 @@ impl Ops {
         action: Action,
     ) -> Result<Redirect, PageError> {
         self.authorize(&form.token)?;
-        let filter = DeadLetterFilter::Id(form.id);
+        let filter = form.filter();
         let (n, done) = match action {
             Action::Replay => (
                 self.repository
@@ -370,11 +476,14 @@ impl Ops {
                 "purged",
             ),
         };
-        tracing::info!(target: "outbox", id = form.id, count = n, action = done, "dead letter changed from the ops dashboard");
-        Ok(back(
-            base,
-            &format!("{done} {n} dead letter (id {})", form.id),
-        ))
+        let selection = form.selection();
+        tracing::info!(target: "outbox", %selection, count = n, action = done, "dead letters changed from the ops dashboard");
+        let noun = if n == 1 {
+            "dead letter"
+        } else {
+            "dead letters"
+        };
+        Ok(back(base, &format!("{done} {n} {noun} ({selection})")))
     }
 
     fn authorize(&self, given: &str) -> Result<(), PageError> {
@@ -406,10 +515,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn stats(State(ops): State<Arc<Ops>>) -> Result<Response, PageError> {
     let stats = ops.repository.stats(&ops.db).await?;
+    // Without the relays table the chart still has the backlog.
+    let relays = ops.repository.relays(&ops.db).await.unwrap_or_default();
     Ok(axum::Json(serde_json::json!({
         "pending": stats.pending,
         "dead_letters": stats.dead_letters,
         "oldest_pending_age_seconds": stats.oldest_pending_age().map(|a| a.as_secs_f64()),
+        "relays_alive": relays.iter().filter(|r| r.is_alive()).count(),
+        "published": relays.iter().map(|r| r.published).sum::<u64>(),
     }))
     .into_response())
 }
@@ -444,14 +557,24 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222
     td,th{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left}form.inline{display:inline}\
     .bad{color:#b00}.notice{background:#eef;padding:.5em}svg{border:1px solid #ddd;display:block;margin:.5em 0}";
 
-/// Polls `api/stats` every two seconds and draws the pending count of the last five minutes.
+/// Polls `api/stats` every two seconds and draws the last five minutes: pending events (blue, left scale) and
+/// events published per second (green, right scale). The rate is the relays' published counters over the last 10
+/// s: they move at each heartbeat (every 5 s by default), and a relay that stops takes its count with it, which
+/// the rate skips rather than showing as negative.
 const CHART: &str = "<script>(function(){const points=[];const svg=document.getElementById('chart');\
+    function line(values,max,colour){return '<polyline fill=\"none\" stroke=\"'+colour+'\" stroke-width=\"2\" points=\"'+\
+    values.map((v,i)=>(i*4)+','+(115-110*v/max)).join(' ')+'\"/>';}\
     async function tick(){try{const r=await fetch('api/stats');if(!r.ok)return;const s=await r.json();\
     document.getElementById('pending').textContent=s.pending;document.getElementById('dead').textContent=s.dead_letters;\
-    points.push(s.pending);if(points.length>150)points.shift();const max=Math.max(1,...points);\
-    const line=points.map((p,i)=>(i*4)+','+(115-110*p/max)).join(' ');\
-    svg.innerHTML='<polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"2\" points=\"'+line+'\"/>'+\
-    '<text x=\"4\" y=\"12\" font-size=\"10\">max '+max+'</text>';}catch(e){}}tick();setInterval(tick,2000);})();</script>";
+    const now=Date.now();let rate=0;const then=points.find(p=>now-p.at<=10500);\
+    if(then&&now>then.at&&s.published>=then.published){rate=1000*(s.published-then.published)/(now-then.at);}\
+    points.push({at:now,pending:s.pending,published:s.published,rate:rate});if(points.length>150)points.shift();\
+    document.getElementById('rate').textContent=Math.round(rate);\
+    const maxPending=Math.max(1,...points.map(p=>p.pending));const maxRate=Math.max(1,...points.map(p=>p.rate));\
+    svg.innerHTML=line(points.map(p=>p.pending),maxPending,'#36c')+line(points.map(p=>p.rate),maxRate,'#2a2')+\
+    '<text x=\"4\" y=\"12\" font-size=\"10\" fill=\"#36c\">pending, max '+maxPending+'</text>'+\
+    '<text x=\"596\" y=\"12\" font-size=\"10\" fill=\"#2a2\" text-anchor=\"end\">published/s, max '+Math.round(maxRate)+'</text>';\
+    }catch(e){}}tick();setInterval(tick,2000);})();</script>";
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,8 @@ use outbox_tests::on_every_backend;
 on_every_backend!(
     the_page_shows_the_backlog_and_dead_letters_escaped,
     replay_and_purge_need_the_token,
+    bulk_replay_and_purge_take_what_the_filter_selects,
+    the_page_lists_the_relays_and_the_published_count,
 );
 
 const TOKEN: &str = "s3cret-token";
@@ -148,5 +150,101 @@ async fn replay_and_purge_need_the_token(backend: Backend) {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+    t.drop_tables().await;
+}
+
+async fn bulk_replay_and_purge_take_what_the_filter_selects(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    t.outbox
+        .add_events(&t.db, (1..=4).map(|n| opened(&format!("acct-{n}"), 1)))
+        .await
+        .unwrap();
+    for reason in ["broker said no", "broker said no", "too large", "too large"] {
+        t.dead_letter_oldest(reason).await;
+    }
+    let app = app(&t, Some(TOKEN));
+    let (_, page, _) = send(&app, get("/ops?reason=said")).await;
+    assert!(
+        page.contains("replay every dead letter the filter selects"),
+        "{page}"
+    );
+    let (status, _, _) = send(
+        &app,
+        post("/ops/dead-letters/replay", "type=&reason=said&token=wrong"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 4);
+
+    let (status, _, location) = send(
+        &app,
+        post(
+            "/ops/dead-letters/replay",
+            &format!("type=&reason=said&token={TOKEN}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page, _) = send(&app, get(&location.unwrap())).await;
+    assert!(page.contains("replayed 2 dead letters"), "{page}");
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 2);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 2);
+
+    // No filter: all of them.
+    let (_, page, _) = send(&app, get("/ops")).await;
+    assert!(page.contains("purge all dead letters"), "{page}");
+    let (status, _, _) = send(
+        &app,
+        post(
+            "/ops/dead-letters/purge",
+            &format!("type=&reason=&token={TOKEN}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 2);
+    t.drop_tables().await;
+}
+
+async fn the_page_lists_the_relays_and_the_published_count(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    t.outbox
+        .add_events(&t.db, (1..=3).map(|n| opened("a", n)))
+        .await
+        .unwrap();
+    let app = app(&t, None);
+    let (_, page, _) = send(&app, get("/ops")).await;
+    assert!(
+        page.contains("<b id=\"alive\">0</b> alive, 0 gone"),
+        "{page}"
+    );
+
+    let broker = outbox::publisher::InMemoryPublisher::new();
+    let running = outbox_tests::running::Running::start(
+        outbox::relay::Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone())
+            .name("dashboard-relay")
+            .heartbeat_interval(std::time::Duration::from_millis(50))
+            .build(),
+    );
+    assert!(broker.wait_for(3, std::time::Duration::from_secs(20)).await);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stats = loop {
+        let (_, json, _) = send(&app, get("/ops/api/stats")).await;
+        let stats: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if stats["published"] == 3 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(stats["published"], 3, "{stats}");
+    assert_eq!(stats["relays_alive"], 1, "{stats}");
+    let (_, page, _) = send(&app, get("/ops")).await;
+    assert!(
+        page.contains("<b id=\"alive\">1</b> alive, 0 gone"),
+        "{page}"
+    );
+    assert!(page.contains("<td>dashboard-relay</td>"), "{page}");
+    running.stop().await;
     t.drop_tables().await;
 }
