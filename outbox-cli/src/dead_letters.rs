@@ -10,8 +10,11 @@ use uuid::Uuid;
 use crate::render::{Table, event_json};
 use crate::{CliError, Target};
 
-/// Every dead letter a filter selects is read at once: dead letters are an exception to look at, not a backlog.
-const ALL: u64 = i64::MAX as u64;
+/// How many dead letters one replay or purge statement takes.
+const CHUNK: u64 = 500;
+
+/// How many of the dead letters a dry run would act on it lists.
+const DRY_RUN_SHOWN: u64 = 100;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -224,14 +227,19 @@ impl Action {
     async fn run(&self, target: &Target, verb: Verb) -> Result<(), CliError> {
         let Target { db, outbox } = target;
         let filter = self.filter();
-        let matching = outbox.dead_letters_matching(db, &filter, ALL, 0).await?;
-        if matching.is_empty() {
+        let n = outbox.count_dead_letters_matching(db, &filter).await?;
+        if n == 0 {
             println!("no dead letters match");
             return Ok(());
         }
-        let n = matching.len();
         if self.dry_run {
-            print!("{}", table(&matching));
+            let shown = outbox
+                .dead_letters_matching(db, &filter, DRY_RUN_SHOWN, 0)
+                .await?;
+            print!("{}", table(&shown));
+            if n > DRY_RUN_SHOWN {
+                println!("... and {} more", n - DRY_RUN_SHOWN);
+            }
             println!(
                 "would {} {n} dead letters (dry run: nothing done)",
                 verb.word()
@@ -244,10 +252,26 @@ impl Action {
                 verb.word()
             )));
         }
-        let done = match verb {
-            Verb::Replay => outbox.replay_dead_letters(db, filter).await?,
-            Verb::Purge => outbox.purge_dead_letters(db, filter).await?,
-        };
+        // In chunks, oldest first, so that a long replay shows its progress and each statement stays short. A
+        // replayed event that fails for good again meanwhile is a dead letter again: the count taken above bounds
+        // the work, so it is not replayed twice by this command.
+        let progress = crate::render::progress(n, verb.word());
+        let mut done = 0;
+        while done < n {
+            let chunk = outbox
+                .dead_letters_matching(db, &filter, CHUNK.min(n - done), 0)
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let ids = DeadLetterFilter::Ids(chunk.iter().map(|row| row.id).collect());
+            done += match verb {
+                Verb::Replay => outbox.replay_dead_letters(db, ids).await?,
+                Verb::Purge => outbox.purge_dead_letters(db, ids).await?,
+            };
+            progress.set_position(done);
+        }
+        progress.finish_and_clear();
         match verb {
             Verb::Replay => println!("replayed {done} dead letters: they are pending again"),
             Verb::Purge => println!("purged {done} dead letters"),

@@ -123,7 +123,11 @@ pub(crate) async fn purge_published(
     batch: u32,
 ) -> Result<(), CliError> {
     let Target { db, outbox } = target;
-    let deleted = outbox.purge_published(db, older_than, batch).await?;
+    let progress = crate::render::spinner("deleting published events");
+    let deleted = outbox
+        .purge_published_reporting(db, older_than, batch, |total| progress.set_position(total))
+        .await?;
+    progress.finish_and_clear();
     println!(
         "deleted {deleted} published events older than {}",
         humantime::format_duration(older_than)

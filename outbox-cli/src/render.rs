@@ -117,3 +117,31 @@ mod tests {
         assert_eq!(table.to_string(), "ID    TYPE\n1234  a\n5     bb\n");
     }
 }
+
+/// A progress bar on stderr for a long replay or purge of `len` items; drawn only on a terminal, so scripts and
+/// pipes see just the closing line.
+pub(crate) fn progress(len: u64, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(verb.to_owned());
+    bar
+}
+
+/// A counter on stderr for work whose total is not known in advance (a purge of published events).
+pub(crate) fn spinner(verb: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} ({per_sec})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(verb.to_owned());
+    bar
+}

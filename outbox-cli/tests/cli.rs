@@ -259,6 +259,40 @@ async fn a_replay_asks_first_then_the_relay_publishes_it(backend: Backend) {
     t.drop_tables().await;
 }
 
+/// More dead letters than one statement takes: the replay goes through all of them, chunk by chunk, and a dry
+/// run lists the first ones and counts the rest.
+async fn a_large_replay_goes_in_chunks_and_stops_at_what_it_counted(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    t.outbox
+        .add_events(&t.db, (1..=1_234).map(|n| opened(&format!("acct-{n}"), 1)))
+        .await
+        .unwrap();
+    t.sql("UPDATE {t} SET status = 2, last_error = 'gave up'")
+        .await;
+    let dry = succeeded(&outbox(
+        &t,
+        &["dead-letters", "replay", "--all", "--dry-run"],
+    ));
+    assert!(
+        dry.contains("... and 1134 more"),
+        "{}",
+        &dry[dry.len().saturating_sub(300)..]
+    );
+    assert!(
+        dry.contains("would replay 1234 dead letters"),
+        "{}",
+        &dry[dry.len() - 200..]
+    );
+    let done = succeeded(&outbox(&t, &["dead-letters", "replay", "--all", "--yes"]));
+    assert_eq!(
+        done.trim(),
+        "replayed 1234 dead letters: they are pending again"
+    );
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1_234);
+    t.drop_tables().await;
+}
+
 /// The event ids `outbox tail --json` printed, one object a line.
 fn tailed(output: &str) -> Vec<String> {
     output
@@ -435,6 +469,7 @@ on_every_backend!(
     filters_narrow_what_is_listed_and_replayed,
     a_replay_asks_first_then_the_relay_publishes_it,
     purges_delete_what_they_select,
+    a_large_replay_goes_in_chunks_and_stops_at_what_it_counted,
     tail_follows_what_the_relay_publishes,
     migrate_and_check,
 );

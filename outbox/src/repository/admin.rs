@@ -36,6 +36,9 @@ pub enum DeadLetterFilter {
     OccurredSince(chrono::DateTime<Utc>),
     /// Every dead letter whose event occurred before this time.
     OccurredBefore(chrono::DateTime<Utc>),
+    /// These rows, by row id: one statement, with one parameter per id outside PostgreSQL, so a few thousand ids
+    /// at a time.
+    Ids(Vec<i64>),
     /// The dead letters that every one of these filters selects (all of them when empty).
     AllOf(Vec<DeadLetterFilter>),
 }
@@ -255,6 +258,29 @@ impl OutboxRepository {
         self.count(db, "counting dead letters", sql::DEAD).await
     }
 
+    /// How many dead letters `filter` selects.
+    pub async fn count_dead_letters_matching<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64> {
+        const OPERATION: &str = "counting dead letters";
+        let (condition, values) = self.filter(Dialect::of(db), filter);
+        let query = format!(
+            "SELECT COUNT(*) FROM {{t}} WHERE status = {}{condition}",
+            sql::DEAD
+        );
+        let backend = db.get_database_backend();
+        let rows = self.query(db, OPERATION, &query, values).await?;
+        let count: i64 = rows
+            .first()
+            .map(|row| row.try_get_by_index(0))
+            .transpose()
+            .map_err(|e| self.db_error(OPERATION, backend, e))?
+            .unwrap_or(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// Makes dead letters pending again with a fresh retry budget (their last error is kept until the next
     /// attempt). Returns how many.
     ///
@@ -293,6 +319,12 @@ impl OutboxRepository {
     fn filter(&self, dialect: &Dialect, filter: &DeadLetterFilter) -> (String, Vec<Value>) {
         let (condition, values) = match filter {
             DeadLetterFilter::All => return (String::new(), Vec::new()),
+            // No ids select nothing (`IN ()` is not SQL everywhere).
+            DeadLetterFilter::Ids(ids) if ids.is_empty() => ("1 = 0", Vec::new()),
+            DeadLetterFilter::Ids(ids) => {
+                let (condition, values) = dialect.id_in(ids);
+                return (format!(" AND {condition}"), values);
+            }
             DeadLetterFilter::Id(id) => ("id = ?", vec![(*id).into()]),
             DeadLetterFilter::EventId(id) => ("event_id = ?", vec![dialect.event_id(*id)]),
             DeadLetterFilter::EventType(t) => ("event_type = ?", vec![t.clone().into()]),
@@ -332,6 +364,19 @@ impl OutboxRepository {
         older_than: Duration,
         batch_size: u32,
     ) -> Result<u64> {
+        self.purge_published_reporting(db, older_than, batch_size, |_| {})
+            .await
+    }
+
+    /// [`purge_published`](Self::purge_published), calling `progress` with the running total after each
+    /// statement: for a progress display on a long purge.
+    pub async fn purge_published_reporting<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        older_than: Duration,
+        batch_size: u32,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64> {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let batch = batch_size.max(1);
@@ -347,6 +392,7 @@ impl OutboxRepository {
                 )
                 .await?;
             total += deleted;
+            progress(total);
             if deleted < u64::from(batch) {
                 return Ok(total);
             }
