@@ -94,30 +94,6 @@ pub(crate) fn event_json(row: &StoredEvent) -> serde_json::Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_keep_their_two_largest_units() {
-        assert_eq!(age(Duration::from_secs(0)), "0s");
-        assert_eq!(age(Duration::from_secs(59)), "59s");
-        assert_eq!(
-            age(Duration::from_secs(3 * 86_400 + 4 * 3_600 + 7)),
-            "3d 4h"
-        );
-        assert_eq!(age(Duration::from_secs(3_600 + 5)), "1h 5s");
-    }
-
-    #[test]
-    fn columns_are_as_wide_as_their_widest_cell() {
-        let mut table = Table::new(["ID", "TYPE"]);
-        table.row(["1234".to_owned(), "a".to_owned()]);
-        table.row(["5".to_owned(), "bb".to_owned()]);
-        assert_eq!(table.to_string(), "ID    TYPE\n1234  a\n5     bb\n");
-    }
-}
-
 /// A progress bar on stderr for a long replay or purge of `len` items; drawn only on a terminal, so scripts and
 /// pipes see just the closing line.
 pub(crate) fn progress(len: u64, verb: &str) -> indicatif::ProgressBar {
@@ -144,4 +120,28 @@ pub(crate) fn spinner(verb: &str) -> indicatif::ProgressBar {
     }
     bar.set_message(verb.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_keep_their_two_largest_units() {
+        assert_eq!(age(Duration::from_secs(0)), "0s");
+        assert_eq!(age(Duration::from_secs(59)), "59s");
+        assert_eq!(
+            age(Duration::from_secs(3 * 86_400 + 4 * 3_600 + 7)),
+            "3d 4h"
+        );
+        assert_eq!(age(Duration::from_secs(3_600 + 5)), "1h 5s");
+    }
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        let mut table = Table::new(["ID", "TYPE"]);
+        table.row(["1234".to_owned(), "a".to_owned()]);
+        table.row(["5".to_owned(), "bb".to_owned()]);
+        assert_eq!(table.to_string(), "ID    TYPE\n1234  a\n5     bb\n");
+    }
 }
