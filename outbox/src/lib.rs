@@ -69,7 +69,7 @@ pub use registry::Registry;
 pub use repository::OutboxRepository;
 #[cfg(feature = "sea-orm")]
 pub use sea_orm;
-#[cfg(feature = "sea-orm")]
+#[cfg(feature = "migrator")]
 pub use sea_orm_migration;
 
 /// Derives [`OutboxEvent`] for a plain domain struct; see the trait for the attributes it takes.

@@ -1,6 +1,6 @@
 //! The outbox table's schema, as a sea-orm migration and as plain SQL.
 //!
-//! - [`OutboxMigrator`] runs on its own migration table (`seaql_migrations_outbox`), so it never collides with the
+//! - [`OutboxMigrator`] (feature `migrator`, on by default) runs on its own migration table (`seaql_migrations_outbox`), so it never collides with the
 //!   application's: `OutboxMigrator::up(&db, None).await?`.
 //! - An application with its own migrator adds [`OutboxMigration`] and [`RelaysMigration`] to its list, with the
 //!   table name it uses.
@@ -9,16 +9,19 @@
 //!   (the same statements, with the default table name).
 
 use sea_orm::{ConnectionTrait, DbErr, Statement};
+#[cfg(feature = "migrator")]
 use sea_orm_migration::prelude::*;
 
 use crate::repository::{Dialect, RepositoryError, SchemaObject, TableName};
 
 /// Creates the outbox table under a given name (default `outbox_events`).
+#[cfg(feature = "migrator")]
 #[derive(Clone, Debug, Default)]
 pub struct OutboxMigration {
     table: TableName,
 }
 
+#[cfg(feature = "migrator")]
 impl OutboxMigration {
     /// The migration for a table of another name; the repository must use the same name.
     pub fn new(table: &str) -> Result<Self, RepositoryError> {
@@ -28,12 +31,14 @@ impl OutboxMigration {
     }
 }
 
+#[cfg(feature = "migrator")]
 impl MigrationName for OutboxMigration {
     fn name(&self) -> &str {
         "m20261128_000001_create_outbox_table"
     }
 }
 
+#[cfg(feature = "migrator")]
 #[async_trait::async_trait]
 impl MigrationTrait for OutboxMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -58,11 +63,13 @@ impl MigrationTrait for OutboxMigration {
 /// [`OutboxRepository::relays`](crate::repository::OutboxRepository::relays)), to an outbox table created before
 /// it. An application with its own migrator lists it after [`OutboxMigration`], with the same table name; on a
 /// new table it finds everything there already.
+#[cfg(feature = "migrator")]
 #[derive(Clone, Debug, Default)]
 pub struct RelaysMigration {
     table: TableName,
 }
 
+#[cfg(feature = "migrator")]
 impl RelaysMigration {
     /// The migration for a table of another name; the repository must use the same name.
     pub fn new(table: &str) -> Result<Self, RepositoryError> {
@@ -72,12 +79,14 @@ impl RelaysMigration {
     }
 }
 
+#[cfg(feature = "migrator")]
 impl MigrationName for RelaysMigration {
     fn name(&self) -> &str {
         "m20261205_000001_create_outbox_relays_table"
     }
 }
 
+#[cfg(feature = "migrator")]
 #[async_trait::async_trait]
 impl MigrationTrait for RelaysMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -98,9 +107,11 @@ impl MigrationTrait for RelaysMigration {
 }
 
 /// The outbox's own migrator, on its own migration table.
+#[cfg(feature = "migrator")]
 #[derive(Clone, Copy, Debug)]
 pub struct OutboxMigrator;
 
+#[cfg(feature = "migrator")]
 #[async_trait::async_trait]
 impl MigratorTrait for OutboxMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {

@@ -3,15 +3,13 @@
 //! event as a CloudEvent on stdout. Runs in about a second, no server needed.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run -p outbox-quickstart
 //! ```
 
-use outbox::migration::OutboxMigrator;
 use outbox::publisher::StdoutPublisher;
 use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
-use outbox::sea_orm_migration::MigratorTrait;
 use outbox::{EventEnvelope, OutboxEvent, Registry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -49,9 +47,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    // An in-memory SQLite database, the outbox table from the library's migration, and an application table.
+    // An in-memory SQLite database, the outbox table (idempotent; a service with sea-orm-migration runs
+    // `outbox::migration::OutboxMigrator` instead), and an application table.
     let db = connect("sqlite::memory:").await?;
-    OutboxMigrator::up(&db, None).await?;
+    outbox::migration::create_table(&db, "outbox_events").await?;
     db.execute_unprepared("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
         .await?;
     let outbox = OutboxRepository::new();
