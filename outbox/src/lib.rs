@@ -52,6 +52,8 @@ pub mod message;
 pub mod migration;
 #[cfg(feature = "ops")]
 pub mod ops;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod publisher;
 mod redact;
 pub mod registry;

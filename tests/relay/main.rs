@@ -8,4 +8,5 @@ mod faults;
 mod hammer;
 mod health;
 mod lifecycle;
+mod otel;
 mod pipeline;

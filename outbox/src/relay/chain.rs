@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
-use super::Relay;
 use super::order::Link;
+use super::{Relay, observe};
 use crate::publisher::{Acknowledgement, PublishError, Reason};
 use crate::repository::ClaimedEvent;
 
@@ -122,7 +123,8 @@ impl Relay {
         // refusal, an outage, a held destination, shutdown, the lease running out) stops the sending; what was sent
         // is still waited for, since it may have arrived, and the events not sent are given back.
         let window = self.unacknowledged_per_aggregate;
-        let mut waiting: VecDeque<(usize, Deadline, Acknowledgement)> = VecDeque::new();
+        let mut waiting: VecDeque<(usize, Deadline, Acknowledgement, tracing::Span)> =
+            VecDeque::new();
         let (mut next, mut sending) = (0, true);
         loop {
             if sending && next < chain.len() && waiting.len() < window {
@@ -148,20 +150,29 @@ impl Relay {
                 let rendered =
                     std::panic::catch_unwind(AssertUnwindSafe(|| events[i].envelope.to_message()));
                 let sent = match rendered {
-                    Ok(Ok(message)) => self.timed(deadline, self.publisher.send(&message)).await,
+                    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+                    Ok(Ok(mut message)) => {
+                        let span = observe::publish_span(&message, self.publisher.name());
+                        #[cfg(feature = "otel")]
+                        crate::otel::carry(&span, &mut message);
+                        self.timed(deadline, self.publisher.send(&message))
+                            .instrument(span.clone())
+                            .await
+                            .map(|ack| (ack, span))
+                    }
                     Ok(Err(error)) => Err(PublishError::permanent(error)),
                     Err(panic) => Err(panicked("rendering the message", &*panic)),
                 };
                 match sent {
-                    Ok(ack) => waiting.push_back((i, deadline, ack)),
+                    Ok((ack, span)) => waiting.push_back((i, deadline, ack, span)),
                     Err(error) => sending = self.settle(&mut outcome, events, i, Err(error), halt),
                 }
                 continue;
             }
-            let Some((i, deadline, ack)) = waiting.pop_front() else {
+            let Some((i, deadline, ack, span)) = waiting.pop_front() else {
                 break;
             };
-            let answer = self.timed(deadline, ack).await;
+            let answer = self.timed(deadline, ack).instrument(span).await;
             sending &= self.settle(&mut outcome, events, i, answer, halt);
         }
         outcome.released.extend_from_slice(&chain[next..]);

@@ -152,3 +152,20 @@ pub(crate) fn lag(stats: &OutboxStats) {
     let age = stats.oldest_pending_age().unwrap_or(Duration::ZERO);
     metrics::gauge!("outbox_oldest_pending_age_seconds").set(age.as_secs_f64());
 }
+
+/// One publish, from send to the broker's answer: a producer span with the messaging attributes of
+/// OpenTelemetry's semantic conventions (with feature `otel`, in the trace stored with the event, see
+/// `outbox::otel`).
+pub(crate) fn publish_span(message: &crate::Message, system: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: "outbox",
+        "publish",
+        otel.name = %format_args!("publish {}", message.destination),
+        otel.kind = "producer",
+        messaging.system = system,
+        messaging.destination.name = %message.destination,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.message.id = %message.id,
+    )
+}

@@ -238,6 +238,11 @@ impl OutboxRepository {
                 Ok(payload)
             })
             .collect::<Result<Vec<_>>>()?;
+        // The caller's trace, for events whose envelope names none (see `outbox::otel`).
+        #[cfg(feature = "otel")]
+        let ambient = crate::otel::context_of(&tracing::Span::current());
+        #[cfg(not(feature = "otel"))]
+        let ambient: Option<crate::TraceContext> = None;
         let mut ids = Vec::with_capacity(envelopes.len());
         for (chunk, payloads) in envelopes
             .chunks(sql::CHUNK)
@@ -247,7 +252,7 @@ impl OutboxRepository {
             for (envelope, payload) in chunk.iter().zip(payloads) {
                 let event = envelope.event().as_dyn();
                 let meta = event.meta();
-                let trace = envelope.trace_context();
+                let trace = envelope.trace_context().or(ambient.as_ref());
                 values.extend([
                     dialect.event_id(envelope.event_id()),
                     meta.event_type.into(),
