@@ -17,12 +17,14 @@
 //! Environment: `DATABASE_URL` (default `sqlite://service.db?mode=rwc`; `postgres://` and `mysql://` work),
 //! `OUTBOX_BROKER` (default `stdout://`; any URL `outbox::publisher::from_url` takes), `BIND_ADDR` (default
 //! `127.0.0.1:8080`), `SERVICE_MODE` or `--mode` (`all`, `api`, `relay`), `OUTBOX_TABLE`, every `OUTBOX_*`
-//! setting, `RUST_LOG`, `LOG_FORMAT=json` for one JSON line per log event. Ctrl+C or SIGTERM: the HTTP server
-//! drains, the relay finishes its batch, the process exits 0.
+//! setting, `RUST_LOG`, `LOG_FORMAT=json` for one JSON line per log event, `OTEL_EXPORTER_OTLP_ENDPOINT` to
+//! export traces (a request's span, the events it stores, their publishes: see `telemetry.rs`). Ctrl+C or
+//! SIGTERM: the HTTP server drains, the relay finishes its batch, the process exits 0.
 
 mod events;
 mod http;
 mod settings;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,16 +55,13 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::from_env()?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if settings.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let telemetry = telemetry::Telemetry::init(settings.json_logs).await?;
+    let result = serve(settings).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
 
     // One shutdown signal for the HTTP server and the relay, listened for before the slow start (connect,
@@ -145,6 +144,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("BIND_ADDR={}: {e}", settings.bind))?;
     tracing::info!(addr = %settings.bind, mode = ?settings.mode, "listening");
+    let router = router.layer(axum::middleware::from_fn(telemetry::trace_request));
     axum::serve(listener, router.with_state(app))
         .with_graceful_shutdown(until_stopped(stopped.clone()))
         .await?;

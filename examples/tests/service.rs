@@ -640,3 +640,184 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_browser() {
     service.stop("the service").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What an OTLP/HTTP collector received: the request bodies posted to `/v1/traces` (protobuf).
+async fn otlp_collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&chunk[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        if head.starts_with("post /v1/traces") {
+                            kept.lock()
+                                .unwrap()
+                                .push(request[end + 4..end + 4 + length].to_vec());
+                        }
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        request.clear();
+                    }
+                }
+            });
+        }
+    });
+    (port, bodies)
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set: one trace runs from the caller's `traceparent` through the request's span
+/// to the relay's publish of the event it stored, exported over OTLP/HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_and_the_publish_of_its_event_are_one_trace_exported_over_otlp() {
+    let (collector, bodies) = otlp_collector().await;
+    let (dir, db) = scratch();
+    let endpoint = format!("http://127.0.0.1:{collector}");
+    let service = Service::start_with(
+        free_port(),
+        db.to_str().unwrap(),
+        "UNUSED",
+        "all",
+        &[
+            ("OUTBOX_BROKER", "memory://"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "users-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (status, body) = service
+        .request_with(
+            "POST",
+            "/users",
+            r#"{"email":"traced@example.com"}"#,
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The relay publishes the event within its poll interval; stopping exports what is buffered.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    service.stop("the traced service").await;
+
+    let exported = bodies.lock().unwrap().concat();
+    let contains = |needle: &[u8]| exported.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"users-under-test"), "the service name");
+    let spans: Vec<OtlpSpan> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|body| otlp_spans(body))
+        .collect();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?} among {spans:#?}"))
+    };
+    let request = named("POST /users");
+    let publish = named("publish com.example.user");
+    assert_eq!(hex(&request.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        hex(&request.parent_span_id),
+        "00f067aa0ba902b7",
+        "the caller's span"
+    );
+    assert_eq!(publish.trace_id, request.trace_id, "{spans:#?}");
+    assert_eq!(
+        publish.parent_span_id, request.span_id,
+        "the event recorded the request's span, and the publish continues it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A span as OTLP's protobuf carries it (the fields this test reads).
+#[derive(Debug, Default)]
+struct OtlpSpan {
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    name: String,
+}
+
+/// The spans of an `ExportTraceServiceRequest`: resource_spans (1) -> scope_spans (2) -> spans (2), each span's
+/// trace_id (1), span_id (2), parent_span_id (4) and name (5). Enough protobuf to read them: varints, and
+/// length-delimited fields; the others are skipped.
+fn otlp_spans(body: &[u8]) -> Vec<OtlpSpan> {
+    fn fields(mut bytes: &[u8]) -> Vec<(u64, &[u8])> {
+        fn varint(bytes: &mut &[u8]) -> u64 {
+            let mut value = 0;
+            for shift in (0..64).step_by(7) {
+                let byte = bytes[0];
+                *bytes = &bytes[1..];
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            value
+        }
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let key = varint(&mut bytes);
+            match key & 7 {
+                0 => {
+                    varint(&mut bytes);
+                }
+                1 => bytes = &bytes[8..],
+                5 => bytes = &bytes[4..],
+                2 => {
+                    let len = usize::try_from(varint(&mut bytes)).unwrap();
+                    out.push((key >> 3, &bytes[..len]));
+                    bytes = &bytes[len..];
+                }
+                other => panic!("wire type {other} in an OTLP export"),
+            }
+        }
+        out
+    }
+    let mut spans = Vec::new();
+    for (_, resource) in fields(body).into_iter().filter(|(n, _)| *n == 1) {
+        for (_, scope) in fields(resource).into_iter().filter(|(n, _)| *n == 2) {
+            for (_, span) in fields(scope).into_iter().filter(|(n, _)| *n == 2) {
+                let mut parsed = OtlpSpan::default();
+                for (number, value) in fields(span) {
+                    match number {
+                        1 => parsed.trace_id = value.to_vec(),
+                        2 => parsed.span_id = value.to_vec(),
+                        4 => parsed.parent_span_id = value.to_vec(),
+                        5 => parsed.name = String::from_utf8_lossy(value).into_owned(),
+                        _ => {}
+                    }
+                }
+                spans.push(parsed);
+            }
+        }
+    }
+    spans
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
