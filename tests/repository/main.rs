@@ -4,6 +4,7 @@
 //! The servers are the machine's (127.0.0.1:5432 database `test`, 127.0.0.1:3306 database `test`); set
 //! `TEST_POSTGRES_URL` or `TEST_MYSQL_URL` to use others.
 
+mod cdc;
 mod claim_lock;
 mod contract;
 mod limits;
