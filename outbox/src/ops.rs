@@ -148,6 +148,11 @@ struct ListQuery {
 }
 
 impl ListQuery {
+    /// No filter: every dead letter.
+    fn is_everything(&self) -> bool {
+        self.event_type.is_empty() && self.reason.is_empty()
+    }
+
     fn filter(&self) -> DeadLetterFilter {
         let mut all = Vec::new();
         if !self.event_type.is_empty() {
@@ -269,7 +274,7 @@ fn bulk_actions(query: &ListQuery, enabled: bool) -> String {
     if !enabled {
         return String::new();
     }
-    let what = if query.event_type.is_empty() && query.reason.is_empty() {
+    let what = if query.is_everything() {
         "all dead letters"
     } else {
         "every dead letter the filter selects"
@@ -385,35 +390,26 @@ fn details(row: &StoredEvent, enabled: bool) -> String {
 struct ActionForm {
     #[serde(default)]
     id: Option<i64>,
-    #[serde(default, rename = "type")]
-    event_type: String,
-    #[serde(default)]
-    reason: String,
+    #[serde(flatten)]
+    selected: ListQuery,
     #[serde(default)]
     token: String,
 }
 
 impl ActionForm {
     fn filter(&self) -> DeadLetterFilter {
-        match self.id {
-            Some(id) => DeadLetterFilter::Id(id),
-            None => ListQuery {
-                event_type: self.event_type.clone(),
-                reason: self.reason.clone(),
-                notice: String::new(),
-            }
-            .filter(),
-        }
+        self.id
+            .map_or_else(|| self.selected.filter(), DeadLetterFilter::Id)
     }
 
     /// Which dead letters, for the notice and the log.
     fn selection(&self) -> String {
         match self.id {
             Some(id) => format!("id {id}"),
-            None if self.event_type.is_empty() && self.reason.is_empty() => "all".to_owned(),
+            None if self.selected.is_everything() => "all".to_owned(),
             None => format!(
                 "type '{}', error containing '{}'",
-                self.event_type, self.reason
+                self.selected.event_type, self.selected.reason
             ),
         }
     }
