@@ -19,6 +19,7 @@ const CONTAINER_KEYS: &[&str] = &[
     "extension",
     "headers",
     "data",
+    "schema",
     "crate",
 ];
 const FIELD_KEYS: &[&str] = &["aggregate_id", "subject"];
@@ -45,9 +46,18 @@ pub struct Container {
     pub extensions: Vec<(String, String)>,
     pub headers: Option<syn::ExprPath>,
     pub data: Option<syn::ExprPath>,
+    pub schema: Option<Schema>,
     pub krate: Option<syn::Path>,
     pub aggregate_id: Option<Member>,
     pub subject: Option<Member>,
+}
+
+/// `#[outbox(schema)]` (the struct's own JSON Schema) or `#[outbox(schema = Type)]` (another type's, for a
+/// payload that `data` renders).
+pub struct Schema {
+    /// The attribute's key, where an error about the schema points.
+    pub key: syn::Path,
+    pub ty: Option<syn::Type>,
 }
 
 /// A field the derive reads, with the type its errors point at.
@@ -89,6 +99,7 @@ impl Container {
         let mut headers = Once::new("headers");
         let mut data = Once::new("data");
         let mut krate = Once::new("crate");
+        let mut schema = Once::new("schema");
         let mut extensions: Vec<(String, String)> = Vec::new();
         // Set when `type` appears at all, so an invalid value is not also reported as a missing one.
         let mut type_seen = false;
@@ -153,6 +164,20 @@ impl Container {
                     headers.set(cx, &key, function(&meta)?);
                 } else if key.is_ident("data") {
                     data.set(cx, &key, function(&meta)?);
+                } else if key.is_ident("schema") {
+                    let ty = if meta.input.peek(syn::Token![=]) {
+                        Some(payload_type(&meta)?)
+                    } else {
+                        None
+                    };
+                    schema.set(
+                        cx,
+                        &key,
+                        Schema {
+                            key: key.clone(),
+                            ty,
+                        },
+                    );
                 } else if key.is_ident("crate") {
                     let lit = string(&meta)?;
                     match lit.parse::<syn::Path>() {
@@ -182,6 +207,14 @@ impl Container {
             cx.syn_error(syn::Error::new(*topic_span, message));
         }
 
+        let schema = schema.value;
+        if let (Some(Schema { key, ty: None }), Some(_)) = (&schema, &data.value) {
+            cx.error_spanned_by(
+                key,
+                "with `data`, the payload is not this struct: name the payload's type, `schema = PayloadType`",
+            );
+        }
+
         let (aggregate_id, subject) = members(cx, input);
         if !type_seen {
             cx.error_spanned_by(
@@ -201,6 +234,7 @@ impl Container {
             extensions,
             headers: headers.value,
             data: data.value,
+            schema,
             krate: krate.value,
             aggregate_id,
             subject,
@@ -335,6 +369,17 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
 
 /// A function path, given bare (`headers = my_headers`) or as a string (`headers = "my_headers"`).
 fn function(meta: &ParseNestedMeta) -> syn::Result<syn::ExprPath> {
+    let input = meta.value()?;
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        lit.parse()
+    } else {
+        input.parse()
+    }
+}
+
+/// A type, given bare (`schema = Payload`) or as a string (`schema = "Payload"`).
+fn payload_type(meta: &ParseNestedMeta) -> syn::Result<syn::Type> {
     let input = meta.value()?;
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;

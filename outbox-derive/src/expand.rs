@@ -93,6 +93,18 @@ fn implementation(input: &syn::DeriveInput, c: &Container) -> TokenStream {
         }
     });
 
+    // Spanned on the attribute, so a type without a schema is reported where the schema was asked for.
+    let schema = c.schema.as_ref().map(|schema| {
+        let ty = match &schema.ty {
+            Some(ty) => quote!(#ty),
+            None => quote_spanned!(schema.key.span()=> Self),
+        };
+        quote_spanned! {schema.key.span()=>
+            const JSON_SCHEMA: ::core::option::Option<#krate::event::SchemaFn> =
+                ::core::option::Option::Some(<#ty as #krate::__private::PayloadSchema>::json_schema);
+        }
+    });
+
     let to_json = serde_methods(&krate, ident);
     quote! {
         #[automatically_derived]
@@ -104,6 +116,7 @@ fn implementation(input: &syn::DeriveInput, c: &Container) -> TokenStream {
             const DESTINATION: &'static str = #destination;
             #dataschema
             #extensions
+            #schema
 
             fn aggregate_id(&self) -> ::std::string::String {
                 #aggregate_id_body

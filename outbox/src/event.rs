@@ -54,6 +54,7 @@ use serde_json::value::RawValue;
 /// | `extension(name = "value", ...)` | constant CloudEvents extension attributes, names `[a-z0-9]{1,20}` | none |
 /// | `headers = path::to_fn` | `fn(&Self) -> Vec<(String, String)>`: extra transport headers per message | none |
 /// | `data = path::to_fn` | `fn(&Self) -> Result<serde_json::Value, serde_json::Error>`: custom message body | the struct as JSON |
+/// | `schema` / `schema = Type` | export the payload's JSON Schema (the struct's, or `Type`'s when `data` renders another body); needs `schemars::JsonSchema` and the `schema` feature; see [`crate::contract`] | none |
 /// | `crate = "path"` | where the `outbox` crate is, when it is re-exported under another name | `::outbox` |
 ///
 /// On fields: `#[outbox(aggregate_id)]` (exactly one; its type must implement `Display`) and optionally
@@ -77,6 +78,10 @@ pub trait OutboxEvent: Sized + Send + Sync + 'static {
     const DATASCHEMA: Option<&'static str> = None;
     /// Constant CloudEvents extension attributes of this type.
     const EXTENSIONS: &'static [(&'static str, &'static str)] = &[];
+    /// Renders the JSON Schema (draft-07) of the published payload, if the type exports one
+    /// (`#[outbox(schema)]`); read through the [registry](crate::registry::Registry::schema) by
+    /// [`contract`](crate::contract).
+    const JSON_SCHEMA: Option<SchemaFn> = None;
 
     /// The aggregate this event belongs to; the broker key, so that one aggregate's events stay in order.
     fn aggregate_id(&self) -> String;
@@ -115,6 +120,9 @@ pub trait OutboxEvent: Sized + Send + Sync + 'static {
         }
     }
 }
+
+/// Renders a payload's JSON Schema; see [`OutboxEvent::JSON_SCHEMA`].
+pub type SchemaFn = fn() -> serde_json::Value;
 
 /// The per-type facts of an event type: the associated constants of [`OutboxEvent`] as one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

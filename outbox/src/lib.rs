@@ -42,6 +42,7 @@
 
 pub mod cloudevents;
 pub mod config;
+pub mod contract;
 pub mod envelope;
 pub mod event;
 #[cfg(feature = "sea-orm")]
@@ -69,6 +70,10 @@ pub use message::Message;
 pub use registry::Registry;
 #[cfg(feature = "sea-orm")]
 pub use repository::OutboxRepository;
+/// schemars, for `#[derive(JsonSchema)]` on event types without a dependency of one's own
+/// (`#[schemars(crate = "outbox::schemars")]`).
+#[cfg(feature = "schema")]
+pub use schemars;
 #[cfg(feature = "sea-orm")]
 pub use sea_orm;
 #[cfg(feature = "migrator")]
@@ -92,6 +97,25 @@ pub mod __private {
     pub use serde_json;
 
     pub use crate::registry::Registration;
+
+    /// The JSON Schema of an event's payload type, for `#[outbox(schema)]`. A trait of its own so that a type
+    /// without one, or a build without the `schema` feature, gets an error that says what to do.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` has no JSON Schema to export",
+        label = "`#[outbox(schema)]` exports this type's JSON Schema",
+        note = "derive `schemars::JsonSchema` for `{Self}`, and enable the `schema` feature of `outbox`"
+    )]
+    pub trait PayloadSchema {
+        /// The type's JSON Schema, draft-07.
+        fn json_schema() -> serde_json::Value;
+    }
+
+    #[cfg(feature = "schema")]
+    impl<T: schemars::JsonSchema + ?Sized> PayloadSchema for T {
+        fn json_schema() -> serde_json::Value {
+            crate::contract::schema_of::<T>()
+        }
+    }
 
     /// Renders an aggregate id. A trait of its own so that a field that cannot be one gets an error that says so.
     #[diagnostic::on_unimplemented(

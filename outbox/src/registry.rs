@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{LazyLock, PoisonError, RwLock};
 
-use crate::event::{DynEvent, EventMeta, OutboxEvent};
+use crate::event::{DynEvent, EventMeta, OutboxEvent, SchemaFn};
 
 type DecodeFn = fn(&str) -> Result<Box<dyn DynEvent>, serde_json::Error>;
 
@@ -43,6 +43,7 @@ pub struct Registration {
     info: EventInfo,
     decode: DecodeFn,
     type_id: fn() -> TypeId,
+    schema: Option<SchemaFn>,
 }
 
 impl Registration {
@@ -63,6 +64,7 @@ impl Registration {
             },
             decode: decode_as::<E>,
             type_id: TypeId::of::<E>,
+            schema: E::JSON_SCHEMA,
         }
     }
 
@@ -178,6 +180,23 @@ impl Registry {
     /// The registration of `event_type` at `data_version`.
     pub fn get(&self, event_type: &str, data_version: &str) -> Result<EventInfo, RegistryError> {
         self.lookup(event_type, data_version).map(|r| r.info)
+    }
+
+    /// The JSON Schema (draft-07) of the payload of `event_type` at `data_version`, or `None` if the type was
+    /// registered without one (see [`OutboxEvent::JSON_SCHEMA`]).
+    pub fn schema(
+        &self,
+        event_type: &str,
+        data_version: &str,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        self.lookup(event_type, data_version)
+            .map(|r| r.schema.map(|schema| schema()))
+    }
+
+    /// Whether `event_type` at `data_version` is registered with a JSON Schema (without rendering it).
+    pub fn has_schema(&self, event_type: &str, data_version: &str) -> bool {
+        self.lookup(event_type, data_version)
+            .is_ok_and(|r| r.schema.is_some())
     }
 
     /// Turns a stored event's JSON back into its Rust type, chosen by `event_type` and `data_version`.

@@ -2,6 +2,7 @@
 
 mod cloudevents;
 mod config;
+mod contract;
 mod envelope;
 mod events;
 mod registry;

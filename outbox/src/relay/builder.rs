@@ -31,6 +31,7 @@ impl Relay {
                 listen: true,
                 name: default_name(),
                 heartbeat_interval: Duration::from_secs(5),
+                dataschema_base: None,
                 handle: RelayHandle::default(),
             },
         }
@@ -122,6 +123,15 @@ impl RelayBuilder {
     /// longer than a third of that shows a live relay as gone between heartbeats.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.relay.heartbeat_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets CloudEvents `dataschema` on every message whose type has a registered JSON Schema
+    /// (`#[outbox(schema)]`) and declares no `dataschema` of its own, to
+    /// [`dataschema_url`](crate::contract::dataschema_url)`(base, type, version)`: `{base}/{type}/{version}`.
+    /// Serve the schemas there (the example service does, from [`contract::json_schemas`](crate::contract::json_schemas)).
+    pub fn dataschema_base(mut self, base: impl Into<String>) -> Self {
+        self.relay.dataschema_base = Some(base.into());
         self
     }
 

@@ -150,8 +150,8 @@ impl Relay {
                 let rendered =
                     std::panic::catch_unwind(AssertUnwindSafe(|| events[i].envelope.to_message()));
                 let sent = match rendered {
-                    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
                     Ok(Ok(mut message)) => {
+                        self.describe(&mut message);
                         let span = observe::publish_span(&message, self.publisher.name());
                         #[cfg(feature = "otel")]
                         crate::otel::carry(&span, &mut message);
@@ -185,6 +185,24 @@ impl Relay {
     /// Records the broker's answer for event `i` of a chain; whether the chain may go on sending. The first
     /// trouble of the event's own (a refusal, a held destination) is the chain's, retried or held; a later one,
     /// of an event sent before the first was answered, is given back with the rest.
+    /// Adds what the relay's configuration adds to every message: the `dataschema` URL of a type with a schema.
+    fn describe(&self, message: &mut crate::Message) {
+        if let Some(base) = &self.dataschema_base
+            && message.dataschema.is_none()
+            && self
+                .store
+                .repository()
+                .registry()
+                .has_schema(&message.event_type, &message.data_version)
+        {
+            message.dataschema = Some(crate::contract::dataschema_url(
+                base,
+                &message.event_type,
+                &message.data_version,
+            ));
+        }
+    }
+
     fn settle(
         &self,
         outcome: &mut ChainOutcome,

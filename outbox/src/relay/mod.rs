@@ -73,6 +73,8 @@ pub struct Relay {
     listen: bool,
     name: String,
     heartbeat_interval: Duration,
+    /// Where the payload schemas are served; see [`RelayBuilder::dataschema_base`].
+    dataschema_base: Option<String>,
     handle: RelayHandle,
 }
 
