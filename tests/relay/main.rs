@@ -4,6 +4,7 @@
 
 mod accounting;
 mod ahead;
+mod dataschema;
 mod faults;
 mod hammer;
 mod health;
