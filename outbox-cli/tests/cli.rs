@@ -1,6 +1,9 @@
 //! The `outbox` command run as a process against real databases: what it prints, its exit code, and what it did
 //! to the table.
 
+#[path = "cli/schema.rs"]
+mod schema;
+
 use std::process::{Command, Output, Stdio};
 
 use outbox::OutboxEvent;
