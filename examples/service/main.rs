@@ -20,7 +20,12 @@
 //! setting, `RUST_LOG`, `LOG_FORMAT=json` for one JSON line per log event, `OTEL_EXPORTER_OTLP_ENDPOINT` to
 //! export traces (a request's span, the events it stores, their publishes: see `telemetry.rs`). Ctrl+C or
 //! SIGTERM: the HTTP server drains, the relay finishes its batch, the process exits 0.
+//!
+//! The contract, in every mode: `GET /asyncapi.json` (AsyncAPI 3.0 for the broker of `OUTBOX_BROKER`),
+//! `GET /schemas` (the payload schemas), `GET /schemas/{type}/{version}` (one schema: the relay sets each message's
+//! `dataschema` to it, under `PUBLIC_URL`, default `http://` + `BIND_ADDR`).
 
+mod contract;
 mod events;
 mod http;
 mod settings;
@@ -95,7 +100,9 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     // A relay that stops on its own (an error, a panic) stops the process, which exits non-zero so that an
     // orchestrator restarts it; `/health` reports it stopped meanwhile.
     let relay = if settings.mode != Mode::Api {
-        let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone()).build();
+        let relay = Relay::builder(db.clone(), outbox.clone(), publisher.clone())
+            .dataschema_base(format!("{}/schemas", settings.public_url))
+            .build();
         relay_handle = Some(relay.handle());
         health = health.with_relay(relay.handle());
         let task = tokio::spawn(relay.run(until_stopped(stopped.clone())));
@@ -129,9 +136,15 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         relay: relay_handle,
         metrics,
     };
+    let contract = Router::new()
+        .route("/asyncapi.json", get(contract::asyncapi))
+        .route("/schemas", get(contract::schemas))
+        .route("/schemas/{event_type}/{version}", get(contract::schema))
+        .with_state(contract::Contract::new(&settings.broker_url));
     let mut router = Router::new()
         .route("/metrics", get(http::metrics))
-        .nest("/ops", ops);
+        .nest("/ops", ops)
+        .merge(contract);
     if settings.outbox.enable_health_check {
         router = router.route("/health", get(http::health));
     }

@@ -17,6 +17,9 @@ pub struct Settings {
     pub database_url: String,
     pub broker_url: String,
     pub bind: SocketAddr,
+    /// Where consumers reach this service (`PUBLIC_URL`, default `http://` + `BIND_ADDR`): the base of the
+    /// schema URLs in the messages' `dataschema`.
+    pub public_url: String,
     pub mode: Mode,
     pub table: String,
     pub json_logs: bool,
@@ -30,7 +33,7 @@ fn var(name: &str, default: &str) -> String {
 }
 
 impl Settings {
-    /// Reads `DATABASE_URL`, `OUTBOX_BROKER`, `BIND_ADDR`, `SERVICE_MODE` (or `--mode`), `OUTBOX_TABLE`,
+    /// Reads `DATABASE_URL`, `OUTBOX_BROKER`, `BIND_ADDR`, `PUBLIC_URL`, `SERVICE_MODE` (or `--mode`), `OUTBOX_TABLE`,
     /// `OUTBOX_OPS_TOKEN`, `LOG_FORMAT` and every `OUTBOX_*` setting.
     pub fn from_env() -> Result<Self, String> {
         let mut problems = Vec::new();
@@ -81,6 +84,9 @@ impl Settings {
         Ok(Self {
             database_url: var("DATABASE_URL", "sqlite://service.db?mode=rwc"),
             broker_url: var("OUTBOX_BROKER", "stdout://"),
+            public_url: var("PUBLIC_URL", &format!("http://{bind}"))
+                .trim_end_matches('/')
+                .to_owned(),
             bind,
             mode,
             table: var("OUTBOX_TABLE", "outbox_events"),

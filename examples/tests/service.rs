@@ -523,6 +523,103 @@ async fn the_health_endpoint_follows_outbox_enable_health_check() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The contract is served, valid, and what each message's `dataschema` names: `/asyncapi.json` passes the
+/// reference AsyncAPI parser, and the schema a published event points at is the one of its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_point_at_the_schemas_the_service_serves() {
+    let _turn = ONE_STREAM_AT_A_TIME.lock().await;
+    let js = jetstream::new(
+        async_nats::connect(NATS)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    );
+    let stream = fresh_stream(&js).await;
+    let (dir, db) = scratch();
+    let port = free_port();
+    let service = Service::start(port, db.to_str().unwrap(), &stream);
+
+    let (status, document) = service.request("GET", "/asyncapi.json", "").await;
+    assert_eq!(status, 200, "{document}");
+    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+    assert_eq!(document["servers"]["broker"]["protocol"], "nats");
+    assert_eq!(document["channels"]["com.example.user"]["address"], SUBJECT);
+    let parser = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/asyncapi");
+    assert!(
+        parser.join("node_modules/@asyncapi/parser").is_dir(),
+        "the AsyncAPI parser is not installed: run `npm ci --prefix tests/asyncapi` (`.ci/run` does)"
+    );
+    let file = dir.join("asyncapi.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let parsed = Command::new("node")
+        .arg(parser.join("validate.mjs"))
+        .arg(&file)
+        .output()
+        .expect("node runs");
+    assert!(
+        parsed.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&parsed.stdout),
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+
+    let (status, _) = service
+        .request("POST", "/users", r#"{"email":"ada@example.com"}"#)
+        .await;
+    assert_eq!(status, 201);
+    let message = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = js.get_stream(&stream).await
+                && s.info().await.unwrap().state.messages > 0
+            {
+                break s.get_raw_message(1).await.unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing was published"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let dataschema = message.headers.get("ce-dataschema").map(|v| v.to_string());
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        dataschema.as_deref(),
+        Some(format!("{base}/schemas/com.example.user.created/1.0").as_str())
+    );
+    let path = dataschema.unwrap().strip_prefix(&base).unwrap().to_owned();
+    let (status, schema) = service.request("GET", &path, "").await;
+    assert_eq!(status, 200, "{schema}");
+    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    let mut required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    required.sort_unstable();
+    fields.sort_unstable();
+    assert_eq!(required, fields, "the schema describes the body: {schema}");
+    assert_eq!(
+        service
+            .request("GET", "/schemas/com.example.nothing/1.0", "")
+            .await
+            .0,
+        404
+    );
+
+    service.stop("the service").await;
+    let _ = js.delete_stream(&stream).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The service's own event, as the test writes it straight into the table.
 #[derive(serde::Serialize, serde::Deserialize, outbox::OutboxEvent)]
 #[outbox(type = "com.example.user.created", source = "/user-service")]

@@ -97,27 +97,25 @@ impl Command {
             } => {
                 let registry = linked()?;
                 let title = title.clone().unwrap_or_else(program_name);
-                let mut document = AsyncApi::new(title, api_version).structured(*structured);
-                document = match broker {
+                let document = AsyncApi::new(title, api_version);
+                let document = match broker {
                     Some(url) => {
-                        let protocol = Protocol::from_broker_url(url).ok_or_else(|| {
+                        if Protocol::from_broker_url(url).is_none() {
                             // Only the scheme: the rest of a broker URL may hold a password.
                             let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-                            CliError::Refused(format!(
+                            return Err(CliError::Refused(format!(
                                 "--broker: a `{scheme}://` URL names no broker binding; expected kafka://, \
                                  amqp://, nats://, redis:// or http://"
-                            ))
-                        })?;
-                        let mut document = document.protocol(protocol);
-                        if let Some(host) = host(url) {
-                            document = document.server(host);
+                            )));
                         }
-                        if url.contains("encoding=structured") {
-                            document = document.structured(true);
-                        }
-                        document
+                        document.broker(url)
                     }
                     None => document.protocol((*protocol).into()),
+                };
+                let document = if *structured {
+                    document.structured(true)
+                } else {
+                    document
                 };
                 write(out.as_deref(), &document.document(registry))
             }
@@ -187,36 +185,9 @@ fn write(out: Option<&Path>, value: &Value) -> Result<(), CliError> {
     }
 }
 
-/// `host:port` of a broker URL, without credentials, path or query; the first of a Kafka list.
-fn host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host = host.split(',').next()?;
-    (!host.is_empty()).then_some(host)
-}
-
 fn program_name() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "events".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls_give_their_host_without_credentials() {
-        assert_eq!(host("nats://127.0.0.1:4222"), Some("127.0.0.1:4222"));
-        assert_eq!(
-            host("amqp://guest:secret@rabbit:5672/%2f"),
-            Some("rabbit:5672")
-        );
-        assert_eq!(host("kafka://a:9092,b:9092?partitions=3"), Some("a:9092"));
-        assert_eq!(host("memory://"), None);
-    }
 }

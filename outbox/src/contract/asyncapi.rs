@@ -127,6 +127,22 @@ impl AsyncApi {
         self
     }
 
+    /// The binding, server and encoding of a broker URL as
+    /// [`publisher::from_url`](crate::publisher::from_url) takes it: its scheme picks the protocol, its first
+    /// `host:port` (without credentials) becomes the server, `encoding=structured` the structured mode. A URL of
+    /// no protocol (`stdout://`, `memory://`) means structured mode with no server: what those publishers write.
+    pub fn broker(self, url: &str) -> Self {
+        let structured = url.contains("encoding=structured");
+        let Some(protocol) = Protocol::from_broker_url(url) else {
+            return self.structured(true);
+        };
+        let document = self.protocol(protocol).structured(structured);
+        match broker_host(url) {
+            Some(host) => document.server(host),
+            None => document,
+        }
+    }
+
     /// The document for every type in `registry`.
     pub fn document(&self, registry: &Registry) -> Value {
         let mut components = Components::default();
@@ -281,6 +297,16 @@ impl AsyncApi {
         }
         message
     }
+}
+
+/// `host:port` of a broker URL, without credentials, path or query; the first of a Kafka list.
+fn broker_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.split(',').next().filter(|host| !host.is_empty())
 }
 
 /// A message of the type with every optional attribute set, so the binding renders every header it can carry.
@@ -537,5 +563,15 @@ mod tests {
             Some(Protocol::Amqp)
         );
         assert_eq!(Protocol::from_broker_url("memory://"), None);
+        assert_eq!(broker_host("nats://127.0.0.1:4222"), Some("127.0.0.1:4222"));
+        assert_eq!(
+            broker_host("amqp://guest:secret@rabbit:5672/%2f"),
+            Some("rabbit:5672")
+        );
+        assert_eq!(
+            broker_host("kafka://a:9092,b:9092?partitions=3"),
+            Some("a:9092")
+        );
+        assert_eq!(broker_host("memory://"), None);
     }
 }
