@@ -7,6 +7,7 @@
 mod cdc;
 mod claim_lock;
 mod contract;
+mod inbox;
 mod limits;
 mod ops;
 mod setup;

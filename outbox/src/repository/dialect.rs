@@ -32,6 +32,10 @@ pub(crate) struct Dialect {
     pub(crate) native_uuid: bool,
     /// Deletes published rows older than `?`, at most `?` of them, oldest first.
     pub(crate) purge_published: &'static str,
+    /// The inbox table's schema (`outbox/sql/<backend>_inbox.sql`).
+    pub(crate) inbox_schema: &'static str,
+    /// Records a message in the inbox unless its key is there: `(consumer, message_id, processed_at)`.
+    pub(crate) inbox_record: &'static str,
     /// How many batches a relay keeps in flight unless told otherwise.
     pub(crate) batches_in_flight: usize,
     /// The catalog query that counts the schema objects of a kind named `?`, for the migration.
@@ -138,30 +142,35 @@ impl Dialect {
 
     /// The DDL, one statement per item, with the table name substituted.
     pub(crate) fn schema(&self, table: &TableName) -> Vec<String> {
-        // A statement ends with a line ending in `;` (a function body may hold `;` mid-line).
-        let mut statements = Vec::new();
-        let mut current = String::new();
-        for line in self
-            .schema
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-        {
-            current.push_str(line);
-            current.push('\n');
-            if line.trim_end().ends_with(';') {
-                let statement = current
-                    .trim()
-                    .trim_end_matches(';')
-                    .replace(TableName::DEFAULT, table.as_str());
-                statements.push(statement);
-                current.clear();
-            }
-        }
-        statements
+        statements(self.schema, TableName::DEFAULT, table.as_str())
+    }
+
+    /// The inbox's statements, for a table named `table`.
+    pub(crate) fn inbox_schema(&self, table: &TableName) -> Vec<String> {
+        statements(
+            self.inbox_schema,
+            super::inbox::DEFAULT_TABLE,
+            table.as_str(),
+        )
     }
 }
 
-/// No wake-up source: the relay polls.
+/// The statements of a schema file, comments dropped, its default table name replaced by `table`.
+fn statements(schema: &str, default: &str, table: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in schema.lines().filter(|l| !l.trim_start().starts_with("--")) {
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').replace(default, table);
+            statements.push(statement);
+            current.clear();
+        }
+    }
+    statements
+}
+
 pub(super) fn no_wake_ups(
     _: &sea_orm::DatabaseConnection,
     _: &TableName,

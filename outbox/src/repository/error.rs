@@ -48,6 +48,14 @@ pub enum RepositoryError {
          (49 leaves room for the index names within every backend's identifier limit)"
     )]
     InvalidTableName(String),
+    /// A consumer name or message id the inbox cannot key on.
+    #[error("invalid inbox {what}: {reason}; expected 1 to 255 bytes without control characters")]
+    InvalidInboxKey {
+        /// `consumer name` or `message id`.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A database URL that cannot be used.
     #[error("cannot use database URL `{url}`: {reason}")]
     InvalidUrl {

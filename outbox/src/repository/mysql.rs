@@ -12,6 +12,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     backend: sea_orm::DbBackend::MySql,
     name: "mysql",
     schema: include_str!("../../sql/mysql.sql"),
+    inbox_schema: include_str!("../../sql/mysql_inbox.sql"),
+    inbox_record: INBOX_RECORD,
     numbered_placeholders: false,
     id_array: false,
     native_uuid: false,
@@ -21,6 +23,11 @@ pub(super) const DIALECT: Dialect = Dialect {
     missing_table: |error, table| error.contains("doesn't exist") && error.contains(table),
     wake_ups: no_wake_ups,
 };
+
+/// `INSERT IGNORE`: MySQL has no `ON CONFLICT`. It also turns a too-long value into a warning, so the inbox
+/// checks lengths before it gets here.
+const INBOX_RECORD: &str =
+    "INSERT IGNORE INTO {t} (consumer, message_id, processed_at) VALUES (?, ?, ?)";
 
 /// MySQL refuses a subquery on the table it deletes from, but has `DELETE ... LIMIT`.
 const PURGE_PUBLISHED: &str =

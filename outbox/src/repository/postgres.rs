@@ -13,6 +13,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     backend: sea_orm::DbBackend::Postgres,
     name: "postgres",
     schema: include_str!("../../sql/postgres.sql"),
+    inbox_schema: include_str!("../../sql/postgres_inbox.sql"),
+    inbox_record: sql::INBOX_RECORD,
     numbered_placeholders: true,
     id_array: true,
     native_uuid: true,

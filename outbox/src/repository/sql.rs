@@ -97,6 +97,12 @@ pub const CLAIMABLE: &str = "FROM {t} o \
            AND ((p.locked_until >= ? AND p.claim_token NOT BETWEEN ? AND ?) OR p.next_attempt_at > ?)) \
      ORDER BY o.id LIMIT ?";
 
+/// Records a message in the inbox unless it is there (PostgreSQL, SQLite 3.24+). A concurrent transaction that
+/// recorded the same key first makes this one wait for its outcome: nothing when it commits, a row when it rolls
+/// back.
+pub(super) const INBOX_RECORD: &str =
+    "INSERT INTO {t} (consumer, message_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     backend: sea_orm::DbBackend::Sqlite,
     name: "sqlite",
     schema: include_str!("../../sql/sqlite.sql"),
+    inbox_schema: include_str!("../../sql/sqlite_inbox.sql"),
+    inbox_record: sql::INBOX_RECORD,
     numbered_placeholders: false,
     id_array: false,
     native_uuid: false,

@@ -1,0 +1,9 @@
+-- The consumer side's inbox for MySQL 8 and MariaDB 10.6+; see postgres_inbox.sql. utf8mb4_bin so message ids
+-- compare byte for byte (the default collation would take "A-1" and "a-1" for one message).
+CREATE TABLE IF NOT EXISTS outbox_inbox (
+    consumer     VARCHAR(255) NOT NULL,
+    message_id   VARCHAR(255) NOT NULL,
+    processed_at BIGINT       NOT NULL,
+    PRIMARY KEY (consumer, message_id),
+    KEY outbox_inbox_processed_idx (processed_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -1,0 +1,8 @@
+-- The consumer side's inbox for SQLite; see postgres_inbox.sql.
+CREATE TABLE IF NOT EXISTS outbox_inbox (
+    consumer     TEXT    NOT NULL,
+    message_id   TEXT    NOT NULL,
+    processed_at INTEGER NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_inbox_processed_idx ON outbox_inbox (processed_at);
