@@ -42,6 +42,7 @@
 
 pub mod cloudevents;
 pub mod config;
+pub mod consumer;
 pub mod contract;
 pub mod envelope;
 pub mod event;

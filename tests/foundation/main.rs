@@ -3,6 +3,7 @@
 mod cloudevents;
 mod config;
 mod contract;
+mod delivery;
 mod envelope;
 mod events;
 mod registry;
