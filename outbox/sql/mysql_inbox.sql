@@ -7,3 +7,14 @@ CREATE TABLE IF NOT EXISTS outbox_inbox (
     PRIMARY KEY (consumer, message_id),
     KEY outbox_inbox_processed_idx (processed_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+-- The consumer's dead letters; see postgres_inbox.sql.
+CREATE TABLE IF NOT EXISTS outbox_inbox_dead_letters (
+    consumer   VARCHAR(255) NOT NULL,
+    message_id VARCHAR(255) NOT NULL,
+    event_type VARCHAR(255) NOT NULL,
+    cloudevent LONGTEXT     NOT NULL,
+    reason     TEXT         NOT NULL,
+    attempts   INT          NOT NULL,
+    failed_at  BIGINT       NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

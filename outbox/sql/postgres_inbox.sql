@@ -9,3 +9,15 @@ CREATE TABLE IF NOT EXISTS outbox_inbox (
     PRIMARY KEY (consumer, message_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_inbox_processed_idx ON outbox_inbox (processed_at);
+-- Messages a consumer could not apply (no handler, undecodable, or out of retries), as the structured CloudEvent
+-- it received, with the reason: kept for an operator to replay once the cause is fixed.
+CREATE TABLE IF NOT EXISTS outbox_inbox_dead_letters (
+    consumer   VARCHAR(255) NOT NULL,
+    message_id VARCHAR(255) NOT NULL,
+    event_type VARCHAR(255) NOT NULL,
+    cloudevent TEXT         NOT NULL,
+    reason     TEXT         NOT NULL,
+    attempts   INT          NOT NULL,
+    failed_at  BIGINT       NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);

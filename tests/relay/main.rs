@@ -4,6 +4,7 @@
 
 mod accounting;
 mod ahead;
+mod consumer;
 mod dataschema;
 mod faults;
 mod hammer;

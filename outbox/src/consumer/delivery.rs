@@ -151,6 +151,42 @@ impl Delivery {
         self
     }
 
+    /// The delivery as one structured-mode CloudEvent (JSON), what a consumer's dead letter keeps;
+    /// [`from_structured`](Self::from_structured) reads it back.
+    pub fn to_structured(&self) -> String {
+        let mut event = serde_json::Map::new();
+        let mut put = |name: &str, value: Option<&str>| {
+            if let Some(value) = value {
+                event.insert(name.to_owned(), value.into());
+            }
+        };
+        put("specversion", Some(SPEC_VERSION));
+        put("id", Some(&self.id));
+        put("source", Some(&self.source));
+        put("type", Some(&self.event_type));
+        let time = self
+            .time
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        put("time", time.as_deref());
+        put("subject", self.subject.as_deref());
+        put("dataversion", Some(&self.data_version));
+        put("aggregatetype", self.aggregate_type.as_deref());
+        put("partitionkey", self.aggregate_id.as_deref());
+        put("correlationid", self.correlation_id.as_deref());
+        put("causationid", self.causation_id.as_deref());
+        let trace = self.trace_context.as_ref();
+        put("traceparent", trace.map(TraceContext::traceparent));
+        put("tracestate", trace.and_then(TraceContext::tracestate));
+        put(
+            "datacontenttype",
+            Some(crate::cloudevents::JSON_CONTENT_TYPE),
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null);
+        event.insert("data".to_owned(), data);
+        serde_json::Value::Object(event).to_string()
+    }
+
     /// The data decoded into the Rust type registered for its type and version.
     pub fn decode(&self, registry: &Registry) -> Result<Box<dyn DynEvent>, RegistryError> {
         registry.decode(&self.event_type, &self.data_version, self.data.get())

@@ -36,6 +36,10 @@ pub(crate) struct Dialect {
     pub(crate) inbox_schema: &'static str,
     /// Records a message in the inbox unless its key is there: `(consumer, message_id, processed_at)`.
     pub(crate) inbox_record: &'static str,
+    /// Keeps a consumer dead letter, replacing one of the same message: `(consumer, message_id, event_type,
+    /// cloudevent, reason, attempts, failed_at)`. One statement, since a DELETE then INSERT of absent keys
+    /// deadlocks on InnoDB's gap locks when two consumers' tasks do it at once.
+    pub(crate) inbox_dead_letter: &'static str,
     /// How many batches a relay keeps in flight unless told otherwise.
     pub(crate) batches_in_flight: usize,
     /// The catalog query that counts the schema objects of a kind named `?`, for the migration.

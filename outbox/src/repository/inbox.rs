@@ -28,6 +28,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::{Dialect, RepositoryError, Result, TableName, micros, now_micros};
@@ -161,6 +162,86 @@ impl Inbox {
             .map_err(|source| self.error("purging the inbox", source))
     }
 
+    /// Keeps a message this consumer could not apply, as the structured CloudEvent it received, with the reason;
+    /// replaces an earlier dead letter of the same message (one that failed again after a replay).
+    pub async fn dead_letter(
+        &self,
+        db: &impl ConnectionTrait,
+        dead: &NewDeadLetter<'_>,
+    ) -> Result<()> {
+        check_key("message id", dead.message_id)?;
+        let dialect = Dialect::of(db);
+        let values: Vec<Value> = vec![
+            self.consumer.clone().into(),
+            dead.message_id.to_owned().into(),
+            dead.event_type.to_owned().into(),
+            dead.cloudevent.to_owned().into(),
+            dead.reason.to_owned().into(),
+            i32::try_from(dead.attempts).unwrap_or(i32::MAX).into(),
+            now_micros().into(),
+        ];
+        let statement = dialect.statement(
+            &self.dead_letter_table()?,
+            dialect.inbox_dead_letter,
+            values,
+        );
+        db.execute_raw(statement)
+            .await
+            .map(drop)
+            .map_err(|source| self.error("keeping a consumer dead letter", source))
+    }
+
+    /// This consumer's dead letters, oldest first.
+    pub async fn dead_letters(&self, db: &impl ConnectionTrait) -> Result<Vec<InboxDeadLetter>> {
+        let dialect = Dialect::of(db);
+        let statement = dialect.statement(
+            &self.dead_letter_table()?,
+            "SELECT message_id, event_type, cloudevent, reason, attempts, failed_at FROM {t} \
+             WHERE consumer = ? ORDER BY failed_at, message_id",
+            vec![self.consumer.clone().into()],
+        );
+        let error = |source| self.error("reading consumer dead letters", source);
+        let rows = db.query_all_raw(statement).await.map_err(error)?;
+        rows.into_iter()
+            .map(|row| {
+                let attempts: i32 = row.try_get_by_index(4).map_err(error)?;
+                let failed_at: i64 = row.try_get_by_index(5).map_err(error)?;
+                Ok(InboxDeadLetter {
+                    message_id: row.try_get_by_index(0).map_err(error)?,
+                    event_type: row.try_get_by_index(1).map_err(error)?,
+                    cloudevent: row.try_get_by_index(2).map_err(error)?,
+                    reason: row.try_get_by_index(3).map_err(error)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    failed_at: DateTime::from_timestamp_micros(failed_at).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes one dead letter (after replaying it); whether it was there.
+    pub async fn remove_dead_letter(
+        &self,
+        db: &impl ConnectionTrait,
+        message_id: &str,
+    ) -> Result<bool> {
+        let dialect = Dialect::of(db);
+        let statement = dialect.statement(
+            &self.dead_letter_table()?,
+            "DELETE FROM {t} WHERE consumer = ? AND message_id = ?",
+            vec![self.consumer.clone().into(), message_id.to_owned().into()],
+        );
+        db.execute_raw(statement)
+            .await
+            .map(|result| result.rows_affected() > 0)
+            .map_err(|source| self.error("removing a consumer dead letter", source))
+    }
+
+    fn dead_letter_table(&self) -> Result<TableName> {
+        // The inbox name is at most 49 bytes, so this fits every backend's identifier limit; TableName checks it.
+        TableName::new(&format!("{}_dead_letters", self.table.as_str()))
+            .map_err(|_| RepositoryError::InvalidTableName(self.table.as_str().to_owned()))
+    }
+
     fn error(&self, operation: &'static str, source: sea_orm::DbErr) -> RepositoryError {
         RepositoryError::Database {
             operation,
@@ -168,6 +249,39 @@ impl Inbox {
             source,
         }
     }
+}
+
+/// A message to keep as a consumer dead letter; see [`Inbox::dead_letter`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewDeadLetter<'a> {
+    /// The message's id (CloudEvents `id`).
+    pub message_id: &'a str,
+    /// Its CloudEvents `type` (or what the message claimed, if it could not be read).
+    pub event_type: &'a str,
+    /// The message as a structured CloudEvent, for a replay.
+    pub cloudevent: &'a str,
+    /// Why it could not be applied.
+    pub reason: &'a str,
+    /// How many times the handler ran.
+    pub attempts: u32,
+}
+
+/// A message a consumer could not apply, as kept in `<inbox>_dead_letters`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxDeadLetter {
+    /// The message's id.
+    pub message_id: String,
+    /// Its CloudEvents `type`.
+    pub event_type: String,
+    /// The message as a structured CloudEvent.
+    pub cloudevent: String,
+    /// Why it could not be applied.
+    pub reason: String,
+    /// How many times the handler ran.
+    pub attempts: u32,
+    /// When it was given up on.
+    pub failed_at: DateTime<Utc>,
 }
 
 /// A key column's value: 1 to 255 bytes (MySQL's `INSERT IGNORE` would cut a longer one silently, and two ids

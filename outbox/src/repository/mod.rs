@@ -57,7 +57,7 @@ pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;
 pub(crate) use dialect::{Dialect, SchemaObject};
 pub use error::RepositoryError;
-pub use inbox::{Inbox, Recorded};
+pub use inbox::{Inbox, InboxDeadLetter, NewDeadLetter, Recorded};
 pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
 pub(crate) use relays::Heartbeat;

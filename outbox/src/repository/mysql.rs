@@ -14,6 +14,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     schema: include_str!("../../sql/mysql.sql"),
     inbox_schema: include_str!("../../sql/mysql_inbox.sql"),
     inbox_record: INBOX_RECORD,
+    inbox_dead_letter: INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,
     native_uuid: false,
@@ -28,6 +29,12 @@ pub(super) const DIALECT: Dialect = Dialect {
 /// checks lengths before it gets here.
 const INBOX_RECORD: &str =
     "INSERT IGNORE INTO {t} (consumer, message_id, processed_at) VALUES (?, ?, ?)";
+
+/// `ON DUPLICATE KEY UPDATE` is MySQL's upsert.
+const INBOX_DEAD_LETTER: &str = "INSERT INTO {t} (consumer, message_id, event_type, cloudevent, reason, attempts, \
+     failed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE event_type = VALUES(event_type), \
+     cloudevent = VALUES(cloudevent), reason = VALUES(reason), attempts = VALUES(attempts), \
+     failed_at = VALUES(failed_at)";
 
 /// MySQL refuses a subquery on the table it deletes from, but has `DELETE ... LIMIT`.
 const PURGE_PUBLISHED: &str =

@@ -103,6 +103,12 @@ pub const CLAIMABLE: &str = "FROM {t} o \
 pub(super) const INBOX_RECORD: &str =
     "INSERT INTO {t} (consumer, message_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
 
+/// Keeps a consumer dead letter, replacing one of the same message (PostgreSQL, SQLite 3.24+).
+pub(super) const INBOX_DEAD_LETTER: &str = "INSERT INTO {t} (consumer, message_id, event_type, cloudevent, reason, \
+     attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer, message_id) DO UPDATE SET \
+     event_type = excluded.event_type, cloudevent = excluded.cloudevent, reason = excluded.reason, \
+     attempts = excluded.attempts, failed_at = excluded.failed_at";
+
 #[cfg(test)]
 mod tests {
     use super::*;

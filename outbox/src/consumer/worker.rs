@@ -1,0 +1,491 @@
+//! The consumer: reads a subscription, applies each event once through its typed handler in a transaction that
+//! also records it in the inbox, retries a failing handler, keeps what it cannot apply as a dead letter, and acks
+//! only what is committed or kept.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::task::JoinSet;
+
+use super::delivery::Delivery;
+use super::handler::{Context, ErasedHandler, HandlerError, erase};
+use super::subscriber::{Received, Settle, Subscriber};
+use crate::event::OutboxEvent;
+use crate::registry::Registry;
+use crate::repository::{Inbox, NewDeadLetter, Recorded, RepositoryError};
+
+/// Applies received events once each; see the [module](super).
+#[must_use = "a consumer does nothing until `run` is called"]
+pub struct Consumer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    inbox: Inbox,
+    registry: &'static Registry,
+    handlers: HashMap<(&'static str, &'static str), ErasedHandler>,
+    max_attempts: u32,
+    backoff: Duration,
+    max_in_flight: usize,
+    counts: ConsumerCounts,
+}
+
+/// Builds a [`Consumer`].
+#[must_use]
+pub struct ConsumerBuilder {
+    inner: Inner,
+}
+
+impl Consumer {
+    /// A consumer applying events on `db`, recording them in `inbox` (whose consumer name is this consumer's).
+    pub fn builder(db: DatabaseConnection, inbox: Inbox) -> ConsumerBuilder {
+        ConsumerBuilder {
+            inner: Inner {
+                db,
+                inbox,
+                registry: Registry::global(),
+                handlers: HashMap::new(),
+                max_attempts: 5,
+                backoff: Duration::from_millis(100),
+                max_in_flight: 64,
+                counts: ConsumerCounts::default(),
+            },
+        }
+    }
+}
+
+impl ConsumerBuilder {
+    /// Handles events of type `E` (its CloudEvents type and data version) with `handler`, which applies the event
+    /// with [`Context::txn`] and returns `Ok` to have it committed.
+    ///
+    /// ```no_run
+    /// # use outbox::{OutboxEvent, consumer::{Consumer, Context, HandlerError}, repository::Inbox};
+    /// # use outbox::sea_orm::{ConnectionTrait, DatabaseConnection};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize, OutboxEvent)]
+    /// # #[outbox(type = "com.example.user.created", source = "/users")]
+    /// # struct UserCreated { #[outbox(aggregate_id)] user_id: u64, email: String }
+    /// # fn example(db: DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+    /// let consumer = Consumer::builder(db, Inbox::new("mailer")?)
+    ///     .handle(|event: UserCreated, ctx: Context| async move {
+    ///         ctx.txn()
+    ///             .execute_unprepared(&format!("INSERT INTO welcome_mails (user_id) VALUES ({})", event.user_id))
+    ///             .await?;
+    ///         Ok::<_, HandlerError>(())
+    ///     })
+    ///     .build();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: OutboxEvent,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.inner
+            .handlers
+            .insert((E::EVENT_TYPE, E::DATA_VERSION), erase(handler));
+        self
+    }
+
+    /// How many times a handler runs for one message before it becomes a dead letter (default 5, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.inner.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait before the second attempt (default 100 ms); each later one waits twice as long, up to 30 s.
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.inner.backoff = backoff;
+        self
+    }
+
+    /// How many messages are handled at once, across aggregates (default 64); one aggregate's messages are always
+    /// handled one after the other, in the order received.
+    pub fn max_in_flight(mut self, messages: usize) -> Self {
+        self.inner.max_in_flight = messages.max(1);
+        self
+    }
+
+    /// The registry events are decoded with (default: [`Registry::global`]).
+    pub fn registry(mut self, registry: &'static Registry) -> Self {
+        self.inner.registry = registry;
+        self
+    }
+
+    /// The consumer.
+    pub fn build(self) -> Consumer {
+        Consumer {
+            inner: Arc::new(self.inner),
+        }
+    }
+}
+
+/// What a consumer has done since it was built.
+#[derive(Debug, Default)]
+pub struct ConsumerCounts {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl ConsumerCounts {
+    /// Messages applied (handler returned `Ok`, transaction committed).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Messages found in the inbox, acknowledged without running the handler.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Handler runs that failed and were tried again.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Messages kept as dead letters.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// How one message ended.
+enum Outcome {
+    /// Committed, a duplicate, or kept as a dead letter: acknowledge it.
+    Done,
+    /// Neither applied nor kept (the database is unreachable): give it back for redelivery.
+    GiveBack,
+}
+
+impl Consumer {
+    /// What the consumer has done so far.
+    pub fn counts(&self) -> &ConsumerCounts {
+        &self.inner.counts
+    }
+
+    /// Reads `subscriber` until it ends or `shutdown` completes. On shutdown it stops receiving, lets the
+    /// messages being handled finish (commit, then ack), and gives back the ones that were waiting.
+    pub async fn run<S: Subscriber>(&self, mut subscriber: S, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut running: JoinSet<String> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut waiting: HashMap<String, VecDeque<Received>> = HashMap::new();
+        let mut queued = 0usize;
+        // `receiving` ends with the subscription or a shutdown; `stopping` only with a shutdown, which also stops
+        // starting the messages that wait behind their aggregate's.
+        let mut receiving = true;
+        let mut stopping = false;
+        loop {
+            let room = running.len() + queued < self.inner.max_in_flight;
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if !stopping => {
+                    receiving = false;
+                    stopping = true;
+                }
+                Some(done) = running.join_next() => {
+                    let key = match done {
+                        Ok(key) => key,
+                        Err(error) => {
+                            // A handler panic is caught inside the task; only an abort gets here.
+                            tracing::error!(target: "outbox.consumer", %error, "a message task failed");
+                            continue;
+                        }
+                    };
+                    // Stopping: what waits stays waiting, to be given back below.
+                    let next = if stopping {
+                        None
+                    } else {
+                        waiting.get_mut(&key).and_then(VecDeque::pop_front)
+                    };
+                    match next {
+                        Some(next) => {
+                            queued -= 1;
+                            self.spawn(&mut running, key, next);
+                        }
+                        None => {
+                            busy.remove(&key);
+                        }
+                    }
+                }
+                received = subscriber.receive(), if receiving && room => match received {
+                    Ok(Some(received)) => {
+                        let key = order_key(&received);
+                        if busy.insert(key.clone()) {
+                            self.spawn(&mut running, key, received);
+                        } else {
+                            waiting.entry(key).or_default().push_back(received);
+                            queued += 1;
+                        }
+                    }
+                    Ok(None) => receiving = false,
+                    Err(error) => {
+                        tracing::warn!(target: "outbox.consumer", %error, "receiving failed; trying again in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                else => break,
+            }
+            if !receiving && running.is_empty() {
+                break;
+            }
+        }
+        // Stopped: what was waiting behind a message of its aggregate goes back to the broker, last first, so a
+        // queue that puts what it gets back in front keeps the order.
+        for (_, messages) in waiting {
+            for received in messages.into_iter().rev() {
+                if let Err(error) = received.settle.give_back().await {
+                    tracing::warn!(target: "outbox.consumer", %error, "could not give a message back");
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, running: &mut JoinSet<String>, key: String, received: Received) {
+        let inner = self.inner.clone();
+        running.spawn(async move {
+            let Received {
+                delivery,
+                raw,
+                settle,
+            } = received;
+            let outcome = match delivery {
+                Ok(delivery) => inner.apply(Arc::new(delivery)).await,
+                Err(error) => {
+                    let id = format!("unreadable-{}", uuid::Uuid::now_v7());
+                    inner
+                        .keep(&id, "unknown", &raw, &error.to_string(), 0)
+                        .await
+                }
+            };
+            settle_as(settle, outcome).await;
+            key
+        });
+    }
+}
+
+/// Messages of one aggregate share a key, so they are handled one at a time, in order; a message without an
+/// aggregate is its own key.
+fn order_key(received: &Received) -> String {
+    match &received.delivery {
+        Ok(delivery) => match &delivery.aggregate_id {
+            Some(aggregate) => format!(
+                "{}\u{0}{aggregate}",
+                delivery.aggregate_type.as_deref().unwrap_or_default()
+            ),
+            None => format!("\u{1}{}", delivery.id),
+        },
+        Err(_) => format!("\u{2}{}", uuid::Uuid::now_v7()),
+    }
+}
+
+async fn settle_as(settle: Box<dyn Settle>, outcome: Outcome) {
+    let result = match outcome {
+        Outcome::Done => settle.ack().await,
+        Outcome::GiveBack => settle.give_back().await,
+    };
+    if let Err(error) = result {
+        // Not acknowledged: the broker redelivers it, and the inbox makes that a duplicate.
+        tracing::warn!(target: "outbox.consumer", %error, "could not settle a message");
+    }
+}
+
+impl Inner {
+    async fn apply(&self, delivery: Arc<Delivery>) -> Outcome {
+        let key = (delivery.event_type.as_str(), delivery.data_version.as_str());
+        let Some(handler) = self
+            .handlers
+            .iter()
+            .find(|((t, v), _)| (*t, *v) == key)
+            .map(|(_, h)| h.clone())
+        else {
+            let reason = format!(
+                "no handler for event type `{}` version {}",
+                delivery.event_type.escape_debug(),
+                delivery.data_version.escape_debug()
+            );
+            return self.keep_delivery(&delivery, &reason, 0).await;
+        };
+        let mut last_error = String::new();
+        for attempt in 1..=self.max_attempts {
+            if attempt > 1 {
+                self.counts.retries.fetch_add(1, Ordering::Relaxed);
+                let exponent = (attempt - 2).min(16);
+                let wait = self
+                    .backoff
+                    .saturating_mul(1 << exponent)
+                    .min(Duration::from_secs(30));
+                tokio::time::sleep(wait).await;
+            }
+            // Decoded per attempt: the handler takes the event by value.
+            let event = match delivery.decode(self.registry) {
+                Ok(event) => event,
+                Err(error) => return self.keep_delivery(&delivery, &error.to_string(), 0).await,
+            };
+            match self
+                .attempt(&delivery, handler.clone(), event, attempt)
+                .await
+            {
+                Ok(Recorded::First) => {
+                    self.counts.applied.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Done;
+                }
+                Ok(Recorded::Duplicate) => {
+                    self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Done;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        target: "outbox.consumer",
+                        consumer = self.inbox.consumer(),
+                        id = %delivery.id,
+                        event_type = %delivery.event_type,
+                        attempt,
+                        %error,
+                        "handling failed"
+                    );
+                    last_error = error;
+                }
+            }
+        }
+        self.keep_delivery(&delivery, &last_error, self.max_attempts)
+            .await
+    }
+
+    /// One run: record in the inbox, run the handler, commit. A duplicate is rolled back untouched.
+    async fn attempt(
+        &self,
+        delivery: &Arc<Delivery>,
+        handler: ErasedHandler,
+        event: Box<dyn crate::DynEvent>,
+        attempt: u32,
+    ) -> Result<Recorded, String> {
+        let txn = self.db.begin().await.map_err(|e| e.to_string())?;
+        if self
+            .inbox
+            .record(&txn, &delivery.id)
+            .await
+            .map_err(|e| e.to_string())?
+            == Recorded::Duplicate
+        {
+            txn.rollback().await.map_err(|e| e.to_string())?;
+            return Ok(Recorded::Duplicate);
+        }
+        let txn = Arc::new(txn);
+        let context = Context {
+            txn: txn.clone(),
+            delivery: delivery.clone(),
+            attempt,
+        };
+        let result = AssertUnwindSafe(handler(event, context))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                Err(format!("the handler panicked: {message}").into())
+            });
+        let txn = Arc::try_unwrap(txn)
+            .map_err(|_| "the handler kept its transaction after it returned".to_owned())?;
+        match result {
+            Ok(()) => txn
+                .commit()
+                .await
+                .map(|()| Recorded::First)
+                .map_err(|e| format!("commit failed: {e}")),
+            Err(error) => {
+                let _ = txn.rollback().await;
+                Err(error.to_string())
+            }
+        }
+    }
+
+    async fn keep_delivery(&self, delivery: &Delivery, reason: &str, attempts: u32) -> Outcome {
+        self.keep(
+            &delivery.id,
+            &delivery.event_type,
+            &delivery.to_structured(),
+            reason,
+            attempts,
+        )
+        .await
+    }
+
+    /// Keeps a message as a dead letter; if even that fails, it goes back to the broker.
+    async fn keep(
+        &self,
+        message_id: &str,
+        event_type: &str,
+        cloudevent: &str,
+        reason: &str,
+        attempts: u32,
+    ) -> Outcome {
+        let dead = NewDeadLetter {
+            message_id,
+            event_type,
+            cloudevent,
+            reason,
+            attempts,
+        };
+        match self.inbox.dead_letter(&self.db, &dead).await {
+            Ok(()) => {
+                self.counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    target: "outbox.consumer",
+                    consumer = self.inbox.consumer(),
+                    id = message_id,
+                    event_type,
+                    reason,
+                    "kept as a dead letter"
+                );
+                Outcome::Done
+            }
+            Err(error) => {
+                tracing::error!(target: "outbox.consumer", %error, id = message_id, "cannot keep a dead letter; giving the message back");
+                Outcome::GiveBack
+            }
+        }
+    }
+}
+
+impl Consumer {
+    /// Runs the handlers again on this consumer's dead letters (once their cause is fixed), oldest first: each one
+    /// applied, or found applied before, is removed; one that fails again stays, with the new reason. Returns how
+    /// many were removed.
+    pub async fn replay_dead_letters(&self) -> Result<usize, RepositoryError> {
+        let inner = &self.inner;
+        let mut removed = 0;
+        for dead in inner.inbox.dead_letters(&inner.db).await? {
+            let delivery = match Delivery::from_structured(dead.cloudevent.as_bytes()) {
+                Ok(delivery) => Arc::new(delivery),
+                // Kept because it could not be read: it cannot be read now either.
+                Err(_) => continue,
+            };
+            let before = inner.counts.dead_lettered();
+            if let Outcome::Done = inner.apply(delivery).await
+                && inner.counts.dead_lettered() == before
+            {
+                inner
+                    .inbox
+                    .remove_dead_letter(&inner.db, &dead.message_id)
+                    .await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
