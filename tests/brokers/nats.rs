@@ -217,3 +217,112 @@ async fn a_header_name_nats_cannot_carry_is_refused_not_a_panic() {
         assert!(err.to_string().contains("header name"), "{err}");
     }
 }
+
+/// The consumer side on JetStream: a durable pull consumer feeds `outbox::consumer::Consumer`, which applies
+/// every event once (the copies the test adds to the stream are acked as duplicates), in order per aggregate,
+/// and acknowledges everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_consumer_applies_each_event_once_in_order() {
+    use std::sync::{Arc, Mutex};
+
+    use outbox::consumer::{Consumer, Context, HandlerError, NatsSubscriber};
+    use outbox::repository::Inbox;
+    use outbox_tests::backend::{Backend, TestDb};
+    use outbox_tests::events::{AccountClosed, AccountOpened};
+    use uuid::Uuid;
+
+    let s = suffix();
+    let (stream_name, prefix) = (format!("C{s}"), format!("c{s}."));
+    let nats = NatsPublisher::connect(URL)
+        .await
+        .expect("NATS on 127.0.0.1:4222");
+    nats.ensure_stream(&stream_name, vec![format!("{prefix}>")])
+        .await
+        .unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: nats,
+            prefix: prefix.clone(),
+        },
+        12,
+    )
+    .await;
+
+    // Copies of four stored messages under new JetStream ids, as a producer that retried would leave them.
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    for seq in [1, 2, 5, 12] {
+        let stored = stream.get_raw_message(seq).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in stored.headers.iter() {
+            if name.as_ref() as &str != "Nats-Msg-Id" {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        js.publish_with_headers(stored.subject.to_string(), headers, stored.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let total = written.ids.len() as u64 + 4;
+
+    let t = TestDb::new(Backend::Postgres).await;
+    let inbox = Inbox::new(format!("ledger-{s}")).unwrap();
+    inbox.create_table(&t.db).await.unwrap();
+    let applied: Arc<Mutex<Vec<(Uuid, String)>>> = Arc::default();
+    let note = |applied: &Arc<Mutex<Vec<(Uuid, String)>>>, ctx: &Context, account: String| {
+        let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
+        applied.lock().unwrap().push((id, account));
+    };
+    let (opened_log, closed_log) = (applied.clone(), applied.clone());
+    let consumer = Consumer::builder(t.db.clone(), inbox.clone())
+        .handle(move |event: AccountOpened, ctx: Context| {
+            note(&opened_log, &ctx, event.account);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .handle(move |event: AccountClosed, ctx: Context| {
+            note(&closed_log, &ctx, event.account);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .build();
+    let subscriber = NatsSubscriber::connect(URL, &stream_name, &format!("ledger{s}"))
+        .await
+        .unwrap();
+    let all_settled = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while consumer.counts().applied() + consumer.counts().duplicates() < total {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                consumer.counts()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    consumer.run(subscriber, all_settled).await;
+
+    assert_eq!(consumer.counts().duplicates(), 4);
+    assert_eq!(consumer.counts().dead_lettered(), 0);
+    let applied = applied.lock().unwrap().clone();
+    assert_arrived_in_order(&written, &applied);
+    let mut durable = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(&format!("ledger{s}"))
+        .await
+        .unwrap();
+    let info = durable.info().await.unwrap();
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "everything acknowledged"
+    );
+    let _ = js.delete_stream(&stream_name).await;
+    // The inbox table is shared by name; this run's consumer has rows of its own only.
+    inbox
+        .purge_older_than(&t.db, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    t.drop_tables().await;
+}

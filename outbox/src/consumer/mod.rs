@@ -7,7 +7,8 @@
 //!   running again; a failing handler is retried with backoff, then the message is kept as a dead letter (with
 //!   [`Consumer::replay_dead_letters`]); a message is acknowledged only once committed or kept. One aggregate's
 //!   messages are handled one at a time in the order received, other aggregates concurrently.
-//! - [`Subscriber`]: where messages come from. [`InMemorySubscription`] is the in-process one.
+//! - [`Subscriber`]: where messages come from: `NatsSubscriber` (feature `nats`, a JetStream durable pull
+//!   consumer) and [`InMemorySubscription`], the in-process one.
 //!
 //! ```no_run
 //! # use outbox::consumer::{Consumer, Context, HandlerError, InMemorySubscription};
@@ -36,6 +37,8 @@
 mod delivery;
 #[cfg(feature = "sea-orm")]
 mod handler;
+#[cfg(feature = "nats")]
+mod nats;
 mod subscriber;
 #[cfg(feature = "sea-orm")]
 mod worker;
@@ -43,6 +46,8 @@ mod worker;
 pub use delivery::{Delivery, DeliveryError};
 #[cfg(feature = "sea-orm")]
 pub use handler::{Context, HandlerError};
+#[cfg(feature = "nats")]
+pub use nats::NatsSubscriber;
 pub use subscriber::{
     InMemorySubscriber, InMemorySubscription, Received, Settle, SubscribeError, Subscriber,
 };
