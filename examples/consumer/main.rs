@@ -1,22 +1,24 @@
-//! A consumer for the service's events on NATS JetStream: decodes each message back into its Rust type through
-//! the registry (by `ce-type` and `ce-dataversion`), handles the two event types, and drops duplicates by event
-//! id (at-least-once delivery means a message can come twice).
+//! A consumer for the service's events on NATS JetStream, on `outbox::consumer`: each event is decoded back into
+//! its Rust type through the registry, applied by its typed handler in a transaction that also records it in the
+//! inbox, and acknowledged after the commit; a redelivered event is acknowledged without being applied again.
 //!
 //! ```text
 //! cargo run --example consumer -- nats://127.0.0.1:4222 USERS
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example consumer -- nats://127.0.0.1:4222 USERS
 //! ```
 //!
-//! Reads the stream from its start and stops after 5 idle seconds.
+//! Reads the stream as the durable consumer `welcome-mailer` (from its start, the first time) into the database
+//! of `DATABASE_URL` (default SQLite in memory, so every run starts over), and stops after 5 idle seconds.
 
 #[path = "../service/events.rs"]
 mod events;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
-use futures_util::StreamExt;
-use outbox::Registry;
+use outbox::consumer::{Consumer, Context, HandlerError, NatsSubscriber};
+use outbox::repository::{Inbox, connect};
+use outbox::sea_orm::ConnectionTrait;
+use outbox::sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 
 use events::{UserCreated, UserDeleted};
 
@@ -26,53 +28,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let url = args
         .next()
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let stream_name = args.next().unwrap_or_else(|| "USERS".into());
-    let jetstream = jetstream::new(async_nats::connect(&url).await?);
-    let stream = jetstream.get_stream(&stream_name).await?;
-    let consumer = stream.create_consumer(pull::Config::default()).await?;
-    let mut messages = consumer.messages().await?;
+    let stream = args.next().unwrap_or_else(|| "USERS".into());
+    let database = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".into());
 
-    let registry = Registry::global();
-    let mut seen = HashSet::new();
-    while let Ok(Some(message)) =
-        tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-    {
-        let message = message?;
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.to_string())
-        };
-        let (Some(id), Some(event_type)) = (header("ce-id"), header("ce-type")) else {
-            eprintln!("skipping a message without CloudEvents headers");
-            message.ack().await?;
-            continue;
-        };
-        if !seen.insert(id.clone()) {
-            println!("duplicate {id}: already handled");
-            message.ack().await?;
-            continue;
-        }
-        let version = header("ce-dataversion").unwrap_or_else(|| "1.0".into());
-        match registry.decode(
-            &event_type,
-            &version,
-            std::str::from_utf8(&message.payload)?,
-        ) {
-            Ok(event) => {
-                if let Some(created) = event.downcast_ref::<UserCreated>() {
-                    println!("user {} signed up with {}", created.user_id, created.email);
-                } else if let Some(deleted) = event.downcast_ref::<UserDeleted>() {
-                    println!("user {} left", deleted.user_id);
-                }
+    let db = connect(&database).await?;
+    let inbox = Inbox::new("welcome-mailer")?;
+    inbox.create_table(&db).await?;
+    // The consumer's own state: the welcome mails it has queued, written in the handler's transaction.
+    db.execute_unprepared(
+        "CREATE TABLE IF NOT EXISTS welcome_mails (user_id VARCHAR(36) PRIMARY KEY, email VARCHAR(255) NOT NULL)",
+    )
+    .await?;
+
+    let consumer = Consumer::builder(db, inbox)
+        .handle(|event: UserCreated, ctx: Context| async move {
+            let insert = Query::insert()
+                .into_table(Alias::new("welcome_mails"))
+                .columns([Alias::new("user_id"), Alias::new("email")])
+                .values([event.user_id.to_string().into(), event.email.clone().into()])?
+                .to_owned();
+            ctx.txn().execute(&insert).await?;
+            println!("user {} signed up with {}", event.user_id, event.email);
+            Ok::<_, HandlerError>(())
+        })
+        .handle(|event: UserDeleted, ctx: Context| async move {
+            let delete = Query::delete()
+                .from_table(Alias::new("welcome_mails"))
+                .and_where(Expr::col(Alias::new("user_id")).eq(event.user_id.to_string()))
+                .to_owned();
+            ctx.txn().execute(&delete).await?;
+            println!("user {} left", event.user_id);
+            Ok::<_, HandlerError>(())
+        })
+        .build();
+
+    let subscriber = NatsSubscriber::connect(&url, &stream, "welcome-mailer").await?;
+    // Stops once nothing has happened for 5 seconds: a demo, not a service (a service stops on SIGTERM).
+    let idle = async {
+        let mut last = u64::MAX;
+        loop {
+            let counts = consumer.counts();
+            let seen = counts.applied() + counts.duplicates() + counts.dead_lettered();
+            if seen == last {
+                break;
             }
-            // A type this consumer does not know: log it and move on rather than block the stream.
-            Err(error) => eprintln!("cannot handle {id}: {error}"),
+            last = seen;
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        message.ack().await?;
-    }
-    println!("{} distinct events handled", seen.len());
+    };
+    consumer.run(subscriber, idle).await;
+
+    let counts = consumer.counts();
+    println!(
+        "{} distinct events handled, {} duplicate(s) already handled, {} dead letter(s)",
+        counts.applied(),
+        counts.duplicates(),
+        counts.dead_lettered()
+    );
     Ok(())
 }
