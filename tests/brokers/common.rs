@@ -158,3 +158,79 @@ pub fn assert_faststream_reads_everything(
     expected.sort();
     assert_eq!(ids, expected, "FastStream saw exactly the written events");
 }
+
+/// The consumer side of a broker test: a `Consumer` on PostgreSQL whose handlers note (event id, aggregate) of
+/// every account event they apply, in an inbox of the test's own consumer name.
+pub struct Ledger {
+    t: TestDb,
+    inbox: outbox::repository::Inbox,
+    applied: std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>,
+}
+
+impl Ledger {
+    pub async fn new(suffix: &str) -> Self {
+        let t = TestDb::new(Backend::Postgres).await;
+        let inbox = outbox::repository::Inbox::new(format!("ledger-{suffix}")).unwrap();
+        inbox.create_table(&t.db).await.unwrap();
+        Self {
+            t,
+            inbox,
+            applied: Default::default(),
+        }
+    }
+
+    /// Runs a consumer on `subscriber` until `total` messages are applied or found duplicates; returns it, for
+    /// its counts.
+    pub async fn run(
+        &self,
+        subscriber: impl outbox::consumer::Subscriber,
+        total: u64,
+    ) -> outbox::consumer::Consumer {
+        use outbox::consumer::{Consumer, Context, HandlerError};
+        use outbox_tests::events::AccountOpened;
+        let note = |applied: &std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>,
+                    ctx: &Context,
+                    account: String| {
+            let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
+            applied.lock().unwrap().push((id, account));
+        };
+        let (opened_log, closed_log) = (self.applied.clone(), self.applied.clone());
+        let consumer = Consumer::builder(self.t.db.clone(), self.inbox.clone())
+            .handle(move |event: AccountOpened, ctx: Context| {
+                note(&opened_log, &ctx, event.account);
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .handle(move |event: AccountClosed, ctx: Context| {
+                note(&closed_log, &ctx, event.account);
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .build();
+        let all_settled = async {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while consumer.counts().applied() + consumer.counts().duplicates() < total {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    consumer.counts()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        consumer.run(subscriber, all_settled).await;
+        consumer
+    }
+
+    /// What the handlers applied, in order.
+    pub fn applied(&self) -> Vec<(Uuid, String)> {
+        self.applied.lock().unwrap().clone()
+    }
+
+    /// Removes the test's rows (the inbox table is shared by name) and tables.
+    pub async fn clean(self) {
+        self.inbox
+            .purge_older_than(&self.t.db, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        self.t.drop_tables().await;
+    }
+}

@@ -223,13 +223,9 @@ async fn a_header_name_nats_cannot_carry_is_refused_not_a_panic() {
 /// and acknowledges everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jetstream_consumer_applies_each_event_once_in_order() {
-    use std::sync::{Arc, Mutex};
+    use outbox::consumer::NatsSubscriber;
 
-    use outbox::consumer::{Consumer, Context, HandlerError, NatsSubscriber};
-    use outbox::repository::Inbox;
-    use outbox_tests::backend::{Backend, TestDb};
-    use outbox_tests::events::{AccountClosed, AccountOpened};
-    use uuid::Uuid;
+    use crate::common::Ledger;
 
     let s = suffix();
     let (stream_name, prefix) = (format!("C{s}"), format!("c{s}."));
@@ -269,45 +265,14 @@ async fn a_jetstream_consumer_applies_each_event_once_in_order() {
     }
     let total = written.ids.len() as u64 + 4;
 
-    let t = TestDb::new(Backend::Postgres).await;
-    let inbox = Inbox::new(format!("ledger-{s}")).unwrap();
-    inbox.create_table(&t.db).await.unwrap();
-    let applied: Arc<Mutex<Vec<(Uuid, String)>>> = Arc::default();
-    let note = |applied: &Arc<Mutex<Vec<(Uuid, String)>>>, ctx: &Context, account: String| {
-        let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
-        applied.lock().unwrap().push((id, account));
-    };
-    let (opened_log, closed_log) = (applied.clone(), applied.clone());
-    let consumer = Consumer::builder(t.db.clone(), inbox.clone())
-        .handle(move |event: AccountOpened, ctx: Context| {
-            note(&opened_log, &ctx, event.account);
-            async { Ok::<_, HandlerError>(()) }
-        })
-        .handle(move |event: AccountClosed, ctx: Context| {
-            note(&closed_log, &ctx, event.account);
-            async { Ok::<_, HandlerError>(()) }
-        })
-        .build();
+    let ledger = Ledger::new(&s).await;
     let subscriber = NatsSubscriber::connect(URL, &stream_name, &format!("ledger{s}"))
         .await
         .unwrap();
-    let all_settled = async {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while consumer.counts().applied() + consumer.counts().duplicates() < total {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{:?}",
-                consumer.counts()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    consumer.run(subscriber, all_settled).await;
-
+    let consumer = ledger.run(subscriber, total).await;
     assert_eq!(consumer.counts().duplicates(), 4);
     assert_eq!(consumer.counts().dead_lettered(), 0);
-    let applied = applied.lock().unwrap().clone();
-    assert_arrived_in_order(&written, &applied);
+    assert_arrived_in_order(&written, &ledger.applied());
     let mut durable = stream
         .get_consumer::<jetstream::consumer::pull::Config>(&format!("ledger{s}"))
         .await
@@ -319,10 +284,5 @@ async fn a_jetstream_consumer_applies_each_event_once_in_order() {
         "everything acknowledged"
     );
     let _ = js.delete_stream(&stream_name).await;
-    // The inbox table is shared by name; this run's consumer has rows of its own only.
-    inbox
-        .purge_older_than(&t.db, std::time::Duration::ZERO)
-        .await
-        .unwrap();
-    t.drop_tables().await;
+    ledger.clean().await;
 }

@@ -204,3 +204,106 @@ async fn a_republished_event_carries_the_same_id() {
         .await
         .unwrap();
 }
+
+/// The consumer side on Redis Streams: entries a crashed member of the group left unacknowledged are claimed,
+/// a copy of an entry is acked as a duplicate, every event is applied once in order, and nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_applies_each_event_once_and_claims_what_a_crashed_member_left() {
+    use outbox::consumer::RedisSubscriber;
+
+    use crate::common::Ledger;
+
+    let s = suffix();
+    let prefix = format!("c{s}.");
+    let stream = format!("{prefix}com.example.account");
+    let publisher = RedisPublisher::connect(URL)
+        .await
+        .expect("Redis on 127.0.0.1:6379");
+    let written = write_and_relay(
+        Prefixed {
+            inner: publisher,
+            prefix,
+        },
+        12,
+    )
+    .await;
+    let client = redis::Client::open(URL).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+
+    // A copy of the first entry, as a producer that retried would leave it.
+    let first: Entries = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let data = &first[0]
+        .1
+        .iter()
+        .find(|(field, _)| field == "__data__")
+        .unwrap()
+        .1;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("__data__")
+        .arg(data.as_slice())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // A member of the group takes the first three entries and dies without acknowledging them.
+    let group = format!("ledger{s}");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let taken: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("crashed")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(taken.keys[0].ids.len(), 3);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let ledger = Ledger::new(&s).await;
+    let subscriber = RedisSubscriber::connect(URL, &[stream.as_str()], &group, "ledger")
+        .await
+        .unwrap()
+        .claim_after(std::time::Duration::from_millis(100));
+    let consumer = ledger.run(subscriber, written.ids.len() as u64 + 1).await;
+    assert_eq!(consumer.counts().duplicates(), 1);
+    assert_arrived_in_order(&written, &ledger.applied());
+    let pending: (
+        u64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, String)>>,
+    ) = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(&group)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "everything acknowledged: {pending:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    ledger.clean().await;
+}

@@ -8,7 +8,8 @@
 //!   [`Consumer::replay_dead_letters`]); a message is acknowledged only once committed or kept. One aggregate's
 //!   messages are handled one at a time in the order received, other aggregates concurrently.
 //! - [`Subscriber`]: where messages come from: `NatsSubscriber` (feature `nats`, a JetStream durable pull
-//!   consumer) and [`InMemorySubscription`], the in-process one.
+//!   consumer), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
+//!   [`InMemorySubscription`], the in-process one.
 //!
 //! ```no_run
 //! # use outbox::consumer::{Consumer, Context, HandlerError, InMemorySubscription};
@@ -39,6 +40,8 @@ mod delivery;
 mod handler;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "redis")]
+mod redis;
 mod subscriber;
 #[cfg(feature = "sea-orm")]
 mod worker;
@@ -48,6 +51,8 @@ pub use delivery::{Delivery, DeliveryError};
 pub use handler::{Context, HandlerError};
 #[cfg(feature = "nats")]
 pub use nats::NatsSubscriber;
+#[cfg(feature = "redis")]
+pub use redis::RedisSubscriber;
 pub use subscriber::{
     InMemorySubscriber, InMemorySubscription, Received, Settle, SubscribeError, Subscriber,
 };

@@ -28,7 +28,7 @@ mod nats;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 mod stdout;
 mod url;
 

@@ -90,6 +90,45 @@ pub fn faststream_envelope(headers: &[(String, String)], body: &[u8]) -> Vec<u8>
     out
 }
 
+/// An envelope's headers, as (name, value) pairs.
+pub(crate) type Headers = Vec<(String, String)>;
+
+/// The headers and body of a FastStream binary envelope (the inverse of [`faststream_envelope`]), or `None` when
+/// `bytes` is not a well-formed one.
+pub(crate) fn read_faststream_envelope(bytes: &[u8]) -> Option<(Headers, &[u8])> {
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok())
+    };
+    if bytes.get(..8)? != MAGIC || u16_at(8)? != 1 {
+        return None;
+    }
+    let (headers_at, data_at) = (u32_at(10)?, u32_at(14)?);
+    let count = u16_at(headers_at)?;
+    let mut at = headers_at + 2;
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut part = || {
+            let len = u16_at(at)?;
+            let text = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?)
+                .ok()?
+                .to_owned();
+            at += 2 + len;
+            Some(text)
+        };
+        let name = part()?;
+        let value = part()?;
+        headers.push((name, value));
+    }
+    Some((headers, bytes.get(data_at..)?))
+}
+
 fn envelope_headers(message: &Message, encoding: Encoding) -> Vec<(String, String)> {
     let mut headers = encoding.headers(message, &BinaryMode::REDIS);
     headers.push(("message_id".to_owned(), message.id.to_string()));
@@ -208,5 +247,24 @@ mod tests {
         let other = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "nope"));
         let other = classify("s", other);
         assert!(!other.is_unavailable() && !other.is_permanent(), "{other}");
+    }
+
+    #[test]
+    fn an_envelope_reads_back_as_its_headers_and_body() {
+        let headers = vec![
+            ("ce_type".to_owned(), "com.example.x".to_owned()),
+            ("correlation_id".to_owned(), "r ü".to_owned()),
+        ];
+        let envelope = faststream_envelope(&headers, br#"{"a":1}"#);
+        let (read, body) = read_faststream_envelope(&envelope).expect("well-formed");
+        assert_eq!((read, body), (headers, &br#"{"a":1}"#[..]));
+        assert!(
+            read_faststream_envelope(br#"{"a":1}"#).is_none(),
+            "plain JSON is no envelope"
+        );
+        assert!(
+            read_faststream_envelope(&envelope[..20]).is_none(),
+            "a cut envelope is refused"
+        );
     }
 }
