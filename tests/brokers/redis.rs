@@ -9,6 +9,14 @@ use crate::common::{
 
 const URL: &str = "redis://127.0.0.1:6379";
 
+/// `XPENDING <stream> <group>`: the count, the lowest and highest pending ids, and the count per consumer.
+type PendingSummary = (
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, String)>>,
+);
+
 /// `XRANGE` entries: (entry id, [(field, value)]).
 type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
@@ -288,12 +296,7 @@ async fn a_consumer_group_applies_each_event_once_and_claims_what_a_crashed_memb
     let consumer = ledger.run(subscriber, written.ids.len() as u64 + 1).await;
     assert_eq!(consumer.counts().duplicates(), 1);
     assert_arrived_in_order(&written, &ledger.applied());
-    let pending: (
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<(String, String)>>,
-    ) = redis::cmd("XPENDING")
+    let pending: PendingSummary = redis::cmd("XPENDING")
         .arg(&stream)
         .arg(&group)
         .query_async(&mut redis)
