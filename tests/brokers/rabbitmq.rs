@@ -195,3 +195,85 @@ async fn values_amqp_cannot_carry_are_refused_not_a_panic() {
         assert!(err.to_string().contains(what), "{what}: {err}");
     }
 }
+
+/// The consumer side on RabbitMQ: a queue consumed with manual acks applies every event once (a copy published
+/// behind the original is acked as a duplicate), in order per aggregate, and leaves the queue empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_consumer_applies_each_event_once_in_order() {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicNackOptions, BasicPublishOptions};
+    use outbox::consumer::RabbitMqSubscriber;
+
+    use crate::common::Ledger;
+
+    let s = suffix();
+    let prefix = format!("c{s}.");
+    let queue = format!("{prefix}com.example.account");
+    let ch = channel().await;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: rabbit,
+            prefix,
+        },
+        12,
+    )
+    .await;
+
+    // A copy of the first message at the end of the queue, as a producer that retried would leave it.
+    let first = ch
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the queue holds the relay's messages")
+        .delivery;
+    let copy = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(first.properties.headers().clone().unwrap_or_default());
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &first.data,
+        copy,
+    )
+    .await
+    .unwrap();
+    first
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .unwrap();
+
+    let ledger = Ledger::new(&s).await;
+    let subscriber = RabbitMqSubscriber::connect(URL, &queue, 16).await.unwrap();
+    let consumer = ledger.run(subscriber, written.ids.len() as u64 + 1).await;
+    assert_eq!(consumer.counts().duplicates(), 1);
+    assert_arrived_in_order(&written, &ledger.applied());
+    let left = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.message_count(), 0, "everything acknowledged");
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ledger.clean().await;
+}

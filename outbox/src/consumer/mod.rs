@@ -8,7 +8,7 @@
 //!   [`Consumer::replay_dead_letters`]); a message is acknowledged only once committed or kept. One aggregate's
 //!   messages are handled one at a time in the order received, other aggregates concurrently.
 //! - [`Subscriber`]: where messages come from: `NatsSubscriber` (feature `nats`, a JetStream durable pull
-//!   consumer), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
+//!   consumer), `RabbitMqSubscriber` (feature `rabbitmq`, manual acks and a prefetch), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
 //!   [`InMemorySubscription`], the in-process one.
 //!
 //! ```no_run
@@ -40,6 +40,8 @@ mod delivery;
 mod handler;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
 mod subscriber;
@@ -51,6 +53,8 @@ pub use delivery::{Delivery, DeliveryError};
 pub use handler::{Context, HandlerError};
 #[cfg(feature = "nats")]
 pub use nats::NatsSubscriber;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqSubscriber;
 #[cfg(feature = "redis")]
 pub use redis::RedisSubscriber;
 pub use subscriber::{

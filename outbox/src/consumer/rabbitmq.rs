@@ -1,0 +1,137 @@
+//! RabbitMQ: a queue consumed with manual acknowledgements and a prefetch limit.
+
+use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use super::delivery::Delivery;
+use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
+
+/// Consumes a RabbitMQ queue (which must exist: declaring it is the topology's business) with manual
+/// acknowledgements and at most `prefetch` unacknowledged messages. Messages are CloudEvents in binary mode
+/// (`cloudEvents_` or `ce-` application properties, the `content_type` property, as
+/// [`RabbitMqPublisher`](crate::publisher::RabbitMqPublisher) sends them) or structured mode.
+///
+/// A message given back is requeued; one left unacknowledged when the connection drops is redelivered by the
+/// broker, and the inbox makes that a duplicate.
+pub struct RabbitMqSubscriber {
+    consumer: lapin::Consumer,
+    // Held so the channel stays open as long as the subscriber.
+    _channel: Channel,
+}
+
+impl RabbitMqSubscriber {
+    /// Connects to `uri` and consumes `queue` with at most `prefetch` messages unacknowledged (the consumer's
+    /// `max_in_flight` is a good value).
+    pub async fn connect(uri: &str, queue: &str, prefetch: u16) -> Result<Self, SubscribeError> {
+        let error = |doing: &str, e: lapin::Error| SubscribeError(format!("{doing}: {e}"));
+        let connection = Connection::connect(uri, ConnectionProperties::default())
+            .await
+            .map_err(|e| error("cannot connect to RabbitMQ", e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| error("cannot open a channel", e))?;
+        channel
+            .basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(|e| error("cannot set the prefetch", e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| error(&format!("cannot consume queue `{queue}`"), e))?;
+        Ok(Self {
+            consumer,
+            _channel: channel,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscriber for RabbitMqSubscriber {
+    async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
+        let Some(delivery) = self.consumer.next().await else {
+            return Ok(None);
+        };
+        let delivery =
+            delivery.map_err(|e| SubscribeError(format!("consuming from RabbitMQ: {e}")))?;
+        let properties = &delivery.properties;
+        let mut headers: Vec<(String, String)> = properties
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let text = match value {
+                            AMQPValue::LongString(s) => s.to_string(),
+                            AMQPValue::ShortString(s) => s.to_string(),
+                            _ => return None,
+                        };
+                        Some((name.to_string(), text))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let content_type = properties.content_type().as_ref().map(|t| t.to_string());
+        if let Some(content_type) = &content_type {
+            headers.push(("content-type".to_owned(), content_type.clone()));
+        }
+        let parsed = Delivery::parse(
+            content_type.as_deref(),
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &delivery.data,
+        );
+        Ok(Some(Received {
+            delivery: parsed,
+            raw: String::from_utf8_lossy(&delivery.data).into_owned(),
+            settle: Box::new(RabbitMqSettle(delivery)),
+        }))
+    }
+}
+
+struct RabbitMqSettle(AmqpDelivery);
+
+#[async_trait::async_trait]
+impl Settle for RabbitMqSettle {
+    async fn ack(self: Box<Self>) -> Result<(), SubscribeError> {
+        self.0
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| SubscribeError(format!("ack failed: {e}")))
+            .and_then(|sent| sent_or_refused(sent, "ack"))
+    }
+
+    async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
+        self.0
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map_err(|e| SubscribeError(format!("nack failed: {e}")))
+            .and_then(|sent| sent_or_refused(sent, "nack"))
+    }
+}
+
+/// lapin answers `false` when the delivery's acker was already used or its channel is gone: the message is then
+/// the broker's to redeliver, which the caller should know.
+fn sent_or_refused(sent: bool, what: &str) -> Result<(), SubscribeError> {
+    if sent {
+        Ok(())
+    } else {
+        Err(SubscribeError(format!(
+            "{what} not sent: the channel is closed or the message was already settled"
+        )))
+    }
+}
