@@ -7,8 +7,9 @@
 //!   running again; a failing handler is retried with backoff, then the message is kept as a dead letter (with
 //!   [`Consumer::replay_dead_letters`]); a message is acknowledged only once committed or kept. One aggregate's
 //!   messages are handled one at a time in the order received, other aggregates concurrently.
-//! - [`Subscriber`]: where messages come from: `NatsSubscriber` (feature `nats`, a JetStream durable pull
-//!   consumer), `RabbitMqSubscriber` (feature `rabbitmq`, manual acks and a prefetch), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
+//! - [`Subscriber`]: where messages come from: `KafkaSubscriber` (feature `kafka`, a consumer group that
+//!   commits each partition up to its lowest unsettled message), `NatsSubscriber` (feature `nats`, a JetStream
+//!   durable pull consumer), `RabbitMqSubscriber` (feature `rabbitmq`, manual acks and a prefetch), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
 //!   [`InMemorySubscription`], the in-process one.
 //!
 //! ```no_run
@@ -38,6 +39,8 @@
 mod delivery;
 #[cfg(feature = "sea-orm")]
 mod handler;
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "rabbitmq")]
@@ -51,6 +54,8 @@ mod worker;
 pub use delivery::{Delivery, DeliveryError};
 #[cfg(feature = "sea-orm")]
 pub use handler::{Context, HandlerError};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaSubscriber;
 #[cfg(feature = "nats")]
 pub use nats::NatsSubscriber;
 #[cfg(feature = "rabbitmq")]
