@@ -7,9 +7,12 @@ use axum::http::{Request, StatusCode};
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use outbox::TraceContext;
+use outbox::consumer::{Consumer, Context, HandlerError, InMemorySubscription};
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
+use outbox::repository::Inbox;
 use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::AccountOpened;
 use outbox_tests::events::opened;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -79,10 +82,34 @@ async fn one_trace_runs_from_the_http_request_through_the_publish_to_the_consume
     assert_eq!(relay.publish_batch(10).await.unwrap().published, 1);
     let message = broker.messages()[0].message.clone();
     let carried: TraceContext = message.traceparent.as_deref().unwrap().parse().unwrap();
-    let consumer = tracing::info_span!("process", otel.kind = "consumer");
-    outbox::otel::set_parent(&consumer, &carried);
-    consumer.in_scope(|| tracing::info!("handled"));
-    drop(consumer);
+    // The other side: `outbox::consumer` continues the trace the message carries.
+    let subscription = InMemorySubscription::new();
+    subscription.send(&message);
+    subscription.close();
+    // The consuming service on PostgreSQL: on SQLite, sqlx's worker thread keeps a clone of the span current at
+    // each statement, so the consumer's span would end only when that connection is used again.
+    let other_side = TestDb::new(Backend::Postgres).await;
+    let inbox = Inbox::new("otel")
+        .unwrap()
+        .table(&format!("{}_inbox", other_side.outbox.table()))
+        .unwrap();
+    inbox.create_table(&other_side.db).await.unwrap();
+    let consumer = Consumer::builder(other_side.db.clone(), inbox.clone())
+        .handle(|_: AccountOpened, _: Context| async { Ok::<_, HandlerError>(()) })
+        .build();
+    consumer
+        .run(subscription.subscriber(), std::future::pending())
+        .await;
+    assert_eq!(consumer.counts().applied(), 1);
+    for table in [
+        format!("{}_dead_letters", inbox.table_name()),
+        inbox.table_name().to_owned(),
+    ] {
+        other_side
+            .sql(&format!("DROP TABLE IF EXISTS {table}"))
+            .await;
+    }
+    other_side.drop_tables().await;
     provider.force_flush().unwrap();
 
     let spans = exporter.get_finished_spans().unwrap();
@@ -116,6 +143,11 @@ async fn one_trace_runs_from_the_http_request_through_the_publish_to_the_consume
     );
     assert_eq!(producer.parent_span_id, server.span_context.span_id());
     assert_eq!(consumer.parent_span_id, producer.span_context.span_id());
+    assert_eq!(consumer.name, "process com.example.account.opened");
+    assert_eq!(
+        attribute(consumer, "messaging.message.id"),
+        Some(message.id.to_string())
+    );
     assert_eq!(
         carried.traceparent(),
         format!(

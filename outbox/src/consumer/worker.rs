@@ -1,6 +1,15 @@
 //! The consumer: reads a subscription, applies each event once through its typed handler in a transaction that
 //! also records it in the inbox, retries a failing handler, keeps what it cannot apply as a dead letter, and acks
 //! only what is committed or kept.
+//!
+//! | metric (label `consumer`) | kind | meaning |
+//! |---|---|---|
+//! | `outbox_consumer_applied_total` | counter | messages applied and committed |
+//! | `outbox_consumer_duplicates_total` | counter | messages found in the inbox, acked without running the handler |
+//! | `outbox_consumer_retries_total` | counter | handler runs tried again after a failure |
+//! | `outbox_consumer_dead_lettered_total` | counter | messages kept as dead letters |
+//! | `outbox_consumer_handler_seconds` | histogram | inbox record, handler and commit of an applied message |
+//! | `outbox_consumer_lag_seconds` | histogram | event time to its commit here |
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -12,6 +21,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::delivery::Delivery;
 use super::handler::{Context, ErasedHandler, HandlerError, erase};
@@ -261,7 +271,10 @@ impl Consumer {
                 settle,
             } = received;
             let outcome = match delivery {
-                Ok(delivery) => inner.apply(Arc::new(delivery)).await,
+                Ok(delivery) => {
+                    let span = process_span(&delivery, inner.inbox.consumer());
+                    inner.apply(Arc::new(delivery)).instrument(span).await
+                }
                 Err(error) => {
                     let id = format!("unreadable-{}", uuid::Uuid::now_v7());
                     inner
@@ -273,6 +286,25 @@ impl Consumer {
             key
         });
     }
+}
+
+/// The span of one message's handling: an OpenTelemetry consumer span (messaging semantic conventions), the child
+/// of the producer's span whose context the message carries (feature `otel`).
+fn process_span(delivery: &Delivery, consumer: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {}", delivery.event_type),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.message.id = %delivery.id,
+        messaging.consumer.group.name = consumer,
+        cloudevents.event_type = %delivery.event_type,
+    );
+    #[cfg(feature = "otel")]
+    if let Some(parent) = &delivery.trace_context {
+        crate::otel::set_parent(&span, parent);
+    }
+    span
 }
 
 /// Messages of one aggregate share a key, so they are handled one at a time, in order; a message without an
@@ -321,6 +353,8 @@ impl Inner {
         for attempt in 1..=self.max_attempts {
             if attempt > 1 {
                 self.counts.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("outbox_consumer_retries_total", "consumer" => self.inbox.consumer().to_owned())
+                    .increment(1);
                 let exponent = (attempt - 2).min(16);
                 let wait = self
                     .backoff
@@ -444,6 +478,11 @@ impl Inner {
         match self.inbox.dead_letter(&self.db, &dead).await {
             Ok(()) => {
                 self.counts.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(
+                    "outbox_consumer_dead_lettered_total",
+                    "consumer" => self.inbox.consumer().to_owned()
+                )
+                .increment(1);
                 tracing::error!(
                     target: "outbox.consumer",
                     consumer = self.inbox.consumer(),
