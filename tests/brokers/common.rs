@@ -186,6 +186,16 @@ impl Ledger {
         subscriber: impl outbox::consumer::Subscriber,
         total: u64,
     ) -> outbox::consumer::Consumer {
+        self.run_with(subscriber, total, |builder| builder).await
+    }
+
+    /// [`run`](Self::run), with the consumer's builder adjusted by `configure` first.
+    pub async fn run_with(
+        &self,
+        subscriber: impl outbox::consumer::Subscriber,
+        total: u64,
+        configure: impl FnOnce(outbox::consumer::ConsumerBuilder) -> outbox::consumer::ConsumerBuilder,
+    ) -> outbox::consumer::Consumer {
         use outbox::consumer::{Consumer, Context, HandlerError};
         use outbox_tests::events::AccountOpened;
         let note = |applied: &std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>,
@@ -195,7 +205,7 @@ impl Ledger {
             applied.lock().unwrap().push((id, account));
         };
         let (opened_log, closed_log) = (self.applied.clone(), self.applied.clone());
-        let consumer = Consumer::builder(self.t.db.clone(), self.inbox.clone())
+        let builder = Consumer::builder(self.t.db.clone(), self.inbox.clone())
             .handle(move |event: AccountOpened, ctx: Context| {
                 note(&opened_log, &ctx, event.account);
                 async { Ok::<_, HandlerError>(()) }
@@ -203,8 +213,8 @@ impl Ledger {
             .handle(move |event: AccountClosed, ctx: Context| {
                 note(&closed_log, &ctx, event.account);
                 async { Ok::<_, HandlerError>(()) }
-            })
-            .build();
+            });
+        let consumer = configure(builder).build();
         let all_settled = async {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
             while consumer.counts().applied() + consumer.counts().duplicates() < total {

@@ -286,3 +286,63 @@ async fn a_jetstream_consumer_applies_each_event_once_in_order() {
     let _ = js.delete_stream(&stream_name).await;
     ledger.clean().await;
 }
+
+/// The other direction of interop: a FastStream service in Python publishes a plain Pydantic model (twice, as a
+/// retry would), a binary-mode and a structured-mode CloudEvent; the consumer applies each event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faststream_producer_publishes_and_the_consumer_applies_each_event_once() {
+    use outbox::consumer::NatsSubscriber;
+    use outbox_tests::events::AccountOpened;
+    use uuid::Uuid;
+
+    use crate::common::Ledger;
+
+    let s = suffix();
+    let (stream_name, subject) = (format!("P{s}"), format!("p{s}.accounts"));
+    let nats = NatsPublisher::connect(URL)
+        .await
+        .expect("NATS on 127.0.0.1:4222");
+    nats.ensure_stream(&stream_name, vec![subject.clone()])
+        .await
+        .unwrap();
+    let published = outbox_tests::run_python(
+        "faststream_publish.py",
+        &[URL, &subject, &stream_name],
+        None,
+    );
+    let expected: Vec<(Uuid, String)> = published["published"]
+        .as_array()
+        .expect("published")
+        .iter()
+        .map(|p| {
+            (
+                Uuid::parse_str(p["id"].as_str().unwrap()).unwrap(),
+                "py".to_owned(),
+            )
+        })
+        .collect();
+
+    let ledger = Ledger::new(&s).await;
+    let subscriber = NatsSubscriber::connect(URL, &stream_name, &format!("py{s}"))
+        .await
+        .unwrap();
+    let consumer = ledger
+        .run_with(subscriber, 4, |builder| {
+            builder.plain_json_as::<AccountOpened>()
+        })
+        .await;
+    assert_eq!(
+        consumer.counts().duplicates(),
+        1,
+        "the retried plain message"
+    );
+    assert_eq!(consumer.counts().dead_lettered(), 0);
+    assert_eq!(
+        ledger.applied(),
+        expected,
+        "each event once, in the order published"
+    );
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let _ = js.delete_stream(&stream_name).await;
+    ledger.clean().await;
+}

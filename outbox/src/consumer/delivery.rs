@@ -79,6 +79,12 @@ impl Delivery {
     ) -> Result<Self, DeliveryError> {
         let mut attributes = Attributes::default();
         for (name, value) in headers {
+            // FastStream's own headers, for a message that is no CloudEvent (see `DeliveryError::NotACloudEvent`).
+            if name.eq_ignore_ascii_case("message_id") {
+                attributes.plain_id = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("correlation_id") {
+                attributes.plain_correlation = Some(value.to_owned());
+            }
             let Some((attribute, encoded)) = PREFIXES.iter().find_map(|(prefix, encoded)| {
                 strip_prefix_ignore_case(name, prefix).map(|attribute| (attribute, *encoded))
             }) else {
@@ -221,6 +227,8 @@ struct Attributes {
     causation_id: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
+    plain_id: Option<String>,
+    plain_correlation: Option<String>,
 }
 
 impl Attributes {
@@ -246,6 +254,13 @@ impl Attributes {
     }
 
     fn into_delivery(self, data: Box<RawValue>) -> Result<Delivery, DeliveryError> {
+        if self.specversion.is_none() && self.id.is_none() && self.event_type.is_none() {
+            return Err(DeliveryError::NotACloudEvent(Box::new(PlainMessage {
+                message_id: self.plain_id,
+                correlation_id: self.plain_correlation,
+                data,
+            })));
+        }
         let required = |value: Option<String>, attribute: &str| {
             value
                 .filter(|v| !v.is_empty())
@@ -293,6 +308,54 @@ impl Attributes {
     }
 }
 
+/// A JSON message without CloudEvents attributes, as a plain FastStream producer publishes it: what it carries
+/// besides its body is FastStream's `message_id` and `correlation_id` headers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PlainMessage {
+    /// FastStream's `message_id` header.
+    pub message_id: Option<String>,
+    /// FastStream's `correlation_id` header.
+    pub correlation_id: Option<String>,
+    /// The body.
+    pub data: Box<RawValue>,
+}
+
+impl PlainMessage {
+    /// The message read as an event of `event_type` at `data_version` from `source`, keyed by its `message_id`
+    /// (without one, there is nothing to deduplicate on, and it is refused).
+    pub fn into_delivery(
+        self,
+        event_type: &str,
+        data_version: &str,
+        source: &str,
+    ) -> Result<Delivery, DeliveryError> {
+        let id = self
+            .message_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| DeliveryError::Attribute {
+                attribute: "message_id".to_owned(),
+                reason: "a message without CloudEvents attributes needs FastStream's message_id header, \
+                         the key it is applied once by"
+                    .to_owned(),
+            })?;
+        Ok(Delivery {
+            id,
+            event_type: event_type.to_owned(),
+            source: source.to_owned(),
+            time: None,
+            subject: None,
+            data_version: data_version.to_owned(),
+            aggregate_type: None,
+            aggregate_id: None,
+            correlation_id: self.correlation_id,
+            causation_id: None,
+            trace_context: None,
+            data: self.data,
+        })
+    }
+}
+
 /// Why a received message is not an event this consumer can read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -308,4 +371,11 @@ pub enum DeliveryError {
     /// The body is not what the mode requires.
     #[error("not a readable CloudEvent: {0}")]
     Body(String),
+    /// A JSON message with no CloudEvents attributes at all (a plain FastStream producer's): readable as one
+    /// event type with [`PlainMessage::into_delivery`], which `ConsumerBuilder::plain_json_as` does.
+    #[error(
+        "not a CloudEvent: the message has no specversion, id or type (a plain JSON message; a consumer reads \
+         such messages as one event type with `plain_json_as`)"
+    )]
+    NotACloudEvent(Box<PlainMessage>),
 }

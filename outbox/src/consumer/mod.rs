@@ -51,7 +51,7 @@ mod subscriber;
 #[cfg(feature = "sea-orm")]
 mod worker;
 
-pub use delivery::{Delivery, DeliveryError};
+pub use delivery::{Delivery, DeliveryError, PlainMessage};
 #[cfg(feature = "sea-orm")]
 pub use handler::{Context, HandlerError};
 #[cfg(feature = "kafka")]

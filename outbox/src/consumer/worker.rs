@@ -23,7 +23,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, DeliveryError};
 use super::handler::{Context, ErasedHandler, HandlerError, erase};
 use super::subscriber::{Received, Settle, Subscriber};
 use crate::event::OutboxEvent;
@@ -44,6 +44,8 @@ struct Inner {
     max_attempts: u32,
     backoff: Duration,
     max_in_flight: usize,
+    /// How a message without CloudEvents attributes is read: (type, version, source) of `plain_json_as`.
+    plain: Option<(&'static str, &'static str, &'static str)>,
     counts: ConsumerCounts,
 }
 
@@ -65,6 +67,7 @@ impl Consumer {
                 max_attempts: 5,
                 backoff: Duration::from_millis(100),
                 max_in_flight: 64,
+                plain: None,
                 counts: ConsumerCounts::default(),
             },
         }
@@ -122,6 +125,13 @@ impl ConsumerBuilder {
     /// handled one after the other, in the order received.
     pub fn max_in_flight(mut self, messages: usize) -> Self {
         self.inner.max_in_flight = messages.max(1);
+        self
+    }
+
+    /// Reads JSON messages that carry no CloudEvents attributes (a plain FastStream producer's) as events of type
+    /// `E`, keyed by FastStream's `message_id` header. Without it they are kept as dead letters.
+    pub fn plain_json_as<E: OutboxEvent>(mut self) -> Self {
+        self.inner.plain = Some((E::EVENT_TYPE, E::DATA_VERSION, E::SOURCE));
         self
     }
 
@@ -270,6 +280,13 @@ impl Consumer {
                 raw,
                 settle,
             } = received;
+            let delivery = match (delivery, inner.plain) {
+                (
+                    Err(DeliveryError::NotACloudEvent(plain)),
+                    Some((event_type, version, source)),
+                ) => plain.into_delivery(event_type, version, source),
+                (delivery, _) => delivery,
+            };
             let outcome = match delivery {
                 Ok(delivery) => {
                     let span = process_span(&delivery, inner.inbox.consumer());
