@@ -37,6 +37,30 @@ impl Context {
     }
 }
 
+/// A typed handler of events of type `E`: any `Fn(E, Context) -> impl Future<Output = Result<(), HandlerError>>`,
+/// an `async fn` or a closure. A trait of its own so that a function of another shape is one error that says what
+/// shape is expected.
+#[diagnostic::on_unimplemented(
+    message = "this is not a handler of `{E}` events",
+    label = "expected `async fn(event: {E}, ctx: Context) -> Result<(), HandlerError>`, or a closure of that shape",
+    note = "a handler takes the event by value and the `outbox::consumer::Context`, and returns a `Send` future of \
+            `Result<(), HandlerError>`"
+)]
+pub trait Handler<E>: Send + Sync + 'static {
+    /// Runs the handler.
+    fn call(&self, event: E, context: Context) -> BoxFuture<'static, Result<(), HandlerError>>;
+}
+
+impl<E, F, Fut> Handler<E> for F
+where
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(&self, event: E, context: Context) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin(self(event, context))
+    }
+}
+
 /// A handler with its event type erased, as the consumer keeps it.
 pub(super) type ErasedHandler = Arc<
     dyn Fn(Box<dyn DynEvent>, Context) -> BoxFuture<'static, Result<(), HandlerError>>
@@ -46,14 +70,9 @@ pub(super) type ErasedHandler = Arc<
 
 /// Erases `handler`'s event type: the consumer only calls it with a `Box<dyn DynEvent>` of type `E`, decoded by
 /// the registry under `E`'s type and version.
-pub(super) fn erase<E, F, Fut>(handler: F) -> ErasedHandler
-where
-    E: OutboxEvent,
-    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-{
+pub(super) fn erase<E: OutboxEvent>(handler: impl Handler<E>) -> ErasedHandler {
     Arc::new(move |event, context| match event.downcast::<E>() {
-        Ok(event) => Box::pin(handler(*event, context)),
+        Ok(event) => handler.call(*event, context),
         Err(other) => {
             let message = format!(
                 "the registry decoded `{}` into another Rust type than the handler's `{}`",

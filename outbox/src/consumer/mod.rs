@@ -53,7 +53,7 @@ mod worker;
 
 pub use delivery::{Delivery, DeliveryError, PlainMessage};
 #[cfg(feature = "sea-orm")]
-pub use handler::{Context, HandlerError};
+pub use handler::{Context, Handler, HandlerError};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaSubscriber;
 #[cfg(feature = "nats")]

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::delivery::{Delivery, DeliveryError};
-use super::handler::{Context, ErasedHandler, HandlerError, erase};
+use super::handler::{Context, ErasedHandler, Handler, erase};
 use super::subscriber::{Received, Settle, Subscriber};
 use crate::event::OutboxEvent;
 use crate::registry::Registry;
@@ -97,12 +97,7 @@ impl ConsumerBuilder {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
-    where
-        E: OutboxEvent,
-        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
+    pub fn handle<E: OutboxEvent>(mut self, handler: impl Handler<E>) -> Self {
         self.inner
             .handlers
             .insert((E::EVENT_TYPE, E::DATA_VERSION), erase(handler));
