@@ -1,5 +1,5 @@
 //! The benchmark harness: `cargo run --release -p outbox-bench -- [scenario] [runs]`, where scenario is one of
-//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, or all (the default).
+//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, consume, or all (the default).
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
 //! (`{"user_id": <uuid>, "email": ..., "name": ...}`), type `com.example.user.created`, 100 aggregates, the
@@ -14,6 +14,7 @@
 
 mod baseline;
 mod brokers;
+mod consume;
 mod drain;
 mod latency;
 mod load;
@@ -33,7 +34,7 @@ use report::{Row, Table};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "write",
     "drain",
     "baseline",
@@ -43,6 +44,7 @@ const SCENARIOS: [&str; 9] = [
     "stability",
     "sqlite",
     "mariadb",
+    "consume",
 ];
 
 /// What the command line and the environment ask for.
@@ -123,6 +125,7 @@ async fn main() -> Result<()> {
             "stability" => tables.push(stability::run(&db, &settings).await?),
             "sqlite" => rows.extend(drain::sqlite(runs).await?),
             "mariadb" => rows.extend(drain::mariadb(runs).await?),
+            "consume" => rows.extend(consume::run(&db, runs).await?),
             _ => unreachable!("every name in SCENARIOS has its arm"),
         }
     }
