@@ -161,12 +161,12 @@ impl Container {
                         Ok(())
                     })?;
                 } else if key.is_ident("headers") {
-                    headers.set(cx, &key, function(&meta)?);
+                    headers.set(cx, &key, bare_or_string(&meta)?);
                 } else if key.is_ident("data") {
-                    data.set(cx, &key, function(&meta)?);
+                    data.set(cx, &key, bare_or_string(&meta)?);
                 } else if key.is_ident("schema") {
                     let ty = if meta.input.peek(syn::Token![=]) {
-                        Some(payload_type(&meta)?)
+                        Some(bare_or_string(&meta)?)
                     } else {
                         None
                     };
@@ -367,19 +367,9 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
     }
 }
 
-/// A function path, given bare (`headers = my_headers`) or as a string (`headers = "my_headers"`).
-fn function(meta: &ParseNestedMeta) -> syn::Result<syn::ExprPath> {
-    let input = meta.value()?;
-    if input.peek(LitStr) {
-        let lit: LitStr = input.parse()?;
-        lit.parse()
-    } else {
-        input.parse()
-    }
-}
-
-/// A type, given bare (`schema = Payload`) or as a string (`schema = "Payload"`).
-fn payload_type(meta: &ParseNestedMeta) -> syn::Result<syn::Type> {
+/// A value given bare (`headers = my_headers`, `schema = Payload`) or as a string (`headers = "my_headers"`): a
+/// function path or a type.
+fn bare_or_string<T: syn::parse::Parse>(meta: &ParseNestedMeta) -> syn::Result<T> {
     let input = meta.value()?;
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;

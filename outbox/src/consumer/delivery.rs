@@ -149,6 +149,20 @@ impl Delivery {
         }
     }
 
+    /// [`parse`](Self::parse) with the content type taken from the `content-type` header among `headers`, as
+    /// every binding but AMQP carries it (the AMQP subscriber adds its property to the list).
+    pub fn from_headers(headers: &[(String, String)], body: &[u8]) -> Result<Self, DeliveryError> {
+        let content_type = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            .map(|(_, value)| value.as_str());
+        Self::parse(
+            content_type,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            body,
+        )
+    }
+
     /// The aggregate id from the broker's own key (Kafka's record key) when no `partitionkey` attribute gave one.
     pub fn with_key(mut self, key: Option<&str>) -> Self {
         if self.aggregate_id.is_none() {

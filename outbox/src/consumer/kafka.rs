@@ -106,16 +106,8 @@ impl Subscriber for KafkaSubscriber {
             .unwrap_or_default();
         let body = message.payload().unwrap_or_default();
         let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
-        let content_type = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            .map(|(_, value)| value.as_str());
-        let delivery = Delivery::parse(
-            content_type,
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            body,
-        )
-        .map(|delivery| delivery.with_key(key));
+        let delivery =
+            Delivery::from_headers(&headers, body).map(|delivery| delivery.with_key(key));
         let (topic, partition, offset) = (
             message.topic().to_owned(),
             message.partition(),

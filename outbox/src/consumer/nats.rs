@@ -77,15 +77,7 @@ impl Subscriber for NatsSubscriber {
                     .map(|value| (name.to_owned(), value.as_str().to_owned()))
             })
             .collect();
-        let content_type = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            .map(|(_, value)| value.as_str());
-        let delivery = Delivery::parse(
-            content_type,
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            &message.payload,
-        );
+        let delivery = Delivery::from_headers(&headers, &message.payload);
         Ok(Some(Received {
             delivery,
             raw: String::from_utf8_lossy(&message.payload).into_owned(),

@@ -81,15 +81,10 @@ impl Subscriber for RabbitMqSubscriber {
                     .collect()
             })
             .unwrap_or_default();
-        let content_type = properties.content_type().as_ref().map(|t| t.to_string());
-        if let Some(content_type) = &content_type {
-            headers.push(("content-type".to_owned(), content_type.clone()));
+        if let Some(content_type) = properties.content_type() {
+            headers.push(("content-type".to_owned(), content_type.to_string()));
         }
-        let parsed = Delivery::parse(
-            content_type.as_deref(),
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            &delivery.data,
-        );
+        let parsed = Delivery::from_headers(&headers, &delivery.data);
         Ok(Some(Received {
             delivery: parsed,
             raw: String::from_utf8_lossy(&delivery.data).into_owned(),

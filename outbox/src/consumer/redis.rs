@@ -187,20 +187,10 @@ impl Subscriber for RedisSubscriber {
             .get("__data__")
             .and_then(|value| redis::from_redis_value(value.clone()).ok());
         let (delivery, raw) = match data.as_deref().map(|d| (d, read_faststream_envelope(d))) {
-            Some((_, Some((headers, body)))) => {
-                let content_type = headers
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-                    .map(|(_, value)| value.clone());
-                (
-                    Delivery::parse(
-                        content_type.as_deref(),
-                        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                        body,
-                    ),
-                    String::from_utf8_lossy(body).into_owned(),
-                )
-            }
+            Some((_, Some((headers, body)))) => (
+                Delivery::from_headers(&headers, body),
+                String::from_utf8_lossy(body).into_owned(),
+            ),
             Some((data, None)) => (
                 Err(super::DeliveryError::Body(
                     "the `__data__` field is not a FastStream binary envelope".to_owned(),
@@ -248,13 +238,16 @@ impl RedisSettle {
 #[async_trait::async_trait]
 impl Settle for RedisSettle {
     async fn ack(mut self: Box<Self>) -> Result<(), SubscribeError> {
-        self.release();
-        redis::cmd("XACK")
+        let acked = redis::cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.id)
             .query_async::<u64>(&mut self.acks)
-            .await
+            .await;
+        // Released only once the XACK is answered: until then the entry is still pending, and a claim or a read
+        // of pending entries in between would hand it out again.
+        self.release();
+        acked
             .map(drop)
             .map_err(|e| SubscribeError(format!("XACK failed: {e}")))
     }

@@ -164,15 +164,7 @@ fn received(
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 ) -> Received {
-    let content_type = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.as_str());
-    let delivery = Delivery::parse(
-        content_type,
-        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        &body,
-    );
+    let delivery = Delivery::from_headers(&headers, &body);
     Received {
         delivery,
         raw: String::from_utf8_lossy(&body).into_owned(),

@@ -236,6 +236,7 @@ impl Consumer {
                 }
                 received = subscriber.receive(), if receiving && room => match received {
                     Ok(Some(received)) => {
+                        let received = self.inner.prepare(received);
                         let key = order_key(&received);
                         if busy.insert(key.clone()) {
                             self.spawn(&mut running, key, received);
@@ -346,6 +347,32 @@ async fn settle_as(settle: Box<dyn Settle>, outcome: Outcome) {
 }
 
 impl Inner {
+    /// Reads a plain JSON message as the `plain_json_as` type, and gives a delivery that does not name its
+    /// aggregate (a foreign producer's) the one of its decoded event, so that it is ordered with the rest of its
+    /// aggregate.
+    fn prepare(&self, mut received: Received) -> Received {
+        if let (Err(DeliveryError::NotACloudEvent(plain)), Some((event_type, version, source))) =
+            (&received.delivery, self.plain)
+        {
+            received.delivery = plain
+                .as_ref()
+                .clone()
+                .into_delivery(event_type, version, source);
+        }
+        if let Ok(delivery) = &mut received.delivery
+            && (delivery.aggregate_id.is_none() || delivery.aggregate_type.is_none())
+            && let Ok(event) = delivery.decode(self.registry)
+        {
+            delivery
+                .aggregate_id
+                .get_or_insert_with(|| event.aggregate_id());
+            delivery
+                .aggregate_type
+                .get_or_insert_with(|| event.meta().aggregate_type.to_owned());
+        }
+        received
+    }
+
     async fn apply(&self, delivery: Arc<Delivery>) -> Outcome {
         let key = (delivery.event_type.as_str(), delivery.data_version.as_str());
         let Some(handler) = self
