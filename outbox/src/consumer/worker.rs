@@ -40,7 +40,9 @@ struct Inner {
     db: DatabaseConnection,
     inbox: Inbox,
     registry: &'static Registry,
-    handlers: HashMap<(&'static str, &'static str), ErasedHandler>,
+    /// By event type and data version; a few entries, so a list beats a map keyed by `'static` strings (which a
+    /// received message's borrowed strings could not look up without allocating).
+    handlers: Vec<((&'static str, &'static str), ErasedHandler)>,
     max_attempts: u32,
     backoff: Duration,
     max_in_flight: usize,
@@ -63,7 +65,7 @@ impl Consumer {
                 db,
                 inbox,
                 registry: Registry::global(),
-                handlers: HashMap::new(),
+                handlers: Vec::new(),
                 max_attempts: 5,
                 backoff: Duration::from_millis(100),
                 max_in_flight: 64,
@@ -98,9 +100,10 @@ impl ConsumerBuilder {
     /// # }
     /// ```
     pub fn handle<E: OutboxEvent>(mut self, handler: impl Handler<E>) -> Self {
-        self.inner
-            .handlers
-            .insert((E::EVENT_TYPE, E::DATA_VERSION), erase(handler));
+        let key = (E::EVENT_TYPE, E::DATA_VERSION);
+        // A second handler for one type replaces the first, as a map would.
+        self.inner.handlers.retain(|(existing, _)| *existing != key);
+        self.inner.handlers.push((key, erase(handler)));
         self
     }
 
@@ -378,7 +381,7 @@ impl Inner {
         let Some(handler) = self
             .handlers
             .iter()
-            .find(|((t, v), _)| (*t, *v) == key)
+            .find(|((event_type, version), _)| (*event_type, *version) == key)
             .map(|(_, h)| h.clone())
         else {
             let reason = format!(
