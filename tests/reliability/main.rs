@@ -10,6 +10,7 @@ mod broker_states;
 mod brokers;
 mod child;
 mod clocks;
+mod consumer;
 mod crashes;
 mod database;
 mod frozen;

@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::delivery::Delivery;
@@ -33,7 +33,12 @@ pub struct RedisSubscriber {
     /// Entries received and not yet settled, as `stream id`: XAUTOCLAIM also returns this consumer's own idle
     /// entries, and one still being handled (or waiting behind its aggregate) must not be handed out twice.
     in_hand: Arc<Mutex<HashSet<String>>>,
+    /// The read in flight, kept across a dropped `receive`.
+    reading: Option<tokio::task::JoinHandle<Result<Read, redis::RedisError>>>,
 }
+
+/// How long a read for new entries waits on the server: short, so a shutdown or a claim is never far away.
+const BLOCK: Duration = Duration::from_secs(1);
 
 fn entry_key(stream: &str, id: &str) -> String {
     format!("{stream} {id}")
@@ -50,12 +55,20 @@ impl RedisSubscriber {
     ) -> Result<Self, SubscribeError> {
         let client =
             redis::Client::open(url).map_err(|e| SubscribeError(format!("bad Redis URL: {e}")))?;
-        let connect = || async {
-            ConnectionManager::new(client.clone())
-                .await
-                .map_err(|e| SubscribeError(format!("cannot connect to Redis: {e}")))
+        // The reads block for up to BLOCK: a response timeout shorter than that (the connection manager's default
+        // is 500 ms) would drop replies whose entries Redis has already put in this consumer's pending list.
+        let reads_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(10)));
+        let connect = |config: ConnectionManagerConfig| {
+            let client = client.clone();
+            async move {
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(|e| SubscribeError(format!("cannot connect to Redis: {e}")))
+            }
         };
-        let (mut reads, acks) = (connect().await?, connect().await?);
+        let mut reads = connect(reads_config).await?;
+        let acks = connect(ConnectionManagerConfig::new()).await?;
         for stream in streams {
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -83,6 +96,7 @@ impl RedisSubscriber {
             own_pending: Some(vec!["0".to_owned(); streams.len()]),
             buffer: VecDeque::new(),
             in_hand: Arc::default(),
+            reading: None,
         })
     }
 
@@ -93,63 +107,33 @@ impl RedisSubscriber {
         self
     }
 
-    async fn fill(&mut self) -> Result<(), SubscribeError> {
-        let error = |e: redis::RedisError| SubscribeError(format!("reading Redis streams: {e}"));
-        for stream in &self.streams {
-            let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(stream)
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg(u64::try_from(self.claim_after.as_millis()).unwrap_or(u64::MAX))
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(100)
-                .query_async(&mut self.reads)
-                .await
-                .map_err(error)?;
-            self.buffer.extend(
-                claimed
-                    .claimed
-                    .into_iter()
-                    .map(|entry| (stream.clone(), entry)),
-            );
+    /// What the next read asks for.
+    fn plan(&self) -> Plan {
+        Plan {
+            streams: self.streams.clone(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+            claim_after: self.claim_after,
+            own_pending: self.own_pending.clone(),
         }
-        if !self.buffer.is_empty() {
-            return Ok(());
-        }
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(100);
-        if self.own_pending.is_none() {
-            // Short, so a shutdown or a claim is never far away.
-            command.arg("BLOCK").arg(1000);
-        }
-        command.arg("STREAMS").arg(&self.streams);
-        match &self.own_pending {
-            Some(cursors) => command.arg(cursors),
-            None => command.arg(vec![">"; self.streams.len()]),
+    }
+
+    /// Takes a read's entries into the buffer, leaving out those in hand, and moves the own-pending cursors.
+    fn absorb(&mut self, read: Result<Read, redis::RedisError>) -> Result<(), SubscribeError> {
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                // The server may have delivered entries whose reply was lost: they are in this consumer's
+                // pending list, older than anything newer, so read that list again before new entries.
+                self.own_pending = Some(vec!["0".to_owned(); self.streams.len()]);
+                return Err(SubscribeError(format!("reading Redis streams: {error}")));
+            }
         };
-        let reply: Option<StreamReadReply> =
-            command.query_async(&mut self.reads).await.map_err(error)?;
-        let entries: Vec<(String, StreamId)> = reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| {
-                let stream = key.key;
-                key.ids
-                    .into_iter()
-                    .map(move |entry| (stream.clone(), entry))
-            })
-            .collect();
-        if let Some(cursors) = &mut self.own_pending {
-            if entries.is_empty() {
+        if let (Some(cursors), false) = (&mut self.own_pending, read.claimed) {
+            if read.entries.is_empty() {
                 self.own_pending = None;
             } else {
-                for (stream, entry) in &entries {
+                for (stream, entry) in &read.entries {
                     if let Some(i) = self.streams.iter().position(|s| s == stream) {
                         cursors[i].clone_from(&entry.id);
                     }
@@ -157,23 +141,110 @@ impl RedisSubscriber {
             }
         }
         let in_hand = self.in_hand.lock().unwrap_or_else(PoisonError::into_inner);
-        let entries: Vec<_> = entries
-            .into_iter()
-            .filter(|(stream, entry)| !in_hand.contains(&entry_key(stream, &entry.id)))
-            .collect();
-        drop(in_hand);
-        self.buffer.extend(entries);
+        self.buffer.extend(
+            read.entries
+                .into_iter()
+                .filter(|(stream, entry)| !in_hand.contains(&entry_key(stream, &entry.id))),
+        );
         Ok(())
     }
+}
+
+/// The parameters of one read, owned so the read can run as a task of its own.
+struct Plan {
+    streams: Vec<String>,
+    group: String,
+    consumer: String,
+    claim_after: Duration,
+    own_pending: Option<Vec<String>>,
+}
+
+/// What one read got: claimed entries (then nothing was read) or read ones.
+struct Read {
+    entries: Vec<(String, StreamId)>,
+    claimed: bool,
+}
+
+/// Claims idle entries of the group (XAUTOCLAIM); if there are none, reads this consumer's own pending entries
+/// after the cursors, or new entries (XREADGROUP).
+async fn read(mut connection: ConnectionManager, plan: Plan) -> Result<Read, redis::RedisError> {
+    let mut claimed = Vec::new();
+    for stream in &plan.streams {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(&plan.group)
+            .arg(&plan.consumer)
+            .arg(u64::try_from(plan.claim_after.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut connection)
+            .await?;
+        claimed.extend(
+            reply
+                .claimed
+                .into_iter()
+                .map(|entry| (stream.clone(), entry)),
+        );
+    }
+    if !claimed.is_empty() {
+        return Ok(Read {
+            entries: claimed,
+            claimed: true,
+        });
+    }
+    let mut command = redis::cmd("XREADGROUP");
+    command
+        .arg("GROUP")
+        .arg(&plan.group)
+        .arg(&plan.consumer)
+        .arg("COUNT")
+        .arg(100);
+    if plan.own_pending.is_none() {
+        command
+            .arg("BLOCK")
+            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000));
+    }
+    command.arg("STREAMS").arg(&plan.streams);
+    match &plan.own_pending {
+        Some(cursors) => command.arg(cursors),
+        None => command.arg(vec![">"; plan.streams.len()]),
+    };
+    let reply: Option<StreamReadReply> = command.query_async(&mut connection).await?;
+    let entries = reply
+        .into_iter()
+        .flat_map(|reply| reply.keys)
+        .flat_map(|key| {
+            let stream = key.key;
+            key.ids
+                .into_iter()
+                .map(move |entry| (stream.clone(), entry))
+        })
+        .collect();
+    Ok(Read {
+        entries,
+        claimed: false,
+    })
 }
 
 #[async_trait::async_trait]
 impl Subscriber for RedisSubscriber {
     async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
-        // Taken from the buffer only once complete: a dropped `receive` loses nothing (a read in flight leaves its
-        // entries pending for this consumer, read again from `0`).
+        // Cancellation-safe: the read runs as a task of its own and stays in `self.reading` if this future is
+        // dropped (the consumer's loop does so whenever a message finishes first), so the entries Redis delivers
+        // to it are never lost; the next `receive` takes them.
         while self.buffer.is_empty() {
-            self.fill().await?;
+            if self.reading.is_none() {
+                self.reading = Some(tokio::spawn(read(self.reads.clone(), self.plan())));
+            }
+            let Some(reading) = &mut self.reading else {
+                continue;
+            };
+            let outcome = reading.await;
+            self.reading = None;
+            let outcome =
+                outcome.map_err(|e| SubscribeError(format!("the Redis read task failed: {e}")))?;
+            self.absorb(outcome)?;
         }
         let Some((stream, entry)) = self.buffer.pop_front() else {
             return Ok(None);
