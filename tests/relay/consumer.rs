@@ -18,6 +18,7 @@ on_every_backend!(
     a_failing_handler_is_retried_then_kept_and_replayed,
     what_cannot_be_handled_is_kept_with_its_reason,
     a_shutdown_finishes_what_it_started_and_gives_back_the_rest,
+    a_task_that_panics_after_its_commit_does_not_stall_its_aggregate,
 );
 
 /// What the handler applied, in the order it applied it: (account, seq).
@@ -349,6 +350,68 @@ async fn a_shutdown_finishes_what_it_started_and_gives_back_the_rest(backend: Ba
     assert_eq!(
         t.scalar(&format!("SELECT COUNT(*) FROM {}", t.users)).await,
         3
+    );
+    cleanup(&t, &inbox).await;
+}
+
+/// A subscriber whose first acknowledgement panics, as a broken `Settle` of a custom subscriber would.
+struct PanickyFirstAck {
+    inner: outbox::consumer::InMemorySubscriber,
+    first: bool,
+}
+
+struct Panics;
+
+#[async_trait::async_trait]
+impl outbox::consumer::Settle for Panics {
+    async fn ack(self: Box<Self>) -> Result<(), outbox::consumer::SubscribeError> {
+        panic!("a broken acknowledgement");
+    }
+
+    async fn give_back(self: Box<Self>) -> Result<(), outbox::consumer::SubscribeError> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl outbox::consumer::Subscriber for PanickyFirstAck {
+    async fn receive(
+        &mut self,
+    ) -> Result<Option<outbox::consumer::Received>, outbox::consumer::SubscribeError> {
+        let received = self.inner.receive().await?;
+        Ok(received.map(|mut received| {
+            if std::mem::take(&mut self.first) {
+                received.settle = Box::new(Panics);
+            }
+            received
+        }))
+    }
+}
+
+async fn a_task_that_panics_after_its_commit_does_not_stall_its_aggregate(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let inbox = inbox(&t).await;
+    let applied = Applied::default();
+    let consumer = ledger(&t, inbox.clone(), &applied).build();
+    let subscription = InMemorySubscription::new();
+    for seq in 1..=3 {
+        subscription.send(&message(1, seq));
+    }
+    subscription.close();
+    let subscriber = PanickyFirstAck {
+        inner: subscription.subscriber(),
+        first: true,
+    };
+    consumer.run(subscriber, std::future::pending()).await;
+    assert_eq!(
+        consumer.counts().applied(),
+        3,
+        "{backend:?}: the aggregate went on after the panic"
+    );
+    assert_eq!(
+        subscription.acknowledged(),
+        2,
+        "the panicking ack acknowledged nothing"
     );
     cleanup(&t, &inbox).await;
 }

@@ -30,11 +30,44 @@ pub struct RedisSubscriber {
     /// stream; `None` once they are all read and new ones (`>`) come.
     own_pending: Option<Vec<String>>,
     buffer: VecDeque<(String, StreamId)>,
-    /// Entries received and not yet settled, as `stream id`: XAUTOCLAIM also returns this consumer's own idle
-    /// entries, and one still being handled (or waiting behind its aggregate) must not be handed out twice.
-    in_hand: Arc<Mutex<HashSet<String>>>,
+    /// Entries handed out by this subscriber; see [`Handed`].
+    in_hand: Arc<Mutex<Handed>>,
     /// The read in flight, kept across a dropped `receive`.
     reading: Option<tokio::task::JoinHandle<Result<Read, redis::RedisError>>>,
+}
+
+/// The entries this subscriber handed out, as `stream id`: those not yet settled, and the last ones acknowledged.
+///
+/// XAUTOCLAIM also returns this consumer's own idle entries, and a read of its own pending list returns the ones
+/// it is still handling; both are left out. A read's reply is a snapshot: an entry acknowledged after the read
+/// but before its reply is taken is no longer in hand yet was pending when read, so the recently acknowledged
+/// are left out too.
+#[derive(Default)]
+struct Handed {
+    in_hand: HashSet<String>,
+    acknowledged: HashSet<String>,
+    acknowledged_order: VecDeque<String>,
+}
+
+impl Handed {
+    /// How many acknowledged entries are remembered: far more than a read (100) can return from before an ack.
+    const REMEMBERED: usize = 10_000;
+
+    fn seen(&self, key: &str) -> bool {
+        self.in_hand.contains(key) || self.acknowledged.contains(key)
+    }
+
+    fn acknowledged(&mut self, key: String) {
+        self.in_hand.remove(&key);
+        if self.acknowledged.insert(key.clone()) {
+            self.acknowledged_order.push_back(key);
+        }
+        while self.acknowledged_order.len() > Self::REMEMBERED {
+            if let Some(oldest) = self.acknowledged_order.pop_front() {
+                self.acknowledged.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// How long a read for new entries waits on the server: short, so a shutdown or a claim is never far away.
@@ -144,7 +177,7 @@ impl RedisSubscriber {
         self.buffer.extend(
             read.entries
                 .into_iter()
-                .filter(|(stream, entry)| !in_hand.contains(&entry_key(stream, &entry.id))),
+                .filter(|(stream, entry)| !in_hand.seen(&entry_key(stream, &entry.id))),
         );
         Ok(())
     }
@@ -252,6 +285,7 @@ impl Subscriber for RedisSubscriber {
         self.in_hand
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .in_hand
             .insert(entry_key(&stream, &entry.id));
         let data: Option<Vec<u8>> = entry
             .map
@@ -291,18 +325,15 @@ impl Subscriber for RedisSubscriber {
 
 struct RedisSettle {
     acks: ConnectionManager,
-    in_hand: Arc<Mutex<HashSet<String>>>,
+    in_hand: Arc<Mutex<Handed>>,
     stream: String,
     group: String,
     id: String,
 }
 
 impl RedisSettle {
-    fn release(&self) {
-        self.in_hand
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&entry_key(&self.stream, &self.id));
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.in_hand.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -315,16 +346,25 @@ impl Settle for RedisSettle {
             .arg(&self.id)
             .query_async::<u64>(&mut self.acks)
             .await;
-        // Released only once the XACK is answered: until then the entry is still pending, and a claim or a read
-        // of pending entries in between would hand it out again.
-        self.release();
-        acked
-            .map(drop)
-            .map_err(|e| SubscribeError(format!("XACK failed: {e}")))
+        // Moved out of hand only once the XACK is answered: until then the entry is still pending, and a claim
+        // or a read of pending entries in between would hand it out again.
+        let key = entry_key(&self.stream, &self.id);
+        match acked {
+            Ok(_) => {
+                self.handed().acknowledged(key);
+                Ok(())
+            }
+            Err(error) => {
+                // Still pending: for a later claim or read to hand out again.
+                self.handed().in_hand.remove(&key);
+                Err(SubscribeError(format!("XACK failed: {error}")))
+            }
+        }
     }
 
     async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
-        self.release();
+        let key = entry_key(&self.stream, &self.id);
+        self.handed().in_hand.remove(&key);
         // Redis has no negative acknowledgement: the entry stays pending, for this consumer's next start or for
         // another consumer's claim.
         Ok(())

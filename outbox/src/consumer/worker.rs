@@ -196,7 +196,10 @@ impl Consumer {
     /// messages being handled finish (commit, then ack), and gives back the ones that were waiting.
     pub async fn run<S: Subscriber>(&self, mut subscriber: S, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut running: JoinSet<String> = JoinSet::new();
+        let mut running: JoinSet<()> = JoinSet::new();
+        // Which aggregate each task handles, by task: also known for a task that ends in a panic (outside the
+        // handler, whose panics are caught), whose aggregate must not stay busy forever.
+        let mut tasks: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut waiting: HashMap<String, VecDeque<Received>> = HashMap::new();
         let mut queued = 0usize;
@@ -212,14 +215,17 @@ impl Consumer {
                     receiving = false;
                     stopping = true;
                 }
-                Some(done) = running.join_next() => {
-                    let key = match done {
-                        Ok(key) => key,
+                Some(done) = running.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
                         Err(error) => {
-                            // A handler panic is caught inside the task; only an abort gets here.
+                            // Its message was neither acked nor given back: the broker redelivers it.
                             tracing::error!(target: "outbox.consumer", %error, "a message task failed");
-                            continue;
+                            error.id()
                         }
+                    };
+                    let Some(key) = tasks.remove(&id) else {
+                        continue;
                     };
                     // Stopping: what waits stays waiting, to be given back below.
                     let next = if stopping {
@@ -230,7 +236,7 @@ impl Consumer {
                     match next {
                         Some(next) => {
                             queued -= 1;
-                            self.spawn(&mut running, key, next);
+                            self.spawn(&mut running, &mut tasks, key, next);
                         }
                         None => {
                             busy.remove(&key);
@@ -242,7 +248,7 @@ impl Consumer {
                         let received = self.inner.prepare(received);
                         let key = order_key(&received);
                         if busy.insert(key.clone()) {
-                            self.spawn(&mut running, key, received);
+                            self.spawn(&mut running, &mut tasks, key, received);
                         } else {
                             waiting.entry(key).or_default().push_back(received);
                             queued += 1;
@@ -271,9 +277,15 @@ impl Consumer {
         }
     }
 
-    fn spawn(&self, running: &mut JoinSet<String>, key: String, received: Received) {
+    fn spawn(
+        &self,
+        running: &mut JoinSet<()>,
+        tasks: &mut HashMap<tokio::task::Id, String>,
+        key: String,
+        received: Received,
+    ) {
         let inner = self.inner.clone();
-        running.spawn(async move {
+        let task = running.spawn(async move {
             let Received {
                 delivery,
                 raw,
@@ -299,8 +311,8 @@ impl Consumer {
                 }
             };
             settle_as(settle, outcome).await;
-            key
         });
+        tasks.insert(task.id(), key);
     }
 }
 
