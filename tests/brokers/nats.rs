@@ -10,10 +10,16 @@ use crate::common::{
 
 const URL: &str = "nats://127.0.0.1:4222";
 
-#[tokio::test]
-async fn relay_to_jetstream_then_read_back_with_async_nats_and_faststream() {
-    let s = suffix();
-    let (stream_name, prefix) = (format!("T{s}"), format!("t{s}."));
+/// A stream of the test's own (`<LETTER><suffix>`, capturing `<letter><suffix>.>`) holding the 12 events of
+/// `write_and_relay`: its name, the subject prefix, and what was written.
+async fn relay_to_a_fresh_stream(
+    letter: char,
+    s: &str,
+) -> (String, String, crate::common::Written) {
+    let (stream_name, prefix) = (
+        format!("{}{s}", letter.to_ascii_uppercase()),
+        format!("{letter}{s}."),
+    );
     let nats = NatsPublisher::connect(URL)
         .await
         .expect("NATS with JetStream on 127.0.0.1:4222 (.ci/run starts it)");
@@ -28,6 +34,13 @@ async fn relay_to_jetstream_then_read_back_with_async_nats_and_faststream() {
         12,
     )
     .await;
+    (stream_name, prefix, written)
+}
+
+#[tokio::test]
+async fn relay_to_jetstream_then_read_back_with_async_nats_and_faststream() {
+    let s = suffix();
+    let (stream_name, prefix, written) = relay_to_a_fresh_stream('t', &s).await;
 
     let client = async_nats::connect(URL).await.unwrap();
     let js = jetstream::new(client);
@@ -228,21 +241,7 @@ async fn a_jetstream_consumer_applies_each_event_once_in_order() {
     use crate::common::Ledger;
 
     let s = suffix();
-    let (stream_name, prefix) = (format!("C{s}"), format!("c{s}."));
-    let nats = NatsPublisher::connect(URL)
-        .await
-        .expect("NATS on 127.0.0.1:4222");
-    nats.ensure_stream(&stream_name, vec![format!("{prefix}>")])
-        .await
-        .unwrap();
-    let written = write_and_relay(
-        Prefixed {
-            inner: nats,
-            prefix: prefix.clone(),
-        },
-        12,
-    )
-    .await;
+    let (stream_name, _, written) = relay_to_a_fresh_stream('c', &s).await;
 
     // Copies of four stored messages under new JetStream ids, as a producer that retried would leave them.
     let js = jetstream::new(async_nats::connect(URL).await.unwrap());
