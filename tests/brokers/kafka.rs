@@ -13,21 +13,26 @@ use crate::common::{
 /// The Kafka-compatible broker `tansu`, which `.ci/run` installs and starts.
 const SERVERS: &str = "127.0.0.1:9092";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_to_kafka_then_read_back_with_rdkafka_and_faststream() {
-    let prefix = format!("k{}.", suffix());
-    let topic = format!("{prefix}com.example.account");
+/// The 12 events of `write_and_relay` in a topic of the test's own, `<prefix>com.example.account`: its name
+/// and what was written.
+async fn relay_to_a_fresh_topic(prefix: &str) -> (String, crate::common::Written) {
     let kafka = KafkaPublisher::connect(SERVERS)
         .await
         .expect("a Kafka broker on 127.0.0.1:9092 (.ci/run starts tansu)");
     let written = write_and_relay(
         Prefixed {
             inner: kafka,
-            prefix,
+            prefix: prefix.to_owned(),
         },
         12,
     )
     .await;
+    (format!("{prefix}com.example.account"), written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_then_read_back_with_rdkafka_and_faststream() {
+    let (topic, written) = relay_to_a_fresh_topic(&format!("k{}.", suffix())).await;
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", SERVERS)
@@ -100,19 +105,7 @@ async fn a_consumer_group_applies_each_event_once_and_commits_to_the_end() {
     use crate::common::Ledger;
 
     let s = suffix();
-    let prefix = format!("c{s}.");
-    let topic = format!("{prefix}com.example.account");
-    let kafka = KafkaPublisher::connect(SERVERS)
-        .await
-        .expect("a Kafka broker on 127.0.0.1:9092");
-    let written = write_and_relay(
-        Prefixed {
-            inner: kafka,
-            prefix,
-        },
-        12,
-    )
-    .await;
+    let (topic, written) = relay_to_a_fresh_topic(&format!("c{s}.")).await;
 
     // A copy of the first record, produced again as a producer that retried would.
     let reader: StreamConsumer = ClientConfig::new()

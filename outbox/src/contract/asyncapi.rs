@@ -148,11 +148,7 @@ impl AsyncApi {
         let mut components = Components::default();
         let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
         let mut channel_ids = Ids::default();
-        for info in registry.entries() {
-            let schema = registry
-                .schema(info.meta.event_type, info.meta.data_version)
-                .ok()
-                .flatten();
+        for (info, schema) in super::schemas(registry) {
             let message_id = component_id(&format!(
                 "{}.v{}",
                 info.meta.event_type, info.meta.data_version
