@@ -1,21 +1,24 @@
-//! A consumer for the service's events on NATS JetStream, on `outbox::consumer`: each event is decoded back into
-//! its Rust type through the registry, applied by its typed handler in a transaction that also records it in the
+//! A consumer for the service's events on any broker, on `outbox::consumer`: each event is decoded back into its
+//! Rust type through the registry, applied by its typed handler in a transaction that also records it in the
 //! inbox, and acknowledged after the commit; a redelivered event is acknowledged without being applied again.
 //!
 //! ```text
-//! cargo run --example consumer -- nats://127.0.0.1:4222 USERS
-//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example consumer -- nats://127.0.0.1:4222 USERS
+//! cargo run --example consumer -- 'nats://127.0.0.1:4222?stream=USERS'
+//! cargo run --example consumer -- 'kafka://127.0.0.1:9092?topics=user'
+//! cargo run --example consumer -- 'amqp://guest:guest@127.0.0.1:5672/%2f?queue=user'
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example consumer -- 'redis://127.0.0.1:6379?streams=user'
 //! ```
 //!
-//! Reads the stream as the durable consumer `welcome-mailer` (from its start, the first time) into the database
-//! of `DATABASE_URL` (default SQLite in memory, so every run starts over), and stops after 5 idle seconds.
+//! Subscribes by URL (`outbox::consumer::from_url`) as the consumer `welcome-mailer` (the JetStream durable
+//! consumer, the Kafka or Redis group; from the start of the stream the first time), applies into the database of
+//! `DATABASE_URL` (default SQLite in memory, so every run starts over), and stops after 5 idle seconds.
 
 #[path = "../service/events.rs"]
 mod events;
 
 use std::time::Duration;
 
-use outbox::consumer::{Consumer, Context, HandlerError, NatsSubscriber};
+use outbox::consumer::{Consumer, Context, HandlerError, from_url};
 use outbox::repository::{Inbox, connect};
 use outbox::sea_orm::ConnectionTrait;
 use outbox::sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
@@ -24,11 +27,9 @@ use events::{UserCreated, UserDeleted};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let stream = args.next().unwrap_or_else(|| "USERS".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222?stream=USERS".into());
     let database = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".into());
 
     let db = connect(&database).await?;
@@ -62,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .build();
 
-    let subscriber = NatsSubscriber::connect(&url, &stream, "welcome-mailer").await?;
+    let subscriber = from_url(&url, "welcome-mailer").await?;
     // Stops once nothing has happened for 5 seconds: a demo, not a service (a service stops on SIGTERM).
     let idle = async {
         let mut last = u64::MAX;

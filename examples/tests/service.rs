@@ -301,7 +301,7 @@ async fn users_become_events_the_consumer_reads_and_sigterm_exits_cleanly() {
 
     // The consumer example decodes both types back through the registry, and drops the duplicate.
     let Output { status, stdout, .. } = Command::new(example("consumer"))
-        .args([NATS, stream.as_str()])
+        .arg(format!("{NATS}?stream={stream}"))
         .output()
         .unwrap();
     assert!(status.success());

@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod broker_url;
 pub mod cloudevents;
 pub mod config;
 pub mod consumer;

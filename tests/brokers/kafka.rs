@@ -97,10 +97,8 @@ async fn a_broker_that_does_not_answer_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_applies_each_event_once_and_commits_to_the_end() {
     use outbox::consumer::KafkaSubscriber;
-    use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::OwnedHeaders;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    use rdkafka::{Offset, TopicPartitionList};
 
     use crate::common::Ledger;
 
@@ -147,53 +145,6 @@ async fn a_consumer_group_applies_each_event_once_and_commits_to_the_end() {
     assert_eq!(consumer.counts().duplicates(), 1);
     assert_arrived_in_order(&written, &ledger.applied());
 
-    // Commits are asynchronous: every partition reaches its end within a few seconds.
-    let check: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", SERVERS)
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let metadata = check
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut list = TopicPartitionList::new();
-    for p in &partitions {
-        list.add_partition(&topic, *p);
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let committed = check
-            .committed_offsets(list.clone(), Duration::from_secs(10))
-            .unwrap();
-        let behind: Vec<(i32, Offset, i64)> = partitions
-            .iter()
-            .filter_map(|p| {
-                let (_, high) = check
-                    .fetch_watermarks(&topic, *p, Duration::from_secs(10))
-                    .unwrap();
-                let at = committed
-                    .find_partition(&topic, *p)
-                    .map(|e| e.offset())
-                    .unwrap_or(Offset::Invalid);
-                // At least the high watermark, not equal to it: tansu reported a high watermark of 5 for a
-                // partition from which this consumer had read offsets 0 to 5 (the one with the copy).
-                let done = matches!(at, Offset::Offset(n) if n >= high) || high == 0;
-                (!done).then_some((*p, at, high))
-            })
-            .collect();
-        if behind.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "partitions not committed to their end: {behind:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    outbox_tests::kafka::assert_committed_to_the_end(SERVERS, &group, &topic).await;
     ledger.clean().await;
 }

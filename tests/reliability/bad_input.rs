@@ -225,6 +225,36 @@ async fn wrong_urls_missing_tables_and_bad_settings_are_refused_by_name() {
         &error,
     );
 
+    let error = outbox::consumer::from_url("amqp://guest:secret@127.0.0.1:1/%2f", "mailer")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("queue") && !error.contains("secret"),
+        "{error}"
+    );
+    refused(
+        "6l. subscriber URL without its queue",
+        "`amqp://guest:secret@127.0.0.1:1/%2f` (no `?queue=`)",
+        &error,
+    );
+    let error = outbox::consumer::from_url("redis://127.0.0.1:1?streams=s", "mailer")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("`redis://127.0.0.1:1?streams=s`")
+            && error.contains("cannot connect to Redis"),
+        "{error}"
+    );
+    refused(
+        "6m. wrong subscriber URL",
+        "`redis://127.0.0.1:1?streams=s` (nothing listens)",
+        &error,
+    );
+
     let error = connect("postgres://postgres:secret@127.0.0.1:1/test")
         .await
         .expect_err("refused")

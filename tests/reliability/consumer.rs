@@ -1,27 +1,194 @@
-//! The consumer side under crashes: a consumer process (`consumer_child`) reading a Redis stream is killed with
-//! SIGKILL twice under load and started again; every event is applied exactly once, in order per aggregate, and
-//! a final SIGTERM leaves nothing pending.
+//! The consumer side under crashes, on every broker: a consumer process (`consumer_child`, subscribed by URL) is
+//! killed with SIGKILL twice under load and started again; every event is applied exactly once, in order per
+//! aggregate, and a final SIGTERM leaves nothing unacknowledged at the broker.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use outbox::EventEnvelope;
-use outbox::publisher::{Publisher, RedisPublisher};
+use outbox::publisher::from_url;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 
 use crate::child::postgres_url;
 
-const REDIS: &str = "redis://127.0.0.1:6379";
 const EVENTS: u32 = 3000;
 const AGGREGATES: u32 = 30;
+/// The consumer name `consumer_child` subscribes as.
+const GROUP: &str = "crash-test";
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const NATS: &str = "nats://127.0.0.1:4222";
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const KAFKA: &str = "127.0.0.1:9092";
+
+#[derive(Clone, Copy, Debug)]
+enum Broker {
+    Redis,
+    Nats,
+    RabbitMq,
+    Kafka,
+}
+
+/// Where one test's events go: the broker, and a name of its own (stream, subject, queue or topic).
+struct Route {
+    broker: Broker,
+    name: String,
+}
+
+impl Route {
+    /// Creates what the broker needs before the first message (a JetStream stream, a queue).
+    async fn prepare(broker: Broker, table: &str) -> Self {
+        let name = match broker {
+            Broker::Nats => format!("CRASH_{table}"),
+            _ => format!("crash-{table}"),
+        };
+        if let Broker::RabbitMq = broker {
+            let channel = rabbitmq_channel().await;
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("declare the queue");
+        }
+        Self { broker, name }
+    }
+
+    fn publish_url(&self) -> String {
+        match self.broker {
+            Broker::Redis => REDIS.to_owned(),
+            Broker::Nats => format!("{NATS}?stream={0}&subjects={0}", self.name),
+            Broker::RabbitMq => RABBITMQ.to_owned(),
+            Broker::Kafka => format!("kafka://{KAFKA}?partitions=3"),
+        }
+    }
+
+    fn subscribe_url(&self) -> String {
+        match self.broker {
+            Broker::Redis => format!("{REDIS}?streams={}", self.name),
+            Broker::Nats => format!("{NATS}?stream={}", self.name),
+            Broker::RabbitMq => format!("{RABBITMQ}?queue={}&prefetch=64", self.name),
+            Broker::Kafka => format!("kafka://{KAFKA}?topics={}", self.name),
+        }
+    }
+
+    /// Asserts that the consumer left nothing unacknowledged: no pending entry, unacked message or uncommitted
+    /// offset.
+    async fn assert_nothing_pending(&self) {
+        match self.broker {
+            Broker::Redis => {
+                let mut redis = redis_connection().await;
+                let pending: redis::Value = redis::cmd("XPENDING")
+                    .arg(&self.name)
+                    .arg(GROUP)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                let redis::Value::Array(summary) = pending else {
+                    panic!("XPENDING: {pending:?}")
+                };
+                assert_eq!(
+                    summary.first(),
+                    Some(&redis::Value::Int(0)),
+                    "nothing left pending"
+                );
+            }
+            Broker::Nats => {
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream()
+                    .await
+                    .get_consumer_from_stream(GROUP, &self.name)
+                    .await
+                    .expect("the durable consumer");
+                let info = consumer.info().await.expect("consumer info");
+                assert_eq!(
+                    (info.num_ack_pending, info.num_pending),
+                    (0, 0),
+                    "nothing unacknowledged or undelivered"
+                );
+            }
+            Broker::RabbitMq => {
+                let channel = rabbitmq_channel().await;
+                let queue = channel
+                    .queue_declare(
+                        self.name.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await
+                    .expect("the queue");
+                assert_eq!(queue.message_count(), 0, "nothing left in the queue");
+            }
+            Broker::Kafka => {
+                outbox_tests::kafka::assert_committed_to_the_end(KAFKA, GROUP, &self.name).await;
+            }
+        }
+    }
+
+    async fn clean(&self) {
+        match self.broker {
+            Broker::Redis => {
+                let _: () = redis::cmd("DEL")
+                    .arg(&self.name)
+                    .query_async(&mut redis_connection().await)
+                    .await
+                    .unwrap();
+            }
+            Broker::Nats => {
+                let _ = jetstream().await.delete_stream(&self.name).await;
+            }
+            Broker::RabbitMq => {
+                let _ = rabbitmq_channel()
+                    .await
+                    .queue_delete(self.name.as_str().into(), Default::default())
+                    .await;
+            }
+            // tansu runs in memory, one broker per CI run; the topic goes with it.
+            Broker::Kafka => {}
+        }
+    }
+}
+
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379")
+}
+
+async fn jetstream() -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(
+        async_nats::connect(NATS)
+            .await
+            .expect("NATS on 127.0.0.1:4222"),
+    )
+}
+
+async fn rabbitmq_channel() -> lapin::Channel {
+    lapin::Connection::connect(RABBITMQ, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672")
+        .create_channel()
+        .await
+        .unwrap()
+}
 
 struct ConsumerProcess(Child);
 
 impl ConsumerProcess {
-    fn spawn(stream: &str, group: &str, inbox: &str, applied: &str) -> Self {
+    fn spawn(route: &Route, inbox: &str, applied: &str) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_consumer_child"))
-            .args([REDIS, stream, group, &postgres_url(), inbox, applied])
+            .args([&route.subscribe_url(), &postgres_url(), inbox, applied])
             .spawn()
             .expect("start the consumer process");
         Self(child)
@@ -49,8 +216,7 @@ impl Drop for ConsumerProcess {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_killed_under_load_loses_nothing_and_applies_nothing_twice() {
+async fn killed_under_load(broker: Broker) {
     let t = TestDb::new(Backend::Postgres).await;
     let (inbox, applied) = (
         format!("{}_inbox", t.outbox.table()),
@@ -61,18 +227,19 @@ async fn a_consumer_killed_under_load_loses_nothing_and_applies_nothing_twice() 
          seq BIGINT NOT NULL)"
     ))
     .await;
-    let stream = format!("crash.{}", t.outbox.table());
-    let group = "crash-test";
-    let publisher = RedisPublisher::connect(REDIS)
+    let route = Route::prepare(broker, t.outbox.table()).await;
+    let publisher = from_url(&route.publish_url())
         .await
-        .expect("Redis on 127.0.0.1:6379");
+        .unwrap_or_else(|e| panic!("{broker:?}: {e}"));
+    let mut confirmations = Vec::new();
     for seq in 0..EVENTS {
         let mut message = EventEnvelope::new(opened(&format!("a{}", seq % AGGREGATES), seq))
             .to_message()
             .unwrap();
-        message.destination = stream.clone();
-        publisher.send(&message).await.unwrap().await.unwrap();
+        message.destination = route.name.clone();
+        confirmations.push(publisher.send(&message).await.unwrap());
     }
+    try_join_all(confirmations).await.unwrap();
     let count = |sql: &str| {
         let sql = sql.replace("{applied}", &applied);
         let t = &t;
@@ -81,20 +248,23 @@ async fn a_consumer_killed_under_load_loses_nothing_and_applies_nothing_twice() 
 
     // Killed twice mid-flow, each time once it has applied some more.
     for until in [EVENTS / 5, EVENTS / 2] {
-        let process = ConsumerProcess::spawn(&stream, group, &inbox, &applied);
+        let process = ConsumerProcess::spawn(&route, &inbox, &applied);
         let deadline = Instant::now() + Duration::from_secs(60);
         while count("SELECT COUNT(*) FROM {applied}").await < i64::from(until) {
-            assert!(Instant::now() < deadline, "the consumer stalled");
+            assert!(
+                Instant::now() < deadline,
+                "{broker:?}: the consumer stalled"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         process.kill();
     }
-    let process = ConsumerProcess::spawn(&stream, group, &inbox, &applied);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let process = ConsumerProcess::spawn(&route, &inbox, &applied);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while count("SELECT COUNT(DISTINCT event_id) FROM {applied}").await < i64::from(EVENTS) {
         if Instant::now() > deadline {
             let n = count("SELECT COUNT(DISTINCT event_id) FROM {applied}").await;
-            panic!("not everything was applied: {n}");
+            panic!("{broker:?}: not everything was applied: {n} of {EVENTS}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -103,35 +273,19 @@ async fn a_consumer_killed_under_load_loses_nothing_and_applies_nothing_twice() 
     assert_eq!(
         count("SELECT COUNT(*) FROM {applied}").await,
         i64::from(EVENTS),
-        "nothing applied twice"
+        "{broker:?}: nothing applied twice"
     );
     let out_of_order = count(
         "SELECT COUNT(*) FROM {applied} a JOIN {applied} b ON a.account = b.account AND a.n < b.n AND a.seq > b.seq",
     )
     .await;
-    assert_eq!(out_of_order, 0, "per-aggregate order across the kills");
-    let client = redis::Client::open(REDIS).unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(group)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let redis::Value::Array(summary) = pending else {
-        panic!("XPENDING: {pending:?}")
-    };
     assert_eq!(
-        summary.first(),
-        Some(&redis::Value::Int(0)),
-        "nothing left pending after SIGTERM"
+        out_of_order, 0,
+        "{broker:?}: per-aggregate order across the kills"
     );
+    route.assert_nothing_pending().await;
 
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    route.clean().await;
     for table in [
         applied.clone(),
         format!("{inbox}_dead_letters"),
@@ -140,4 +294,24 @@ async fn a_consumer_killed_under_load_loses_nothing_and_applies_nothing_twice() 
         t.sql(&format!("DROP TABLE IF EXISTS {table}")).await;
     }
     t.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_under_load_on_redis_loses_nothing_and_applies_nothing_twice() {
+    killed_under_load(Broker::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_under_load_on_nats_loses_nothing_and_applies_nothing_twice() {
+    killed_under_load(Broker::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_under_load_on_rabbitmq_loses_nothing_and_applies_nothing_twice() {
+    killed_under_load(Broker::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_under_load_on_kafka_loses_nothing_and_applies_nothing_twice() {
+    killed_under_load(Broker::Kafka).await;
 }

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod events;
+pub mod kafka;
 pub mod prefixed;
 pub mod running;
 pub mod servers;

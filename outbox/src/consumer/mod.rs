@@ -10,7 +10,7 @@
 //! - [`Subscriber`]: where messages come from: `KafkaSubscriber` (feature `kafka`, a consumer group that
 //!   commits each partition up to its lowest unsettled message), `NatsSubscriber` (feature `nats`, a JetStream
 //!   durable pull consumer), `RabbitMqSubscriber` (feature `rabbitmq`, manual acks and a prefetch), `RedisSubscriber` (feature `redis`, a consumer group with XAUTOCLAIM of stale entries) and
-//!   [`InMemorySubscription`], the in-process one.
+//!   [`InMemorySubscription`], the in-process one; [`from_url`] picks one by URL.
 //!
 //! ```no_run
 //! # use outbox::consumer::{Consumer, Context, HandlerError, InMemorySubscription};
@@ -48,6 +48,7 @@ mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
 mod subscriber;
+mod url;
 #[cfg(feature = "sea-orm")]
 mod worker;
 
@@ -65,5 +66,6 @@ pub use redis::RedisSubscriber;
 pub use subscriber::{
     InMemorySubscriber, InMemorySubscription, Received, Settle, SubscribeError, Subscriber,
 };
+pub use url::from_url;
 #[cfg(feature = "sea-orm")]
 pub use worker::{Consumer, ConsumerBuilder, ConsumerCounts};

@@ -1,6 +1,7 @@
 //! NATS JetStream: a durable pull consumer, acknowledged explicitly once a message is committed or kept.
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 
 use super::delivery::Delivery;
@@ -10,8 +11,12 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 /// (explicit acks; the stream's messages from its start). Messages are CloudEvents in binary mode (`ce-`
 /// headers, as [`NatsPublisher`](crate::publisher::NatsPublisher) sends them) or structured mode.
 ///
-/// A message not acknowledged (the process died between commit and ack) comes again after the consumer's
-/// `ack_wait` (30 s by default); the inbox makes that a duplicate.
+/// Per-aggregate order holds across a restart: when the durable consumer has messages a previous run left
+/// unacknowledged (it died between commit and ack, or before), it is reset to read again from the first of them,
+/// rather than have JetStream redeliver them after `ack_wait` behind their successors; what was applied since comes
+/// again as duplicates, which the inbox acknowledges untouched. So one process reads a durable consumer at a time
+/// (two would also interleave an aggregate's messages); to spread the load, give each process a durable consumer
+/// of its own on a share of the subjects.
 pub struct NatsSubscriber {
     messages: pull::Stream,
 }
@@ -35,7 +40,12 @@ impl NatsSubscriber {
             .get_stream(stream)
             .await
             .map_err(|e| SubscribeError(format!("no JetStream stream `{stream}`: {e}")))?;
-        let consumer = stream_handle
+        let cannot = |doing: &str, e: &dyn std::fmt::Display| {
+            SubscribeError(format!(
+                "cannot {doing} consumer `{durable}` on `{stream}`: {e}"
+            ))
+        };
+        let mut consumer = stream_handle
             .get_or_create_consumer(
                 durable,
                 pull::Config {
@@ -45,11 +55,39 @@ impl NatsSubscriber {
                 },
             )
             .await
-            .map_err(|e| {
-                SubscribeError(format!(
-                    "cannot create consumer `{durable}` on `{stream}`: {e}"
-                ))
-            })?;
+            .map_err(|e| cannot("create", &e))?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| cannot("read", &e))?
+            .clone();
+        if info.num_ack_pending > 0 {
+            // A previous run left messages unacknowledged. JetStream would redeliver them only after `ack_wait`,
+            // while the messages behind them flow at once: an aggregate's event would be applied after its
+            // successors. Reading again from the first unacknowledged message keeps the order; what was applied
+            // since comes as duplicates, which the inbox acknowledges without running the handler.
+            let mut config = <pull::Config as FromConsumer>::try_from_consumer_config(info.config)
+                .map_err(|e| cannot("read the configuration of", &e))?;
+            config.deliver_policy = DeliverPolicy::ByStartSequence {
+                start_sequence: info.ack_floor.stream_sequence + 1,
+            };
+            tracing::info!(
+                target: "outbox.consumer",
+                durable,
+                stream,
+                unacknowledged = info.num_ack_pending,
+                from = info.ack_floor.stream_sequence + 1,
+                "reading again from the first unacknowledged message"
+            );
+            stream_handle
+                .delete_consumer(durable)
+                .await
+                .map_err(|e| cannot("reset", &e))?;
+            consumer = stream_handle
+                .create_consumer(config)
+                .await
+                .map_err(|e| cannot("recreate", &e))?;
+        }
         let messages = consumer
             .messages()
             .await

@@ -44,6 +44,13 @@ pub trait Subscriber: Send {
     async fn receive(&mut self) -> Result<Option<Received>, SubscribeError>;
 }
 
+#[async_trait::async_trait]
+impl Subscriber for Box<dyn Subscriber> {
+    async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
+        (**self).receive().await
+    }
+}
+
 /// A subscription failed.
 #[derive(Debug, thiserror::Error)]
 #[error("subscription error: {0}")]

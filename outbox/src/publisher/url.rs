@@ -1,6 +1,7 @@
 //! Choosing a publisher by URL, so an application selects its broker by configuration alone.
 
 use super::{ConnectError, InMemoryPublisher, Publisher, Reason, StdoutPublisher};
+use crate::broker_url::BrokerUrl;
 
 /// The publisher for `url`:
 ///
@@ -25,13 +26,8 @@ use super::{ConnectError, InMemoryPublisher, Publisher, Reason, StdoutPublisher}
 /// # });
 /// ```
 pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let options: Vec<(&str, &str)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
-    let option = |name: &str| options.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let parsed = BrokerUrl::parse(url);
+    let option = |name: &str| parsed.option(name);
     // Validated for every scheme, used by the broker publishers compiled in.
     #[cfg_attr(
         not(any(
@@ -52,21 +48,26 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
             ));
         }
     };
-    let scheme = base
-        .split("://")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let publisher: Box<dyn Publisher> = match scheme.as_str() {
+    #[cfg_attr(
+        not(any(
+            feature = "nats",
+            feature = "rabbitmq",
+            feature = "redis",
+            feature = "kafka"
+        )),
+        allow(unused_variables)
+    )]
+    let base = parsed.base;
+    let publisher: Box<dyn Publisher> = match parsed.scheme.as_str() {
         "memory" => Box::new(InMemoryPublisher::new()),
         "stdout" => Box::new(StdoutPublisher),
         #[cfg(feature = "nats")]
         "nats" => {
             let mut nats = super::NatsPublisher::connect(base).await?;
             if let Some(stream) = option("stream") {
-                let subjects = option("subjects").map_or_else(
+                let subjects = parsed.list("subjects").map_or_else(
                     || vec![">".to_owned()],
-                    |s| s.split(',').map(str::to_owned).collect(),
+                    |s| s.into_iter().map(str::to_owned).collect(),
                 );
                 nats.ensure_stream(stream, subjects)
                     .await
@@ -101,11 +102,8 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let mut redis = super::RedisPublisher::connect(base).await?;
-            if let Some(max_len) = option("maxlen") {
-                let max_len = max_len
-                    .parse()
-                    .map_err(|_| bad(url, format!("maxlen={max_len}: expected a number")))?;
-                redis = redis.max_len(max_len);
+            if option("maxlen").is_some() {
+                redis = redis.max_len(parsed.number("maxlen", 0).map_err(|e| bad(url, e))?);
             }
             if structured {
                 redis = redis.structured();
@@ -114,15 +112,9 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         }
         #[cfg(feature = "kafka")]
         "kafka" => {
-            let servers = base.trim_start_matches("kafka://").trim_end_matches('/');
-            let number = |name: &str, default: i32| -> Result<i32, ConnectError> {
-                option(name).map_or(Ok(default), |v| {
-                    v.parse()
-                        .map_err(|_| bad(url, format!("{name}={v}: expected a number")))
-                })
-            };
-            let (partitions, replication) = (number("partitions", 3)?, number("replication", 1)?);
-            let mut kafka = super::KafkaPublisher::connect(servers)
+            let partitions = parsed.number("partitions", 3).map_err(|e| bad(url, e))?;
+            let replication = parsed.number("replication", 1).map_err(|e| bad(url, e))?;
+            let mut kafka = super::KafkaPublisher::connect(parsed.address())
                 .await?
                 .create_topics(true, partitions, replication);
             if structured {
@@ -130,23 +122,14 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
             }
             Box::new(kafka)
         }
-        other => {
-            let feature = match other {
-                "nats" => Some("nats"),
-                "amqp" | "amqps" => Some("rabbitmq"),
-                "redis" | "rediss" => Some("redis"),
-                "kafka" => Some("kafka"),
-                _ => None,
-            };
-            let reason = match feature {
-                Some(feature) => format!(
-                    "this build has no {other} publisher: enable the `{feature}` feature of outbox"
+        _ => {
+            return Err(bad(
+                url,
+                parsed.unsupported(
+                    "publisher",
+                    "memory://, stdout://, nats://, amqp://, redis://, kafka://",
                 ),
-                None => format!(
-                    "unsupported scheme `{other}`: expected one of memory://, stdout://, nats://, amqp://, redis://, kafka://"
-                ),
-            };
-            return Err(bad(url, reason));
+            ));
         }
     };
     Ok(publisher)

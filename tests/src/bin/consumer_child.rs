@@ -1,12 +1,13 @@
 //! A consumer in a process of its own, for the crash tests: the parent kills it (SIGKILL) mid-flow and starts it
-//! again, or stops it (SIGTERM). It reads a Redis stream as one member of a group and applies each
-//! `AccountOpened` by inserting it into an `applied` table, in the transaction that records it in the inbox.
+//! again, or stops it (SIGTERM). It subscribes by URL (any broker, see `outbox::consumer::from_url`) as the
+//! consumer `crash-test` and applies each `AccountOpened` by inserting it into an `applied` table, in the
+//! transaction that records it in the inbox.
 //!
-//! Usage: `consumer_child <redis url> <stream> <group> <database url> <inbox table> <applied table>`
+//! Usage: `consumer_child <broker url> <database url> <inbox table> <applied table>`
 
 use std::time::Duration;
 
-use outbox::consumer::{Consumer, Context, HandlerError, RedisSubscriber};
+use outbox::consumer::{Consumer, Context, HandlerError, from_url};
 use outbox::repository::{Inbox, connect};
 use outbox::sea_orm::{ConnectionTrait, Statement};
 use outbox_tests::events::AccountOpened;
@@ -19,8 +20,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_env_filter("outbox=warn")
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [redis, stream, group, database, inbox_table, applied] = args.as_slice() else {
-        return Err("usage: consumer_child <redis url> <stream> <group> <database url> <inbox table> <applied table>".into());
+    let [broker, database, inbox_table, applied] = args.as_slice() else {
+        return Err(
+            "usage: consumer_child <broker url> <database url> <inbox table> <applied table>"
+                .into(),
+        );
     };
     let db = connect(database).await?;
     let inbox = Inbox::new("crash-test")?.table(inbox_table)?;
@@ -46,8 +50,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         })
         .build();
-    // The same member name across restarts: its pending entries come back to it first.
-    let subscriber = RedisSubscriber::connect(redis, &[stream.as_str()], group, "member").await?;
+    // The same consumer name across restarts (and, on Redis, the same member): what it left unacknowledged comes
+    // back to it.
+    let subscriber = from_url(broker, "crash-test").await?;
     let mut terminate = signal(SignalKind::terminate())?;
     consumer
         .run(subscriber, async move {
