@@ -31,11 +31,27 @@ impl KafkaSubscriber {
         group: &str,
         topics: &[&str],
     ) -> Result<Self, SubscribeError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap_servers)
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
+            .set("group.id", group);
+        Self::from_config(&config, topics)
+    }
+
+    /// Subscribes to `topics` with a client configured by `config` (which names at least `bootstrap.servers`
+    /// and `group.id`; security, timeouts and `group.instance.id` are the caller's). Offsets are committed by
+    /// the subscriber, so `enable.auto.commit` is turned off; `auto.offset.reset` is `earliest` unless set.
+    ///
+    /// A process that restarts under the same `group.instance.id` (static membership) gets its partitions back at
+    /// once; without one, the group waits for the dead member's session to time out (`session.timeout.ms`, 45 s
+    /// by default) before it hands them to anyone.
+    pub fn from_config(config: &ClientConfig, topics: &[&str]) -> Result<Self, SubscribeError> {
+        let mut config = config.clone();
+        config.set("enable.auto.commit", "false");
+        if config.get("auto.offset.reset").is_none() {
+            config.set("auto.offset.reset", "earliest");
+        }
+        let consumer: StreamConsumer = config
             .create()
             .map_err(|e| SubscribeError(format!("cannot create a Kafka consumer: {e}")))?;
         consumer

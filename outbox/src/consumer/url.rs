@@ -9,7 +9,7 @@ use crate::broker_url::BrokerUrl;
 /// | URL | subscriber | options (query parameters) |
 /// |---|---|---|
 /// | `nats://host:4222?stream=USERS` | `NatsSubscriber` (feature `nats`) | `stream` (required) |
-/// | `kafka://host:9092[,host2:9092]?topics=a,b` | `KafkaSubscriber` (feature `kafka`) | `topics` (required) |
+/// | `kafka://host:9092[,host2:9092]?topics=a,b` | `KafkaSubscriber` (feature `kafka`) | `topics` (required), `member=NAME` (static membership: one per process, stable across its restarts, so a restarted process gets its partitions back at once) |
 /// | `amqp://user:pass@host:5672/%2f?queue=q` | `RabbitMqSubscriber` (feature `rabbitmq`) | `queue` (required), `prefetch=N` (default 64) |
 /// | `redis://host:6379?streams=a,b` | `RedisSubscriber` (feature `redis`) | `streams` (required), `member=NAME` (default: `consumer`; one per process, stable across its restarts), `claim_after=SECONDS` (default 60) |
 ///
@@ -57,9 +57,15 @@ pub async fn from_url(url: &str, consumer: &str) -> Result<Box<dyn Subscriber>, 
         "kafka" => {
             required("topics")?;
             let topics = parsed.list("topics").unwrap_or_default();
+            let mut config = rdkafka::ClientConfig::new();
+            config
+                .set("bootstrap.servers", parsed.address())
+                .set("group.id", consumer);
+            if let Some(member) = parsed.option("member") {
+                config.set("group.instance.id", member);
+            }
             Ok(Box::new(
-                super::KafkaSubscriber::connect(parsed.address(), consumer, &topics)
-                    .map_err(|e| bad(e.0))?,
+                super::KafkaSubscriber::from_config(&config, &topics).map_err(|e| bad(e.0))?,
             ))
         }
         #[cfg(feature = "rabbitmq")]

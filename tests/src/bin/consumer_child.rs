@@ -1,9 +1,10 @@
 //! A consumer in a process of its own, for the crash tests: the parent kills it (SIGKILL) mid-flow and starts it
 //! again, or stops it (SIGTERM). It subscribes by URL (any broker, see `outbox::consumer::from_url`) as the
-//! consumer `crash-test` and applies each `AccountOpened` by inserting it into an `applied` table, in the
+//! named consumer and applies each `AccountOpened` by inserting it into an `applied` table, in the
 //! transaction that records it in the inbox.
 //!
-//! Usage: `consumer_child <broker url> <database url> <inbox table> <applied table>`
+//! Usage: `consumer_child <broker url> <consumer name> <database url> <inbox table> <applied table>`
+//! (logs at `outbox=warn` on stderr; `CHILD_LOG` takes another filter)
 
 use std::time::Duration;
 
@@ -17,17 +18,17 @@ use tokio::signal::unix::{SignalKind, signal};
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter("outbox=warn")
+        .with_env_filter(std::env::var("CHILD_LOG").unwrap_or_else(|_| "outbox=warn".into()))
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [broker, database, inbox_table, applied] = args.as_slice() else {
+    let [broker, name, database, inbox_table, applied] = args.as_slice() else {
         return Err(
-            "usage: consumer_child <broker url> <database url> <inbox table> <applied table>"
+            "usage: consumer_child <broker url> <consumer name> <database url> <inbox table> <applied table>"
                 .into(),
         );
     };
     let db = connect(database).await?;
-    let inbox = Inbox::new("crash-test")?.table(inbox_table)?;
+    let inbox = Inbox::new(name)?.table(inbox_table)?;
     inbox.create_table(&db).await?;
     let applied = applied.clone();
     let consumer = Consumer::builder(db, inbox)
@@ -52,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .build();
     // The same consumer name across restarts (and, on Redis, the same member): what it left unacknowledged comes
     // back to it.
-    let subscriber = from_url(broker, "crash-test").await?;
+    let subscriber = from_url(broker, name).await?;
     let mut terminate = signal(SignalKind::terminate())?;
     consumer
         .run(subscriber, async move {
