@@ -415,3 +415,94 @@ async fn a_task_that_panics_after_its_commit_does_not_stall_its_aggregate(backen
     );
     cleanup(&t, &inbox).await;
 }
+
+/// Every metric the consumer's documentation lists is emitted, with the counts of what it did.
+#[test]
+fn metrics_count_what_the_consumer_did() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A current-thread runtime keeps every task on this thread, where the local recorder is installed.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let t = TestDb::new(Backend::SqliteMemory).await;
+            let inbox = inbox(&t).await;
+            let applied = Applied::default();
+            let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let consumer = ledger(&t, inbox.clone(), &applied)
+                .handle(move |_: AccountClosed, _: Context| {
+                    let failed_once = failed_once.clone();
+                    async move {
+                        if failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            Ok(())
+                        } else {
+                            Err(HandlerError::from("not yet"))
+                        }
+                    }
+                })
+                .build();
+            let subscription = InMemorySubscription::new();
+            for seq in 1..=3 {
+                subscription.send(&message(1, seq));
+            }
+            let again = message(1, 4);
+            subscription.send(&again);
+            subscription.send(&again);
+            subscription.send(
+                &EventEnvelope::new(AccountClosed {
+                    account: "2".into(),
+                    reason: "moved".into(),
+                })
+                .to_message()
+                .unwrap(),
+            );
+            subscription.send_raw(Vec::new(), b"not a cloudevent".to_vec());
+            subscription.close();
+            consumer
+                .run(subscription.subscriber(), std::future::pending())
+                .await;
+            cleanup(&t, &inbox).await;
+        })
+    });
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counter = |name: &str| -> u64 {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(counter("outbox_consumer_applied_total"), 5);
+    assert_eq!(counter("outbox_consumer_duplicates_total"), 1);
+    assert_eq!(counter("outbox_consumer_retries_total"), 1);
+    assert_eq!(counter("outbox_consumer_dead_lettered_total"), 1);
+    let samples = |name: &str| -> usize {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .map(|(.., value)| match value {
+                DebugValue::Histogram(samples) => samples.len(),
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(
+        samples("outbox_consumer_handler_seconds"),
+        5,
+        "one per applied message"
+    );
+    assert_eq!(
+        samples("outbox_consumer_lag_seconds"),
+        5,
+        "one per applied message"
+    );
+}

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sea_orm::{DatabaseConnection, TransactionTrait};
@@ -421,16 +421,17 @@ impl Inner {
                 Ok(event) => event,
                 Err(error) => return self.keep_delivery(&delivery, &error.to_string(), 0).await,
             };
+            let started = Instant::now();
             match self
                 .attempt(&delivery, handler.clone(), event, attempt)
                 .await
             {
                 Ok(Recorded::First) => {
-                    self.counts.applied.fetch_add(1, Ordering::Relaxed);
+                    self.count_applied(&delivery, started.elapsed());
                     return Outcome::Done;
                 }
                 Ok(Recorded::Duplicate) => {
-                    self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.count_duplicate();
                     return Outcome::Done;
                 }
                 Err(error) => {
@@ -449,6 +450,30 @@ impl Inner {
         }
         self.keep_delivery(&delivery, &last_error, self.max_attempts)
             .await
+    }
+
+    /// Counts a committed message: `took` is its inbox record, handler and commit; its lag runs from the event's
+    /// time.
+    fn count_applied(&self, delivery: &Delivery, took: Duration) {
+        self.counts.applied.fetch_add(1, Ordering::Relaxed);
+        let consumer = self.inbox.consumer().to_owned();
+        metrics::counter!("outbox_consumer_applied_total", "consumer" => consumer.clone())
+            .increment(1);
+        metrics::histogram!("outbox_consumer_handler_seconds", "consumer" => consumer.clone())
+            .record(took.as_secs_f64());
+        if let Some(time) = delivery.time {
+            // A clock behind the producer's would give a negative lag: none rather than a wrong one.
+            if let Ok(lag) = (chrono::Utc::now() - time).to_std() {
+                metrics::histogram!("outbox_consumer_lag_seconds", "consumer" => consumer)
+                    .record(lag.as_secs_f64());
+            }
+        }
+    }
+
+    fn count_duplicate(&self) {
+        self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("outbox_consumer_duplicates_total", "consumer" => self.inbox.consumer().to_owned())
+            .increment(1);
     }
 
     /// One run: record in the inbox, run the handler, commit. A duplicate is rolled back untouched.
