@@ -15,6 +15,8 @@ use outbox_tests::on_every_backend;
 
 on_every_backend!(
     each_event_is_applied_once_and_in_order_under_redelivery,
+    batches_apply_each_event_once_and_in_order_under_redelivery,
+    a_failure_in_a_batch_rolls_it_back_and_its_messages_go_one_by_one,
     a_failing_handler_is_retried_then_kept_and_replayed,
     what_cannot_be_handled_is_kept_with_its_reason,
     a_shutdown_finishes_what_it_started_and_gives_back_the_rest,
@@ -73,10 +75,25 @@ fn message(account: u32, seq: u32) -> outbox::Message {
 }
 
 async fn each_event_is_applied_once_and_in_order_under_redelivery(backend: Backend) {
+    let consumer = applied_once_and_in_order(backend, 1).await;
+    assert_eq!(consumer.counts().commits(), 100, "one transaction each");
+}
+
+/// The same in batches: fewer commits, the same result.
+async fn batches_apply_each_event_once_and_in_order_under_redelivery(backend: Backend) {
+    let consumer = applied_once_and_in_order(backend, 16).await;
+    let commits = consumer.counts().commits();
+    assert!(
+        commits < 50,
+        "{backend:?}: 100 messages in {commits} transactions"
+    );
+}
+
+async fn applied_once_and_in_order(backend: Backend, batch: usize) -> Consumer {
     let t = TestDb::new(backend).await;
     let inbox = inbox(&t).await;
     let applied = Applied::default();
-    let consumer = ledger(&t, inbox.clone(), &applied).build();
+    let consumer = ledger(&t, inbox.clone(), &applied).batch(batch).build();
     let subscription = InMemorySubscription::new();
     // 20 accounts x 5 events, every message delivered twice: right after itself, or again at the very end.
     let messages: Vec<outbox::Message> = (1..=5)
@@ -126,6 +143,7 @@ async fn each_event_is_applied_once_and_in_order_under_redelivery(backend: Backe
         );
     }
     cleanup(&t, &inbox).await;
+    consumer
 }
 
 async fn a_failing_handler_is_retried_then_kept_and_replayed(backend: Backend) {
@@ -505,4 +523,61 @@ fn metrics_count_what_the_consumer_did() {
         5,
         "one per applied message"
     );
+}
+
+/// One handler failing in a batch: the batch rolls back, its messages are handled one by one; the failing one
+/// ends as a dead letter, every other one is applied once.
+async fn a_failure_in_a_batch_rolls_it_back_and_its_messages_go_one_by_one(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let inbox = inbox(&t).await;
+    let users = t.users.clone();
+    let consumer = Consumer::builder(t.db.clone(), inbox.clone())
+        .backoff(Duration::from_millis(1))
+        .max_attempts(2)
+        .batch(16)
+        .handle(move |event: AccountOpened, ctx: Context| {
+            let users = users.clone();
+            async move {
+                let id = event.account.parse::<i64>()? * 1000 + i64::from(event.seq);
+                ctx.txn()
+                    .execute_unprepared(&format!(
+                        "INSERT INTO {users} (id, email) VALUES ({id}, 'x')"
+                    ))
+                    .await?;
+                if id == 7003 {
+                    return Err("account 7 cannot take its third event".into());
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build();
+    let subscription = InMemorySubscription::new();
+    for seq in 1..=5 {
+        for account in 1..=20 {
+            subscription.send(&message(account, seq));
+        }
+    }
+    subscription.close();
+    consumer
+        .run(subscription.subscriber(), std::future::pending())
+        .await;
+
+    let counts = consumer.counts();
+    assert_eq!(
+        (counts.applied(), counts.dead_lettered()),
+        (99, 1),
+        "{backend:?}"
+    );
+    assert_eq!(
+        t.scalar(&format!("SELECT COUNT(*) FROM {}", t.users)).await,
+        99,
+        "{backend:?}: the failing handler's row rolled back, its batch-mates' applied once"
+    );
+    assert_eq!(
+        t.scalar(&format!("SELECT COUNT(*) FROM {} WHERE id = 7003", t.users))
+            .await,
+        0
+    );
+    assert_eq!(subscription.acknowledged(), 100);
+    cleanup(&t, &inbox).await;
 }
