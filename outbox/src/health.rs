@@ -290,7 +290,7 @@ impl HealthCheck {
     }
 }
 
-fn component(started: Instant, result: Result<(), String>) -> ComponentHealth {
+pub(crate) fn component(started: Instant, result: Result<(), String>) -> ComponentHealth {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(()) => ComponentHealth {

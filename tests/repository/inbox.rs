@@ -14,6 +14,7 @@ on_every_backend!(
     two_deliveries_at_once_apply_the_message_once,
     the_dedup_window_purges_old_records_only,
     keys_no_column_can_hold_are_refused,
+    many_messages_are_recorded_at_once,
 );
 
 /// An inbox in a table of the test's own, created.
@@ -190,5 +191,37 @@ async fn keys_no_column_can_hold_are_refused(backend: Backend) {
         Recorded::First
     );
     assert!(Inbox::new("").is_err());
+    drop_inbox(&t, &inbox).await;
+}
+
+/// `record_all` answers as `record` would for each id, in the order given, past one statement's worth of rows.
+async fn many_messages_are_recorded_at_once(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let inbox = inbox(&t, "billing").await;
+    inbox.record(&t.db, "m-1").await.unwrap();
+    let ids: Vec<String> = ["m-3", "m-1", "m-2"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..700).map(|i| format!("bulk-{i}")))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let txn = t.db.begin().await.unwrap();
+    let recorded = inbox.record_all(&txn, &ids).await.unwrap();
+    assert_eq!(
+        recorded[..3],
+        [Recorded::First, Recorded::Duplicate, Recorded::First],
+        "{backend:?}"
+    );
+    assert!(recorded[3..].iter().all(|r| *r == Recorded::First));
+    txn.commit().await.unwrap();
+    let again = inbox.record_all(&t.db, &ids).await.unwrap();
+    assert!(
+        again.iter().all(|r| *r == Recorded::Duplicate),
+        "{backend:?}: all recorded now"
+    );
+    assert!(matches!(
+        inbox.record_all(&t.db, &["ok", &"x".repeat(256)]).await,
+        Err(outbox::repository::RepositoryError::InvalidInboxKey { .. })
+    ));
     drop_inbox(&t, &inbox).await;
 }

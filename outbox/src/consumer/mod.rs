@@ -39,6 +39,8 @@
 mod delivery;
 #[cfg(feature = "sea-orm")]
 mod handler;
+#[cfg(feature = "sea-orm")]
+mod health;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "nats")]
@@ -55,6 +57,8 @@ mod worker;
 pub use delivery::{Delivery, DeliveryError, PlainMessage};
 #[cfg(feature = "sea-orm")]
 pub use handler::{Context, Handler, HandlerError};
+#[cfg(feature = "sea-orm")]
+pub use health::{ConsumerHealth, ConsumerThresholds, SubscriptionHealth};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaSubscriber;
 #[cfg(feature = "nats")]

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use super::delivery::{Delivery, DeliveryError};
 use super::handler::{Context, ErasedHandler, Handler, erase};
+use super::health::{ConsumerHealth, ConsumerThresholds, Liveness, lag_status};
 use super::subscriber::{Received, Settle, Subscriber};
 use crate::event::OutboxEvent;
 use crate::registry::Registry;
@@ -51,6 +52,8 @@ struct Inner {
     /// How a message without CloudEvents attributes is read: (type, version, source) of `plain_json_as`.
     plain: Option<(&'static str, &'static str, &'static str)>,
     counts: ConsumerCounts,
+    liveness: Liveness,
+    thresholds: ConsumerThresholds,
 }
 
 /// Builds a [`Consumer`].
@@ -74,6 +77,8 @@ impl Consumer {
                 batch: 1,
                 plain: None,
                 counts: ConsumerCounts::default(),
+                liveness: Liveness::default(),
+                thresholds: ConsumerThresholds::default(),
             },
         }
     }
@@ -149,6 +154,12 @@ impl ConsumerBuilder {
         self
     }
 
+    /// When [`Consumer::check_health`] turns degraded or unhealthy.
+    pub fn health_thresholds(mut self, thresholds: ConsumerThresholds) -> Self {
+        self.inner.thresholds = thresholds;
+        self
+    }
+
     /// The registry events are decoded with (default: [`Registry::global`]).
     pub fn registry(mut self, registry: &'static Registry) -> Self {
         self.inner.registry = registry;
@@ -215,11 +226,46 @@ impl Consumer {
         &self.inner.counts
     }
 
+    /// The consumer's health: its database answers, [`run`](Self::run) is running and its subscription
+    /// delivers (a subscription failing for longer than the threshold is unhealthy), and the lag of the last
+    /// applied message is within the thresholds ([`ConsumerBuilder::health_thresholds`]).
+    ///
+    /// ```no_run
+    /// # async fn example(consumer: outbox::consumer::Consumer) {
+    /// let health = consumer.check_health().await;
+    /// let body = serde_json::to_string(&health).unwrap();
+    /// let http_status = health.http_status(); // 200 for healthy and degraded, 503 for unhealthy
+    /// # let _ = (body, http_status);
+    /// # }
+    /// ```
+    pub async fn check_health(&self) -> ConsumerHealth {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let database =
+            crate::health::component(started, inner.db.ping().await.map_err(|e| e.to_string()));
+        let (subscription, lag) = inner.liveness.report(&inner.thresholds);
+        let status = database
+            .status
+            .max(subscription.status)
+            .max(lag_status(lag, &inner.thresholds));
+        ConsumerHealth {
+            status,
+            database,
+            subscription,
+            last_lag_seconds: lag.map(|lag| lag.as_secs_f64()),
+            applied: inner.counts.applied(),
+            duplicates: inner.counts.duplicates(),
+            dead_lettered: inner.counts.dead_lettered(),
+            checked_at: chrono::Utc::now(),
+        }
+    }
+
     /// Reads `subscriber` until it ends or `shutdown` completes. On shutdown it stops receiving, lets the
     /// messages being handled finish (commit, then ack), and gives back the ones that were waiting.
     pub async fn run<S: Subscriber>(&self, mut subscriber: S, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut state = Dispatch::default();
+        let _running = Running::new(&self.inner.liveness);
         // `receiving` ends with the subscription or a shutdown; `stopping` only with a shutdown, which also stops
         // starting the messages that wait behind their aggregate's.
         let mut receiving = true;
@@ -263,6 +309,7 @@ impl Consumer {
                 }
                 received = subscriber.receive(), if receiving && room => match received {
                     Ok(Some(received)) => {
+                        self.inner.liveness.received();
                         let mut batch = Vec::new();
                         state.admit(self.inner.prepare(received), &mut batch);
                         // What has already arrived joins the batch; `receive` is cancellation-safe, so a read that
@@ -287,12 +334,14 @@ impl Consumer {
                     }
                     Ok(None) => receiving = false,
                     Err(error) => {
+                        self.inner.liveness.receive_failed(&error.to_string());
                         tracing::warn!(target: "outbox.consumer", %error, "receiving failed; trying again in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
                 else => break,
             }
+            self.inner.liveness.load(state.handling, state.queued);
             if !receiving && state.running.is_empty() {
                 break;
             }
@@ -326,6 +375,23 @@ impl Consumer {
         });
         state.handling += keys.len();
         state.tasks.insert(task.id(), keys);
+    }
+}
+
+/// Marks the consumer running for as long as `run` is, including when its future is dropped.
+struct Running<'a>(&'a Liveness);
+
+impl<'a> Running<'a> {
+    fn new(liveness: &'a Liveness) -> Self {
+        liveness.running(true);
+        Self(liveness)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running(false);
+        self.0.load(0, 0);
     }
 }
 
@@ -541,10 +607,18 @@ impl Inner {
         items: Vec<(Arc<Delivery>, ErasedHandler, Box<dyn crate::DynEvent>)>,
     ) -> Result<Vec<Recorded>, String> {
         let txn = Arc::new(self.db.begin().await.map_err(|e| e.to_string())?);
-        let mut recorded = Vec::with_capacity(items.len());
-        for (delivery, handler, event) in items {
-            let outcome = match self.inbox.record(&*txn, &delivery.id).await {
-                Ok(Recorded::First) => {
+        let ids: Vec<&str> = items
+            .iter()
+            .map(|(delivery, ..)| delivery.id.as_str())
+            .collect();
+        let recorded = self
+            .inbox
+            .record_all(&*txn, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        for ((delivery, handler, event), recorded) in items.into_iter().zip(&recorded) {
+            let outcome = match recorded {
+                Recorded::First => {
                     let context = Context {
                         txn: txn.clone(),
                         delivery: delivery.clone(),
@@ -554,20 +628,15 @@ impl Inner {
                     run_handler(&handler, event, context)
                         .instrument(span)
                         .await
-                        .map(|()| Recorded::First)
                         .map_err(|e| e.to_string())
                 }
-                Ok(Recorded::Duplicate) => Ok(Recorded::Duplicate),
-                Err(error) => Err(error.to_string()),
+                Recorded::Duplicate => Ok(()),
             };
-            match outcome {
-                Ok(outcome) => recorded.push(outcome),
-                Err(error) => {
-                    // Dropping the last reference rolls back; a handler that kept one cannot stop that either,
-                    // since nothing commits.
-                    drop(txn);
-                    return Err(error);
-                }
+            if let Err(error) = outcome {
+                // Dropping the last reference rolls back; a handler that kept one cannot stop that either, since
+                // nothing commits.
+                drop(txn);
+                return Err(error);
             }
         }
         let txn = Arc::try_unwrap(txn)
@@ -659,6 +728,7 @@ impl Inner {
         if let Some(time) = delivery.time {
             // A clock behind the producer's would give a negative lag: none rather than a wrong one.
             if let Ok(lag) = (chrono::Utc::now() - time).to_std() {
+                self.liveness.lag(lag);
                 metrics::histogram!("outbox_consumer_lag_seconds", "consumer" => consumer)
                     .record(lag.as_secs_f64());
             }

@@ -119,6 +119,71 @@ impl Inbox {
         })
     }
 
+    /// Records several messages in `txn` at once, as [`record`](Self::record) does one: what each one is, in the
+    /// order given. One statement on PostgreSQL and SQLite (a multi-row insert that returns the rows it
+    /// inserted), a statement per message on MySQL, which returns none.
+    pub async fn record_all(
+        &self,
+        txn: &impl ConnectionTrait,
+        message_ids: &[&str],
+    ) -> Result<Vec<Recorded>> {
+        for id in message_ids {
+            check_key("message id", id)?;
+        }
+        let dialect = Dialect::of(txn);
+        if dialect.backend == sea_orm::DbBackend::MySql {
+            let mut recorded = Vec::with_capacity(message_ids.len());
+            for id in message_ids {
+                recorded.push(self.record(txn, id).await?);
+            }
+            return Ok(recorded);
+        }
+        // Sorted, so two transactions recording overlapping ids take their row locks in one order.
+        let mut sorted: Vec<&str> = message_ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let now = now_micros();
+        let mut inserted = std::collections::HashSet::new();
+        // 3 values a row: within SQLite's oldest limit of 999 bound values.
+        for chunk in sorted.chunks(300) {
+            let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO {{t}} (consumer, message_id, processed_at) VALUES {rows} ON CONFLICT DO NOTHING \
+                 RETURNING message_id"
+            );
+            let values: Vec<Value> = chunk
+                .iter()
+                .flat_map(|id| {
+                    [
+                        self.consumer.clone().into(),
+                        (*id).to_owned().into(),
+                        now.into(),
+                    ]
+                })
+                .collect();
+            let returned = txn
+                .query_all_raw(dialect.statement(&self.table, &sql, values))
+                .await
+                .map_err(|source| self.error("recording messages in the inbox", source))?;
+            for row in returned {
+                let id: String = row
+                    .try_get_by_index(0)
+                    .map_err(|source| self.error("recording messages in the inbox", source))?;
+                inserted.insert(id);
+            }
+        }
+        Ok(message_ids
+            .iter()
+            .map(|id| {
+                if inserted.remove(*id) {
+                    Recorded::First
+                } else {
+                    Recorded::Duplicate
+                }
+            })
+            .collect())
+    }
+
     /// Whether this consumer has applied `message_id` (as far as committed rows say).
     pub async fn contains(&self, db: &impl ConnectionTrait, message_id: &str) -> Result<bool> {
         let dialect = Dialect::of(db);
