@@ -581,3 +581,100 @@ async fn a_failure_in_a_batch_rolls_it_back_and_its_messages_go_one_by_one(backe
     assert_eq!(subscription.acknowledged(), 100);
     cleanup(&t, &inbox).await;
 }
+
+/// The health check: unhealthy before `run` and after it, healthy while it runs and receives; the last lag and
+/// the counts are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_follows_the_run_loop() {
+    use outbox::health::HealthStatus;
+
+    let t = TestDb::new(Backend::SqliteMemory).await;
+    let inbox = inbox(&t).await;
+    let applied = Applied::default();
+    let consumer = ledger(&t, inbox.clone(), &applied).build();
+    let before = consumer.check_health().await;
+    assert_eq!(before.status, HealthStatus::Unhealthy, "not running yet");
+    assert!(!before.subscription.running);
+    assert_eq!(before.http_status(), 503);
+
+    let subscription = InMemorySubscription::new();
+    subscription.send(&message(1, 1));
+    let stop = tokio::sync::Notify::new();
+    let running = async {
+        consumer
+            .run(subscription.subscriber(), stop.notified())
+            .await;
+    };
+    let checking = async {
+        while consumer.counts().applied() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let during = consumer.check_health().await;
+        stop.notify_one();
+        during
+    };
+    let ((), during) = tokio::join!(running, checking);
+    assert_eq!(during.status, HealthStatus::Healthy, "{during:?}");
+    assert!(during.subscription.running);
+    assert_eq!(during.database.status, HealthStatus::Healthy);
+    assert_eq!(during.applied, 1);
+    assert!(during.last_lag_seconds.is_some_and(|lag| lag < 60.0));
+    assert!(during.subscription.since_last_message_seconds.is_some());
+    let json = serde_json::to_value(&during).unwrap();
+    assert_eq!(json["status"], "healthy");
+
+    let after = consumer.check_health().await;
+    assert_eq!(after.status, HealthStatus::Unhealthy, "stopped");
+    cleanup(&t, &inbox).await;
+}
+
+/// A subscription whose every receive fails.
+struct Broken;
+
+#[async_trait::async_trait]
+impl outbox::consumer::Subscriber for Broken {
+    async fn receive(
+        &mut self,
+    ) -> Result<Option<outbox::consumer::Received>, outbox::consumer::SubscribeError> {
+        Err(outbox::consumer::SubscribeError(
+            "connection refused".into(),
+        ))
+    }
+}
+
+/// A failing subscription is degraded at once, unhealthy past the threshold, and named in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_turns_the_health_check_degraded_then_unhealthy() {
+    use outbox::consumer::ConsumerThresholds;
+    use outbox::health::HealthStatus;
+
+    let t = TestDb::new(Backend::SqliteMemory).await;
+    let inbox = inbox(&t).await;
+    let mut thresholds = ConsumerThresholds::default();
+    thresholds.receive_failing_unhealthy = Duration::from_millis(300);
+    let consumer = ledger(&t, inbox.clone(), &Applied::default())
+        .health_thresholds(thresholds)
+        .build();
+    let stop = tokio::sync::Notify::new();
+    let checking = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let early = consumer.check_health().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let late = consumer.check_health().await;
+        stop.notify_one();
+        (early, late)
+    };
+    let ((), (early, late)) = tokio::join!(consumer.run(Broken, stop.notified()), checking);
+    assert_eq!(early.status, HealthStatus::Degraded, "{early:?}");
+    assert!(
+        early
+            .subscription
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{early:?}"
+    );
+    assert_eq!(late.status, HealthStatus::Unhealthy, "{late:?}");
+    assert_eq!(late.http_status(), 503);
+    cleanup(&t, &inbox).await;
+}

@@ -198,7 +198,7 @@ async fn keys_no_column_can_hold_are_refused(backend: Backend) {
 async fn many_messages_are_recorded_at_once(backend: Backend) {
     let t = TestDb::new(backend).await;
     let inbox = inbox(&t, "billing").await;
-    inbox.record(&t.db, "m-1").await.unwrap();
+    assert_eq!(inbox.record(&t.db, "m-1").await.unwrap(), Recorded::First);
     let ids: Vec<String> = ["m-3", "m-1", "m-2"]
         .into_iter()
         .map(str::to_owned)
