@@ -36,6 +36,9 @@ pub(crate) struct Dialect {
     pub(crate) inbox_schema: &'static str,
     /// Records a message in the inbox unless its key is there: `(consumer, message_id, processed_at)`.
     pub(crate) inbox_record: &'static str,
+    /// Whether an INSERT can return the rows it inserted (`RETURNING`), so a batch of messages is recorded in
+    /// the inbox by one statement; MySQL cannot, and records them one by one.
+    pub(crate) insert_returning: bool,
     /// Keeps a consumer dead letter, replacing one of the same message: `(consumer, message_id, event_type,
     /// cloudevent, reason, attempts, failed_at)`. One statement, since a DELETE then INSERT of absent keys
     /// deadlocks on InnoDB's gap locks when two consumers' tasks do it at once.

@@ -131,7 +131,7 @@ impl Inbox {
             check_key("message id", id)?;
         }
         let dialect = Dialect::of(txn);
-        if dialect.backend == sea_orm::DbBackend::MySql {
+        if !dialect.insert_returning {
             let mut recorded = Vec::with_capacity(message_ids.len());
             for id in message_ids {
                 recorded.push(self.record(txn, id).await?);

@@ -14,6 +14,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     schema: include_str!("../../sql/mysql.sql"),
     inbox_schema: include_str!("../../sql/mysql_inbox.sql"),
     inbox_record: INBOX_RECORD,
+    insert_returning: false,
     inbox_dead_letter: INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,

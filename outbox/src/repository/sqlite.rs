@@ -15,6 +15,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     schema: include_str!("../../sql/sqlite.sql"),
     inbox_schema: include_str!("../../sql/sqlite_inbox.sql"),
     inbox_record: sql::INBOX_RECORD,
+    insert_returning: true,
     inbox_dead_letter: sql::INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,
