@@ -48,22 +48,12 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
             ));
         }
     };
-    #[cfg_attr(
-        not(any(
-            feature = "nats",
-            feature = "rabbitmq",
-            feature = "redis",
-            feature = "kafka"
-        )),
-        allow(unused_variables)
-    )]
-    let base = parsed.base;
     let publisher: Box<dyn Publisher> = match parsed.scheme.as_str() {
         "memory" => Box::new(InMemoryPublisher::new()),
         "stdout" => Box::new(StdoutPublisher),
         #[cfg(feature = "nats")]
         "nats" => {
-            let mut nats = super::NatsPublisher::connect(base).await?;
+            let mut nats = super::NatsPublisher::connect(parsed.base).await?;
             if let Some(stream) = option("stream") {
                 let subjects = parsed.list("subjects").map_or_else(
                     || vec![">".to_owned()],
@@ -80,7 +70,7 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         }
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => {
-            let mut rabbit = super::RabbitMqPublisher::connect(base).await?;
+            let mut rabbit = super::RabbitMqPublisher::connect(parsed.base).await?;
             if let Some(exchange) = option("exchange") {
                 rabbit = rabbit.exchange(exchange);
             }
@@ -101,7 +91,7 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         }
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
-            let mut redis = super::RedisPublisher::connect(base).await?;
+            let mut redis = super::RedisPublisher::connect(parsed.base).await?;
             if option("maxlen").is_some() {
                 redis = redis.max_len(parsed.number("maxlen", 0).map_err(|e| bad(url, e))?);
             }
