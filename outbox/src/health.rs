@@ -136,7 +136,14 @@ pub struct HealthReport {
 impl HealthReport {
     /// The HTTP status to answer with: 200 when healthy or degraded, 503 when unhealthy.
     pub fn http_status(&self) -> u16 {
-        if self.status == HealthStatus::Unhealthy {
+        self.status.http_status()
+    }
+}
+
+impl HealthStatus {
+    /// The HTTP status a health endpoint answers with: 200 when healthy or degraded, 503 when unhealthy.
+    pub fn http_status(self) -> u16 {
+        if self == HealthStatus::Unhealthy {
             503
         } else {
             200

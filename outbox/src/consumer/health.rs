@@ -58,11 +58,7 @@ pub struct ConsumerHealth {
 impl ConsumerHealth {
     /// The HTTP status to answer with: 200 when healthy or degraded, 503 when unhealthy.
     pub fn http_status(&self) -> u16 {
-        if self.status == HealthStatus::Unhealthy {
-            503
-        } else {
-            200
-        }
+        self.status.http_status()
     }
 }
 
