@@ -38,3 +38,6 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
     published     BIGINT       NOT NULL DEFAULT 0,
     dead_lettered BIGINT       NOT NULL DEFAULT 0
 ) ENGINE = InnoDB;
+-- Each event's partition: a stable hash of its aggregate, written by add_event (docs/design.md, "The commit-order
+-- cursor"). MySQL has no ADD COLUMN IF NOT EXISTS: the migration asks the catalog first.
+ALTER TABLE outbox_events ADD COLUMN partition_no SMALLINT NULL;

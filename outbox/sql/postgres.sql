@@ -50,3 +50,38 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
     published     BIGINT       NOT NULL DEFAULT 0,
     dead_lettered BIGINT       NOT NULL DEFAULT 0
 );
+-- The commit-order cursor (OUTBOX_DELIVERY=cursor; docs/design.md, "The commit-order cursor"): each event's
+-- partition (a stable hash of its aggregate, written by add_event) and the transaction that stored it. Added
+-- without a default first, so an existing table is not rewritten; rows stored before them are adopted by the first
+-- cursor relay.
+ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS partition_no SMALLINT;
+ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS txid xid8;
+ALTER TABLE outbox_events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
+-- A window's bounds are found by transaction id; its events are then walked in id order.
+CREATE INDEX IF NOT EXISTS outbox_events_txid_idx ON outbox_events (partition_no, txid) WHERE status = 0;
+CREATE INDEX IF NOT EXISTS outbox_events_log_idx ON outbox_events (partition_no, id) WHERE status = 0;
+-- One row per partition: the snapshot read to, the window being read and how far, and the relay that owns it
+-- (until `lease_until`, on the database's clock) with the epoch that fences its writes.
+CREATE TABLE IF NOT EXISTS outbox_events_cursors (
+    partition_no SMALLINT    PRIMARY KEY,
+    partitions   SMALLINT    NOT NULL,
+    owner        VARCHAR(64),
+    lease_until  BIGINT,
+    epoch        BIGINT      NOT NULL DEFAULT 0,
+    snap_from    TEXT        NOT NULL,
+    snap_to      TEXT,
+    after_id     BIGINT      NOT NULL DEFAULT 0
+);
+-- Events of aggregates held back by a failure: the failed event and every later one of its aggregate, retried
+-- here in order (`seq`) while the rest of the partition flows past.
+CREATE TABLE IF NOT EXISTS outbox_events_parked (
+    id              BIGINT       PRIMARY KEY,
+    partition_no    SMALLINT     NOT NULL,
+    aggregate_type  VARCHAR(255) NOT NULL,
+    aggregate_id    VARCHAR(255) NOT NULL,
+    seq             BIGINT       GENERATED ALWAYS AS IDENTITY,
+    attempts        INTEGER      NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT       NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_events_parked_idx ON outbox_events_parked (partition_no, aggregate_type, aggregate_id, seq);

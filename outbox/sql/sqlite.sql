@@ -36,3 +36,6 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
     published     INTEGER NOT NULL DEFAULT 0,
     dead_lettered INTEGER NOT NULL DEFAULT 0
 );
+-- Each event's partition: a stable hash of its aggregate, written by add_event (docs/design.md, "The commit-order
+-- cursor"). SQLite has no ADD COLUMN IF NOT EXISTS: the migration asks the catalog first.
+ALTER TABLE outbox_events ADD COLUMN partition_no INTEGER;

@@ -13,6 +13,8 @@
 //! | `OUTBOX_CLAIM_TIMEOUT` | [`claim_timeout`](OutboxConfig::claim_timeout) | `5s` | `100ms` to `1m` |
 //! | `OUTBOX_MAX_PAYLOAD_BYTES` | [`max_payload_bytes`](OutboxConfig::max_payload_bytes) | 1048576 (1 MiB) | 1024 to 268435456 (256 MiB) |
 //! | `OUTBOX_DELETE_ON_PUBLISH` | [`delete_on_publish`](OutboxConfig::delete_on_publish) | false | `true`/`false` |
+//! | `OUTBOX_DELIVERY` | [`delivery`](OutboxConfig::delivery) | `rows` | `rows` or `cursor` |
+//! | `OUTBOX_PARTITIONS` | [`partitions`](OutboxConfig::partitions) | 8 | 1 to 1024 |
 //! | `OUTBOX_ENABLE_METRICS` | [`enable_metrics`](OutboxConfig::enable_metrics) | true | `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) |
 //! | `OUTBOX_ENABLE_HEALTH_CHECK` | [`enable_health_check`](OutboxConfig::enable_health_check) | true | as above |
 //!
@@ -83,6 +85,15 @@ pub struct OutboxConfig {
     /// Delete events once published instead of marking them (no retention cleanup needed, no history kept).
     /// Default false.
     pub delete_on_publish: bool,
+    /// How relays find and keep track of what to publish: [`Delivery::Rows`] (the default) or
+    /// [`Delivery::Cursor`] (PostgreSQL). See [`Delivery`].
+    pub delivery: Delivery,
+    /// How many partitions the table's events are spread over, by a stable hash of their aggregate
+    /// ([`partition_of`](crate::repository::partition_of)). With [`Delivery::Cursor`], each partition is read
+    /// by one relay at a time, so this is how many relays can share the work. Every writer and relay of a table
+    /// must agree on it (a relay refuses to start on a table whose partitions say otherwise). 1 to
+    /// [`MAX_PARTITIONS`](Self::MAX_PARTITIONS); default 8.
+    pub partitions: u16,
     /// Emit metrics through the `metrics` crate. Default true.
     pub enable_metrics: bool,
     /// Whether the application serves health checks (python-outbox-core's setting). The library only carries it: an
@@ -104,6 +115,8 @@ impl Default for OutboxConfig {
             claim_timeout: Duration::from_secs(5),
             max_payload_bytes: 1 << 20,
             delete_on_publish: false,
+            delivery: Delivery::Rows,
+            partitions: 8,
             enable_metrics: true,
             enable_health_check: true,
         }
@@ -114,6 +127,9 @@ impl OutboxConfig {
     /// The largest [`batch_size`](Self::batch_size): a claim and its marks of this many events stay within every
     /// backend's limits on bound parameters (tested on all four).
     pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+    /// The most [`partitions`](Self::partitions) a table can have.
+    pub const MAX_PARTITIONS: u16 = 1024;
 
     /// Loads the configuration from the process environment (`OUTBOX_*`); unset variables keep their defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -224,8 +240,34 @@ impl OutboxConfig {
             show(self.lease_duration),
             duration_in(self.lease_duration, Duration::from_secs(1), HOUR),
         );
+        check(
+            "OUTBOX_PARTITIONS",
+            self.partitions.to_string(),
+            in_range(self.partitions, 1, Self::MAX_PARTITIONS),
+        );
         problems
     }
+}
+
+/// How relays keep track of what is published.
+///
+/// - **`Rows`**: each event row carries its state. A claim leases rows (one write per event) and a mark records
+///   the outcome (a second write); claims are serialized per table. Runs on every backend.
+/// - **`Cursor`** (PostgreSQL): the table is read as an append-only log in commit order. Each of the
+///   [`partitions`](OutboxConfig::partitions) has a cursor row (the last transaction snapshot read to), owned by
+///   one relay at a time under a lease with a fencing epoch; a batch is the events whose transactions committed
+///   since, and publishing it costs one cursor write, however many events it holds. A failing event parks its
+///   aggregate (the event and its successors move to a side table, retried there in order) while the rest of
+///   the partition flows. Relays share the partitions between them. See `docs/design.md`, "The commit-order
+///   cursor".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Per-row state: leases and marks (the default).
+    #[default]
+    Rows,
+    /// A commit-order cursor per partition (PostgreSQL).
+    Cursor,
 }
 
 /// 50% to 100% of `delay`, drawn at random.
@@ -405,6 +447,18 @@ const SETTINGS: &[Setting] = &[
     Setting {
         var: "OUTBOX_DELETE_ON_PUBLISH",
         set: |c, v| parse_bool(v).map(|x| c.delete_on_publish = x),
+    },
+    Setting {
+        var: "OUTBOX_DELIVERY",
+        set: |c, v| match v.to_ascii_lowercase().as_str() {
+            "rows" => Ok(c.delivery = Delivery::Rows),
+            "cursor" => Ok(c.delivery = Delivery::Cursor),
+            _ => Err("must be rows or cursor".into()),
+        },
+    },
+    Setting {
+        var: "OUTBOX_PARTITIONS",
+        set: |c, v| parse_number(v, "a whole number").map(|x| c.partitions = x),
     },
     Setting {
         var: "OUTBOX_ENABLE_METRICS",

@@ -65,7 +65,7 @@ pub mod relay;
 #[cfg(feature = "sea-orm")]
 pub mod repository;
 
-pub use config::{ConfigError, OutboxConfig};
+pub use config::{ConfigError, Delivery, OutboxConfig};
 pub use envelope::{EncodeError, EventEnvelope, InvalidTraceparent, TraceContext};
 pub use event::{DynEvent, EventMeta, OutboxEvent};
 pub use message::Message;

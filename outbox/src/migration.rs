@@ -175,8 +175,50 @@ async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<boo
         ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => {
             (SchemaObject::Fillfactor, *name)
         }
+        [
+            "ALTER",
+            "TABLE",
+            table,
+            "ADD",
+            "COLUMN",
+            "IF",
+            "NOT",
+            "EXISTS",
+            column,
+            ..,
+        ]
+        | ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
+            return exists(db, SchemaObject::Column, &format!("{table}.{column}")).await;
+        }
+        [
+            "ALTER",
+            "TABLE",
+            table,
+            "ALTER",
+            "COLUMN",
+            column,
+            "SET",
+            "DEFAULT",
+            ..,
+        ] => {
+            return exists(
+                db,
+                SchemaObject::ColumnDefault,
+                &format!("{table}.{column}"),
+            )
+            .await;
+        }
         _ => return Ok(false),
     };
+    exists(db, object, name).await
+}
+
+/// Whether the catalog lists `name` as a schema object of kind `object`.
+async fn exists<C: ConnectionTrait>(
+    db: &C,
+    object: SchemaObject,
+    name: &str,
+) -> Result<bool, DbErr> {
     let dialect = Dialect::of(db);
     let row = db
         .query_one_raw(Statement::from_sql_and_values(

@@ -68,6 +68,10 @@ pub(crate) enum SchemaObject {
     Trigger,
     /// A table's `fillfactor` setting (PostgreSQL): looked up as the table with that option.
     Fillfactor,
+    /// A column, looked up as `table.column`.
+    Column,
+    /// A column's default (PostgreSQL), looked up as `table.column`.
+    ColumnDefault,
 }
 
 impl Dialect {

@@ -33,6 +33,7 @@ mod inbox;
 mod lease;
 mod mark;
 mod mysql;
+mod partition;
 mod postgres;
 mod relays;
 mod row;
@@ -60,6 +61,7 @@ pub use error::RepositoryError;
 pub use inbox::{Inbox, InboxDeadLetter, NewDeadLetter, Recorded};
 pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
+pub use partition::partition_of;
 pub(crate) use relays::Heartbeat;
 pub use relays::{ALIVE_WITHIN, RelayInfo};
 pub use row::{EventStatus, StoredEvent};
@@ -250,30 +252,38 @@ impl OutboxRepository {
             .chunks(sql::CHUNK)
             .zip(payloads.chunks(sql::CHUNK))
         {
-            let mut values = Vec::with_capacity(chunk.len() * 11);
+            let mut values = Vec::with_capacity(chunk.len() * 12);
             for (envelope, payload) in chunk.iter().zip(payloads) {
                 let event = envelope.event().as_dyn();
                 let meta = event.meta();
+                let aggregate_id = event.aggregate_id();
                 let trace = envelope.trace_context().or(ambient.as_ref());
                 values.extend([
                     dialect.event_id(envelope.event_id()),
                     meta.event_type.into(),
                     meta.data_version.into(),
                     meta.aggregate_type.into(),
-                    event.aggregate_id().into(),
+                    aggregate_id.clone().into(),
                     payload.get().to_owned().into(),
                     envelope.correlation_id().map(str::to_owned).into(),
                     envelope.causation_id().map(str::to_owned).into(),
                     trace.map(|t| t.traceparent().to_owned()).into(),
                     trace.and_then(|t| t.tracestate()).map(str::to_owned).into(),
                     envelope.occurred_at().into(),
+                    i16::try_from(partition_of(
+                        meta.aggregate_type,
+                        &aggregate_id,
+                        self.inner.config.partitions,
+                    ))
+                    .unwrap_or_default()
+                    .into(),
                 ]);
                 ids.push(envelope.event_id());
             }
-            let rows = vec![format!("({})", sql::placeholders(11)); chunk.len()].join(", ");
+            let rows = vec![format!("({})", sql::placeholders(12)); chunk.len()].join(", ");
             let insert = format!(
                 "INSERT INTO {{t}} (event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
-                 correlation_id, causation_id, traceparent, tracestate, occurred_at) VALUES {rows}"
+                 correlation_id, causation_id, traceparent, tracestate, occurred_at, partition_no) VALUES {rows}"
             );
             self.execute(db, "storing events", &insert, values).await?;
         }

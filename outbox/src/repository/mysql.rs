@@ -43,8 +43,16 @@ const PURGE_PUBLISHED: &str =
 
 /// Whether a schema object named `?` exists: MySQL's schema creates tables only (its indexes are declared in
 /// them).
-fn catalog(_: SchemaObject) -> &'static str {
-    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+fn catalog(object: SchemaObject) -> &'static str {
+    match object {
+        SchemaObject::Column | SchemaObject::ColumnDefault => {
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND CONCAT(table_name, '.', column_name) = ?"
+        }
+        _ => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+        }
+    }
 }
 
 // The statements of MySQL's claim.

@@ -41,6 +41,14 @@ fn catalog(object: SchemaObject) -> &'static str {
         SchemaObject::Table | SchemaObject::Index => {
             "SELECT COUNT(*) FROM pg_class WHERE oid = to_regclass(?)"
         }
+        SchemaObject::Column => {
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name || '.' || column_name = ?"
+        }
+        SchemaObject::ColumnDefault => {
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name || '.' || column_name = ? AND column_default IS NOT NULL"
+        }
     }
 }
 

@@ -28,8 +28,14 @@ pub(super) const DIALECT: Dialect = Dialect {
 };
 
 /// Whether a schema object named `?` exists.
-fn catalog(_: SchemaObject) -> &'static str {
-    "SELECT COUNT(*) FROM sqlite_master WHERE name = ?"
+fn catalog(object: SchemaObject) -> &'static str {
+    match object {
+        SchemaObject::Column | SchemaObject::ColumnDefault => {
+            "SELECT COUNT(*) FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name || '.' || p.name = ?"
+        }
+        _ => "SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
+    }
 }
 
 impl OutboxRepository {
