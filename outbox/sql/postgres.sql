@@ -60,6 +60,9 @@ ALTER TABLE outbox_events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
 -- A window's bounds are found by transaction id; its events are then walked in id order.
 CREATE INDEX IF NOT EXISTS outbox_events_txid_idx ON outbox_events (partition_no, txid) WHERE status = 0;
 CREATE INDEX IF NOT EXISTS outbox_events_log_idx ON outbox_events (partition_no, id) WHERE status = 0;
+-- Pending rows the cursor has not adopted yet (stored before the upgrade, or by an older writer).
+CREATE INDEX IF NOT EXISTS outbox_events_legacy_idx ON outbox_events (id)
+    WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL);
 -- One row per partition: the snapshot read to, the window being read and how far, and the relay that owns it
 -- (until `lease_until`, on the database's clock) with the epoch that fences its writes.
 CREATE TABLE IF NOT EXISTS outbox_events_cursors (

@@ -450,10 +450,13 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         var: "OUTBOX_DELIVERY",
-        set: |c, v| match v.to_ascii_lowercase().as_str() {
-            "rows" => Ok(c.delivery = Delivery::Rows),
-            "cursor" => Ok(c.delivery = Delivery::Cursor),
-            _ => Err("must be rows or cursor".into()),
+        set: |c, v| {
+            c.delivery = match v.to_ascii_lowercase().as_str() {
+                "rows" => Delivery::Rows,
+                "cursor" => Delivery::Cursor,
+                _ => return Err("must be rows or cursor".into()),
+            };
+            Ok(())
         },
     },
     Setting {

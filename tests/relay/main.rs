@@ -5,6 +5,7 @@
 mod accounting;
 mod ahead;
 mod consumer;
+mod cursor;
 mod dataschema;
 mod faults;
 mod hammer;

@@ -126,6 +126,8 @@ impl TestDb {
             for table in [
                 format!("{}_lock", self.outbox.table()),
                 format!("{}_relays", self.outbox.table()),
+                format!("{}_cursors", self.outbox.table()),
+                format!("{}_parked", self.outbox.table()),
                 self.outbox.table().to_owned(),
                 self.users.clone(),
             ] {

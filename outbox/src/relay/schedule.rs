@@ -46,6 +46,15 @@ impl Relay {
                         Ok(())
                     }
                 };
+                if result.is_ok()
+                    && let Err(error) = relay.store.hand_over().await
+                {
+                    tracing::warn!(
+                        target: "outbox",
+                        %error,
+                        "could not give the partitions back; other relays take them over when the leases end"
+                    );
+                }
                 // A relay that stopped on an error keeps its row, shown as gone: an operator sees it died.
                 if let (Ok(()), Some(presence)) = (&result, presence) {
                     presence.sign_off().await;
@@ -88,11 +97,12 @@ impl Relay {
         // and be given back in turn, over and over; once everything in flight is settled, the database says
         // which events wait for a retry.
         let mut settle_first = false;
-        let depth = self
-            .max_batches_in_flight
-            .unwrap_or_else(|| self.store.batches_in_flight());
         while !stopping {
             self.handle.beat();
+            // Read each time: under a cursor it follows the partitions this relay holds.
+            let depth = self
+                .max_batches_in_flight
+                .unwrap_or_else(|| self.store.batches_in_flight());
             if config.enable_metrics
                 && last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
             {
@@ -173,6 +183,13 @@ impl Relay {
                     settle_first |=
                         report.released + report.failed + report.dead_lettered + report.held > 0;
                     self.handle.count(report);
+                    // A full batch says there is more: an idle wait (set by a short claim that ran beside it,
+                    // of another partition under a cursor) must not hold the next claim back.
+                    if report.claimed >= u64::from(config.batch_size)
+                        && pause.is_some_and(|(_, wakeable)| wakeable)
+                    {
+                        pause = None;
+                    }
                 }
                 match result {
                     Ok(report) if report.publisher_unavailable.is_some() => {

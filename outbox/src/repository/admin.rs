@@ -90,8 +90,17 @@ impl OutboxRepository {
 
     /// How many events are pending (python-outbox-core's `count_unpublished`), including those being published now.
     pub async fn count_unpublished<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
+        if self.under_cursor(db) {
+            return Ok(self.stats(db).await?.pending);
+        }
         self.count(db, "counting pending events", sql::PENDING)
             .await
+    }
+
+    /// Whether this table's events are delivered by the commit-order cursor, where rows stay pending in place
+    /// and what is pending is what no cursor has passed (or is parked).
+    fn under_cursor<C: ConnectionTrait>(&self, db: &C) -> bool {
+        self.inner.config.delivery == crate::Delivery::Cursor && Dialect::of(db).cursor.is_some()
     }
 
     /// Marks one event published by row id, whoever holds it (python-outbox-core's `mark_published(id)`). Relays use the
@@ -401,10 +410,13 @@ impl OutboxRepository {
 
     /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
     pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
-        let query = format!(
-            "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",
-            sql::PENDING
-        );
+        let query = match Dialect::of(db).cursor.filter(|_| self.under_cursor(db)) {
+            Some(cursor) => cursor.pending.to_owned(),
+            None => format!(
+                "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",
+                sql::PENDING
+            ),
+        };
         let rows = self
             .query(db, "reading outbox lag", &query, Vec::new())
             .await?;

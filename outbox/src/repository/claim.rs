@@ -37,6 +37,19 @@ pub(crate) struct LeasedRow {
     row: QueryResult,
 }
 
+impl LeasedRow {
+    /// A row read with [`sql::COLUMNS`](super::sql::COLUMNS) first, keyed by its id and aggregate.
+    pub(crate) fn new(row: QueryResult) -> Self {
+        let (id, aggregate_type, aggregate_id) = row::lease_key(&row);
+        Self {
+            id,
+            aggregate_type,
+            aggregate_id,
+            row,
+        }
+    }
+}
+
 /// A claimed, decoded event.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -104,18 +117,7 @@ impl OutboxRepository {
             until: now + micros(self.inner.config.lease_duration),
         };
         let rows = self.claim_rows(db, &lease, limit).await?;
-        let mut rows: Vec<LeasedRow> = rows
-            .into_iter()
-            .map(|row| {
-                let (id, aggregate_type, aggregate_id) = row::lease_key(&row);
-                LeasedRow {
-                    id,
-                    aggregate_type,
-                    aggregate_id,
-                    row,
-                }
-            })
-            .collect();
+        let mut rows: Vec<LeasedRow> = rows.into_iter().map(LeasedRow::new).collect();
         rows.sort_by_key(|row| row.id);
         Ok(Leased {
             token: lease.token,

@@ -42,6 +42,31 @@ pub enum RepositoryError {
         "the claim lock row of `{0}_lock` is missing and could not be recreated: run the outbox migration again"
     )]
     MissingLockRow(String),
+    /// `OUTBOX_DELIVERY=cursor` on a database the commit-order cursor is not built for.
+    #[error(
+        "outbox table `{table}`: the commit-order cursor (OUTBOX_DELIVERY=cursor) runs on PostgreSQL; this database \
+         is {backend}: use OUTBOX_DELIVERY=rows"
+    )]
+    CursorUnsupported {
+        /// The outbox table.
+        table: String,
+        /// The backend's name (`mysql`, `sqlite`).
+        backend: &'static str,
+    },
+    /// The table's cursors were made for another number of partitions than the configuration says.
+    #[error(
+        "outbox table `{table}` is split into {stored} partitions but OUTBOX_PARTITIONS is {configured}: every writer \
+         and relay of a table must use the same count (changing it needs every relay stopped and the table's \
+         `{table}_cursors` rows recreated)"
+    )]
+    PartitionMismatch {
+        /// The outbox table.
+        table: String,
+        /// The configured partition count.
+        configured: u16,
+        /// The partition count its cursors were made for (0: incomplete).
+        stored: u16,
+    },
     /// The configured table name cannot be used in SQL.
     #[error(
         "invalid outbox table name {0:?}: use 1 to 49 lowercase ASCII letters, digits or underscores, not starting with a digit \

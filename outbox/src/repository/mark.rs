@@ -268,7 +268,7 @@ impl OutboxRepository {
     }
 }
 
-fn truncate(error: &str) -> String {
+pub(super) fn truncate(error: &str) -> String {
     if error.len() <= MAX_ERROR_LEN {
         return error.to_owned();
     }

@@ -27,6 +27,7 @@
 mod admin;
 mod claim;
 mod connect;
+mod cursor;
 mod dialect;
 mod error;
 mod inbox;

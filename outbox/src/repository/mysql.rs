@@ -24,6 +24,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("doesn't exist") && error.contains(table),
     wake_ups: no_wake_ups,
+    cursor: None,
 };
 
 /// `INSERT IGNORE`: MySQL has no `ON CONFLICT`. It also turns a too-long value into a warning, so the inbox

@@ -4,6 +4,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
+use super::cursor::CursorSql;
 use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
@@ -25,6 +26,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("does not exist") && error.contains(table),
     wake_ups,
+    cursor: Some(&CURSOR),
 };
 
 /// Whether a schema object named `?` exists, from the catalog: it takes no lock on the table (see
@@ -330,3 +332,110 @@ async fn listen_once(
         wake();
     }
 }
+
+/// The database's clock in Unix microseconds: partition leases are judged by it, so relays whose clocks disagree
+/// agree on when a lease ends.
+macro_rules! db_now {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)"
+    };
+}
+
+/// PostgreSQL's commit-order cursor (see `cursor.rs`): a window is the events whose transactions became visible
+/// between two snapshots of `pg_current_snapshot()`.
+pub(super) const CURSOR: CursorSql = CursorSql {
+    legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
+        WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
+    adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \
+        FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v WHERE {t}.id = v.id",
+    partitions: "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors",
+    create: "INSERT INTO {t}_cursors (partition_no, partitions, snap_from) \
+        SELECT g, CAST(? AS SMALLINT), CAST(s.start AS TEXT) || ':' || CAST(s.start AS TEXT) || ':' \
+        FROM generate_series(0, CAST(? AS INTEGER) - 1) g, LATERAL (SELECT COALESCE( \
+          (SELECT MIN(txid) FROM {t} WHERE status = 0 AND partition_no = g), \
+          pg_snapshot_xmin(pg_current_snapshot())) AS start) s \
+        ON CONFLICT DO NOTHING",
+    acquire: concat!(
+        "WITH free AS (SELECT partition_no FROM {t}_cursors WHERE owner IS NULL OR lease_until < ",
+        db_now!(),
+        " ORDER BY partition_no LIMIT ? FOR UPDATE SKIP LOCKED) \
+        UPDATE {t}_cursors c SET owner = ?, epoch = c.epoch + 1, lease_until = ",
+        db_now!(),
+        " + ? FROM free WHERE c.partition_no = free.partition_no \
+        RETURNING c.partition_no, c.epoch, c.snap_from, c.snap_to, c.after_id, \
+          EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = c.partition_no) AS parked"
+    ),
+    renew: concat!(
+        "UPDATE {t}_cursors SET lease_until = ",
+        db_now!(),
+        " + ? WHERE owner = ? RETURNING partition_no, epoch"
+    ),
+    release: "UPDATE {t}_cursors SET owner = NULL, lease_until = NULL \
+        WHERE partition_no = ? AND owner = ? AND epoch = ?",
+    owners: concat!(
+        "SELECT COUNT(DISTINCT owner) FROM {t}_cursors WHERE owner IS NOT NULL AND owner <> ? AND lease_until >= ",
+        db_now!()
+    ),
+    relays: "SELECT COUNT(*) FROM {t}_relays WHERE heartbeat_at >= ?",
+    open: concat!(
+        "SELECT CAST(s.cur AS TEXT) AS snapshot, w.low, w.high FROM (SELECT COALESCE(CAST(? AS pg_snapshot), \
+          pg_current_snapshot()) AS cur) s, LATERAL (SELECT MIN(id) AS low, MAX(id) AS high FROM {t} \
+          WHERE partition_no = ? AND status = 0 AND ",
+        "(txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST(? AS pg_snapshot)))) \
+          OR (txid >= pg_snapshot_xmax(CAST(? AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur))) \
+         AND pg_visible_in_snapshot(txid, s.cur)) w"
+    ),
+    read: "SELECT id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, correlation_id, \
+          causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at, \
+          EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = o.partition_no \
+            AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind \
+        FROM {t} o WHERE partition_no = ? AND status = 0 AND id > ? AND id <= ? \
+          AND pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
+          AND NOT pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
+        ORDER BY id LIMIT ?",
+    parked: concat!(
+        "SELECT o.id, o.event_id, o.event_type, o.data_version, o.aggregate_type, o.aggregate_id, o.payload, \
+          o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.occurred_at, o.status, p.attempts, \
+          p.last_error, o.published_at \
+        FROM {t}_parked p JOIN {t} o ON o.id = p.id \
+        WHERE p.partition_no = ? AND p.next_attempt_at <= ",
+        db_now!(),
+        " AND p.seq = (SELECT MIN(q.seq) FROM {t}_parked q WHERE q.partition_no = p.partition_no \
+            AND q.aggregate_type = p.aggregate_type AND q.aggregate_id = p.aggregate_id) \
+        ORDER BY p.seq LIMIT ?"
+    ),
+    advance: concat!(
+        "UPDATE {t}_cursors SET snap_from = ?, snap_to = ?, after_id = ?, lease_until = ",
+        db_now!(),
+        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
+    ),
+    fence: concat!(
+        "UPDATE {t}_cursors SET lease_until = ",
+        db_now!(),
+        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
+    ),
+    park: concat!(
+        "INSERT INTO {t}_parked (id, partition_no, aggregate_type, aggregate_id, next_attempt_at) \
+        SELECT o.id, o.partition_no, o.aggregate_type, o.aggregate_id, ",
+        db_now!(),
+        " FROM unnest(CAST(? AS BIGINT[])) WITH ORDINALITY AS u(id, n) JOIN {t} o ON o.id = u.id \
+        ORDER BY u.n ON CONFLICT (id) DO NOTHING"
+    ),
+    unpark: "DELETE FROM {t}_parked WHERE id = ANY(CAST(? AS BIGINT[]))",
+    retry: concat!(
+        "UPDATE {t}_parked SET attempts = ?, last_error = ?, next_attempt_at = ",
+        db_now!(),
+        " + ? WHERE id = ?"
+    ),
+    dead: "UPDATE {t} SET status = 2, attempts = ?, last_error = ? WHERE id = ?",
+    pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + (SELECT COUNT(*) FROM {t}_parked) \
+          + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)) \
+          + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
+            WHERE status = 0 AND partition_no IS NOT NULL AND txid IS NOT NULL) END AS BIGINT), MIN(w.oldest) \
+        FROM {t}_cursors c, LATERAL (SELECT COUNT(*) AS n, MIN(o.occurred_at) AS oldest FROM {t} o \
+          WHERE o.partition_no = c.partition_no AND o.status = 0 \
+            AND o.txid >= pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \
+            AND NOT pg_visible_in_snapshot(o.txid, CAST(c.snap_from AS pg_snapshot)) \
+            AND NOT (c.snap_to IS NOT NULL AND o.id <= c.after_id \
+              AND pg_visible_in_snapshot(o.txid, CAST(c.snap_to AS pg_snapshot)))) w",
+};

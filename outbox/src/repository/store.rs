@@ -4,6 +4,9 @@
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
+use std::sync::Arc;
+
+use super::cursor::Cursors;
 use super::dialect::WakeTask;
 use super::{
     Claim, ClaimToken, Dialect, Failure, FailureOutcome, Heartbeat, LeaseOwner, Leased,
@@ -15,6 +18,8 @@ use super::{
 pub(crate) struct Store {
     db: DatabaseConnection,
     repository: OutboxRepository,
+    /// With [`Delivery::Cursor`](crate::Delivery::Cursor): this store's partitions and batches.
+    cursors: Option<Arc<Cursors>>,
 }
 
 /// Wake-ups from the database while held: see [`Store::wake_ups`].
@@ -30,7 +35,13 @@ impl Drop for WakeUps {
 
 impl Store {
     pub(crate) fn new(db: DatabaseConnection, repository: OutboxRepository) -> Self {
-        Self { db, repository }
+        let cursors = (repository.config().delivery == crate::Delivery::Cursor)
+            .then(|| Arc::new(Cursors::new()));
+        Self {
+            db,
+            repository,
+            cursors,
+        }
     }
 
     /// The table's repository: its name, configuration and registry.
@@ -40,7 +51,10 @@ impl Store {
 
     /// Leases up to `limit` events for `owner` (see [`OutboxRepository::claim_as`]), undecoded.
     pub(crate) async fn lease(&self, owner: &LeaseOwner, limit: u32) -> Result<Leased> {
-        self.repository.lease_as(&self.db, owner, limit).await
+        match &self.cursors {
+            Some(cursors) => cursors.lease(&self.db, &self.repository, limit).await,
+            None => self.repository.lease_as(&self.db, owner, limit).await,
+        }
     }
 
     /// Decodes a leased batch; writes nothing.
@@ -50,7 +64,14 @@ impl Store {
 
     /// Marks the events `ids` of the claim `token` published.
     pub(crate) async fn acknowledge(&self, token: ClaimToken, ids: &[i64]) -> Result<u64> {
-        self.repository.mark_published(&self.db, token, ids).await
+        match &self.cursors {
+            Some(cursors) => {
+                cursors
+                    .acknowledge(&self.db, &self.repository, token, ids)
+                    .await
+            }
+            None => self.repository.mark_published(&self.db, token, ids).await,
+        }
     }
 
     /// Records failures of the claim `token`.
@@ -59,17 +80,32 @@ impl Store {
         token: ClaimToken,
         failures: &[Failure],
     ) -> Result<FailureOutcome> {
-        self.repository.mark_failed(&self.db, token, failures).await
+        match &self.cursors {
+            Some(cursors) => {
+                cursors
+                    .fail(&self.db, &self.repository, token, failures)
+                    .await
+            }
+            None => self.repository.mark_failed(&self.db, token, failures).await,
+        }
     }
 
     /// Gives the events `ids` of the claim `token` back.
     pub(crate) async fn release(&self, token: ClaimToken, ids: &[i64]) -> Result<u64> {
-        self.repository.release(&self.db, token, ids).await
+        match &self.cursors {
+            Some(cursors) => Ok(cursors.release(ids)),
+            None => self.repository.release(&self.db, token, ids).await,
+        }
     }
 
-    /// How many of the events `ids` are still pending.
+    /// How many of the events `ids` are still pending: asked after a mark was retried, to tell this relay's own
+    /// lost commit from a takeover. A cursor's acknowledgement is idempotent, so a retried one that moved nothing
+    /// was taken over: all of them are another relay's.
     pub(crate) async fn still_pending(&self, ids: &[i64]) -> Result<u64> {
-        self.repository.count_pending_ids(&self.db, ids).await
+        match &self.cursors {
+            Some(_) => Ok(ids.len() as u64),
+            None => self.repository.count_pending_ids(&self.db, ids).await,
+        }
     }
 
     /// Lag figures.
@@ -77,9 +113,25 @@ impl Store {
         self.repository.stats(&self.db).await
     }
 
-    /// That the table is there with every column.
+    /// That the table is there with every column, and that the database runs the configured delivery.
     pub(crate) async fn check(&self) -> Result<()> {
-        self.repository.check(&self.db).await
+        self.repository.check(&self.db).await?;
+        if self.cursors.is_some() && Dialect::of(&self.db).cursor.is_none() {
+            return Err(super::RepositoryError::CursorUnsupported {
+                table: self.repository.table().to_owned(),
+                backend: Dialect::of(&self.db).name,
+            });
+        }
+        Ok(())
+    }
+
+    /// A relay stops cleanly, its batches settled: it gives its partitions back at once, so another relay takes
+    /// them over without waiting for the leases to end.
+    pub(crate) async fn hand_over(&self) -> Result<()> {
+        match &self.cursors {
+            Some(cursors) => cursors.hand_over(&self.db, &self.repository).await,
+            None => Ok(()),
+        }
     }
 
     /// A relay starts: its row in `<table>_relays`.
@@ -110,7 +162,12 @@ impl Store {
     /// current one publishes pays (PostgreSQL), one where a claim beside a mark slows the drain (see each
     /// backend's [`Dialect`]).
     pub(crate) fn batches_in_flight(&self) -> usize {
-        Dialect::of(&self.db).batches_in_flight
+        let most = Dialect::of(&self.db).batches_in_flight;
+        match &self.cursors {
+            // Batches of one partition go one after the other (each moves the cursor the last one left).
+            Some(cursors) => cursors.batches_in_flight(most),
+            None => most,
+        }
     }
 
     /// Calls `wake` whenever a transaction that stored events commits, while the returned guard is held: on

@@ -1,0 +1,871 @@
+//! The commit-order cursor ([`Delivery::Cursor`](crate::Delivery::Cursor)): the outbox table read as an
+//! append-only log, one cursor per partition, no write per event on the way out.
+//!
+//! Each partition's cursor row holds the snapshot it has read to (`snap_from`). A relay that owns the partition
+//! takes the current snapshot (`snap_to`): the *window* is every event whose transaction committed between the
+//! two, walked in id order (`after_id` is how far). An event belongs to exactly one window, whenever its
+//! transaction commits, so a slow transaction is never skipped and never holds the others back, and no clock is
+//! involved. Publishing a batch costs one fenced UPDATE of the cursor row.
+//!
+//! Ownership: a relay holds a partition under a lease on the database's clock, renewed while it works; taking a
+//! partition over bumps its epoch, and every write of a batch's outcome is fenced by the epoch the batch was read
+//! under, so a relay that lost its partition cannot move the cursor or touch the parked events. Relays share the
+//! partitions evenly (by the live relays in `<table>_relays`), take over expired ones, and give theirs back when
+//! they stop.
+//!
+//! Failures: the events of a batch that were not published (failed, held, given back, undecodable) move to the
+//! parked table as the cursor moves past them, in order; so do later events of an aggregate that has parked
+//! events. Parked events are retried from there, the oldest of each aggregate first, so a failing event holds
+//! back only its aggregate. A parked event past its retry budget becomes a dead letter (status 2, in place).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sea_orm::{DatabaseConnection, QueryResult, Value};
+
+use super::claim::LeasedRow;
+use super::mark::{FailureKind, truncate};
+use super::{
+    ClaimToken, Dialect, Failure, FailureOutcome, Leased, OutboxRepository, RepositoryError,
+    Result, micros, now_micros, partition_of,
+};
+
+/// The statements of one backend's cursor, written with `?` and `{t}` like the rest.
+#[derive(Debug)]
+pub(crate) struct CursorSql {
+    /// Pending rows stored before the cursor's columns existed (or by an older writer): `(id, aggregate_type,
+    /// aggregate_id)`, at most `?`.
+    pub(crate) legacy: &'static str,
+    /// Gives such rows their partition (ids, partitions) and this transaction's id.
+    pub(crate) adopt: &'static str,
+    /// How many cursor rows there are, and the lowest and highest partition count they were made for.
+    pub(crate) partitions: &'static str,
+    /// Creates the missing cursor rows (partition count, twice), each starting below its oldest pending event.
+    pub(crate) create: &'static str,
+    /// Takes up to `?` free or expired partitions for owner `?`, leased for `?` µs.
+    pub(crate) acquire: &'static str,
+    /// Extends the lease (`?` µs) of owner `?`'s partitions; returns them with their epochs.
+    pub(crate) renew: &'static str,
+    /// Gives a partition back: partition, owner, epoch.
+    pub(crate) release: &'static str,
+    /// Owners other than `?` holding a live lease.
+    pub(crate) owners: &'static str,
+    /// Relays whose heartbeat is at or after `?` (µs).
+    pub(crate) relays: &'static str,
+    /// Opens a window: the snapshot to read to (`?`, or the current one when NULL), and the lowest and highest
+    /// id in it for partition `?` after snapshot `?` (twice).
+    pub(crate) open: &'static str,
+    /// Up to `?` events of a window: partition, after id, up to id, S2, S1, limit; with `behind` (its aggregate
+    /// has parked events).
+    pub(crate) read: &'static str,
+    /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
+    pub(crate) parked: &'static str,
+    /// Moves a cursor: snap_from, snap_to, after_id, lease µs, partition, owner, epoch.
+    pub(crate) advance: &'static str,
+    /// Renews one partition's lease if still owned: lease µs, partition, owner, epoch.
+    pub(crate) fence: &'static str,
+    /// Parks events (ids, in order), unless parked already.
+    pub(crate) park: &'static str,
+    /// Ends parked events (ids).
+    pub(crate) unpark: &'static str,
+    /// Schedules a parked event again: attempts, error, delay µs, id.
+    pub(crate) retry: &'static str,
+    /// Makes an event a dead letter: attempts, error, id.
+    pub(crate) dead: &'static str,
+    /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
+    /// cursor exists), and when the oldest behind a cursor occurred.
+    pub(crate) pending: &'static str,
+}
+
+/// How many parked or legacy rows one statement handles.
+const CHUNK: u32 = 10_000;
+
+/// Outcomes kept for the `fail` and `release` calls that follow a batch's `acknowledge`.
+const SETTLED_KEPT: usize = 64;
+
+/// One relay's cursors on one table.
+#[derive(Debug)]
+pub(crate) struct Cursors {
+    owner: String,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    prepared: bool,
+    owned: BTreeMap<i16, Owned>,
+    /// Batches read and not yet acknowledged, by token.
+    reading: HashMap<i64, Batch>,
+    /// Batches acknowledged: (token, partition, epoch), for their failures.
+    settled: VecDeque<(i64, i16, i64)>,
+    next_token: i64,
+    next_refresh: Option<Instant>,
+    /// Where the next round of partitions starts.
+    turn: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Owned {
+    epoch: i64,
+    at: Position,
+    /// The highest id of the open window, once known.
+    window_end: Option<i64>,
+    /// Whether the partition may have parked events.
+    parked: bool,
+    /// When a batch of it is out, since when.
+    busy: Option<Instant>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Position {
+    snap_from: String,
+    snap_to: Option<String>,
+    after_id: i64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    partition: i16,
+    epoch: i64,
+    to: Position,
+    window_end: Option<i64>,
+    /// Rows read from the window, in order, and whether each was handed out (`false`: behind a parked aggregate).
+    window: Vec<(i64, bool)>,
+    /// Parked rows handed out.
+    parked: Vec<i64>,
+}
+
+impl Cursors {
+    pub(crate) fn new() -> Self {
+        Self {
+            owner: uuid::Uuid::new_v4().to_string(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many batches may be out at once: one per owned partition, up to `most`.
+    pub(crate) fn batches_in_flight(&self, most: usize) -> usize {
+        self.state().owned.len().clamp(1, most)
+    }
+
+    /// Reads up to `limit` events from the next owned partition that has any, and leaves it out until the batch
+    /// is acknowledged.
+    pub(crate) async fn lease(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        limit: u32,
+    ) -> Result<Leased> {
+        let sql = sql(db, repo)?;
+        if !self.state().prepared {
+            self.prepare(db, repo, sql).await?;
+            self.state().prepared = true;
+        }
+        self.refresh(db, repo, sql).await?;
+        let candidates: Vec<(i16, Owned)> = {
+            let mut state = self.state();
+            let abandoned = repo.inner.config.lease_duration;
+            // A batch whose outcome never came (its task failed before marking) frees its partition after a
+            // lease: it is read again from the cursor, a duplicate rather than a stuck partition.
+            for owned in state.owned.values_mut() {
+                if owned.busy.is_some_and(|at| at.elapsed() > abandoned) {
+                    owned.busy = None;
+                    owned.window_end = None;
+                }
+            }
+            let free: Vec<(i16, Owned)> = state
+                .owned
+                .iter()
+                .filter(|(_, o)| o.busy.is_none())
+                .map(|(p, o)| (*p, o.clone()))
+                .collect();
+            let turn = state.turn;
+            state.turn = state.turn.wrapping_add(1);
+            let n = free.len().max(1);
+            let mut free = free;
+            free.rotate_left(turn % n);
+            free
+        };
+        for (partition, owned) in candidates {
+            if !self.take(partition, owned.epoch) {
+                continue;
+            }
+            match self.read(db, repo, sql, partition, owned, limit).await {
+                Ok(Some(leased)) => return Ok(leased),
+                Ok(None) => self.put_back(partition),
+                Err(error) => {
+                    self.put_back(partition);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Leased {
+            token: ClaimToken(0),
+            rows: Vec::new(),
+        })
+    }
+
+    /// Marks an owned partition out; false if it is gone or out already.
+    fn take(&self, partition: i16, epoch: i64) -> bool {
+        let mut state = self.state();
+        match state.owned.get_mut(&partition) {
+            Some(owned) if owned.epoch == epoch && owned.busy.is_none() => {
+                owned.busy = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn put_back(&self, partition: i16) {
+        if let Some(owned) = self.state().owned.get_mut(&partition) {
+            owned.busy = None;
+        }
+    }
+
+    /// One batch of a partition: its parked events whose turn has come, then its window's next events.
+    async fn read(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        partition: i16,
+        mut owned: Owned,
+        limit: u32,
+    ) -> Result<Option<Leased>> {
+        let mut rows: Vec<QueryResult> = Vec::new();
+        let mut parked = Vec::new();
+        if owned.parked {
+            let due = repo
+                .query(
+                    db,
+                    "reading parked events",
+                    sql.parked,
+                    vec![partition.into(), i64::from(limit).into()],
+                )
+                .await?;
+            for row in due {
+                parked.push(row.try_get_by_index::<i64>(0).unwrap_or_default());
+                rows.push(row);
+            }
+        }
+        let mut window = Vec::new();
+        let mut at = owned.at.clone();
+        let mut window_end = owned.window_end;
+        // Two windows at most: the one in hand, and a fresh one when that ran out before the batch was full.
+        for _ in 0..2 {
+            let missing = u64::from(limit).saturating_sub((rows.len() + window.len()) as u64);
+            if missing == 0 {
+                break;
+            }
+            let (to, end) = match (&at.snap_to, window_end) {
+                (Some(to), Some(end)) => (to.clone(), end),
+                _ => {
+                    let opened = repo
+                        .query(
+                            db,
+                            "opening a window",
+                            sql.open,
+                            vec![
+                                at.snap_to.clone().into(),
+                                partition.into(),
+                                at.snap_from.clone().into(),
+                                at.snap_from.clone().into(),
+                            ],
+                        )
+                        .await?;
+                    let row = opened.first().ok_or_else(|| {
+                        no_row(
+                            repo,
+                            "opening a window",
+                            "the snapshot query returned nothing",
+                        )
+                    })?;
+                    let snapshot: String = get(repo, row, "snapshot")?;
+                    let low: Option<i64> = get(repo, row, "low")?;
+                    let high: Option<i64> = get(repo, row, "high")?;
+                    match (low, high) {
+                        (Some(low), Some(high)) => {
+                            if at.snap_to.is_none() {
+                                at.after_id = low - 1;
+                            }
+                            at.snap_to = Some(snapshot.clone());
+                            (snapshot, high)
+                        }
+                        // An empty window: the cursor moves to its end without reading anything.
+                        _ => {
+                            at = Position {
+                                snap_from: snapshot,
+                                snap_to: None,
+                                after_id: 0,
+                            };
+                            window_end = None;
+                            break;
+                        }
+                    }
+                }
+            };
+            let read = repo
+                .query(
+                    db,
+                    "reading a window",
+                    sql.read,
+                    vec![
+                        partition.into(),
+                        at.after_id.into(),
+                        end.into(),
+                        to.clone().into(),
+                        at.snap_from.clone().into(),
+                        i64::try_from(missing).unwrap_or(i64::MAX).into(),
+                    ],
+                )
+                .await?;
+            let got = read.len() as u64;
+            for row in read {
+                let id: i64 = row.try_get_by_index(0).unwrap_or_default();
+                let behind: bool = row.try_get("", "behind").unwrap_or(false);
+                at.after_id = id;
+                window.push((id, !behind));
+                if !behind {
+                    rows.push(row);
+                }
+            }
+            if got < missing {
+                // The window is read to its end: the next one starts at its snapshot.
+                at = Position {
+                    snap_from: to,
+                    snap_to: None,
+                    after_id: 0,
+                };
+                window_end = None;
+            } else {
+                window_end = Some(end);
+                break;
+            }
+        }
+        owned.parked &= !parked.is_empty() || window.iter().any(|(_, out)| !out);
+        if rows.is_empty() && window.is_empty() {
+            // Nothing to publish; an empty window moved the cursor in memory only (written with the next batch).
+            let mut state = self.state();
+            if let Some(o) = state
+                .owned
+                .get_mut(&partition)
+                .filter(|o| o.epoch == owned.epoch)
+            {
+                o.at = at;
+                o.window_end = window_end;
+                o.parked = owned.parked;
+            }
+            return Ok(None);
+        }
+        let token = {
+            let mut state = self.state();
+            state.next_token += 1;
+            state.next_token
+        };
+        let batch = Batch {
+            partition,
+            epoch: owned.epoch,
+            to: at,
+            window_end,
+            window,
+            parked,
+        };
+        if rows.is_empty() {
+            // Only events behind parked aggregates: park them and move on at once.
+            self.state().reading.insert(token, batch);
+            self.acknowledge(db, repo, ClaimToken(token), &[]).await?;
+            return Ok(None);
+        }
+        self.state().reading.insert(token, batch);
+        // Parked heads, then the window in commit order: an aggregate is in one or the other, never both (its
+        // window events are behind its parked ones and wait in the parked table).
+        let rows: Vec<LeasedRow> = rows.into_iter().map(LeasedRow::new).collect();
+        Ok(Some(Leased {
+            token: ClaimToken(token),
+            rows,
+        }))
+    }
+}
+
+impl Cursors {
+    /// Once per relay, before its first batch: adopts the pending rows stored without a partition or a
+    /// transaction id (before the upgrade, or by an older writer) into one transaction of this relay's, so they
+    /// are delivered in one window, in id order; then creates the cursor rows, each starting below its
+    /// partition's oldest pending event, and checks they were made for as many partitions as configured.
+    async fn prepare(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+    ) -> Result<()> {
+        let partitions = repo.inner.config.partitions;
+        let txn = repo.begin(db).await?;
+        loop {
+            let legacy = repo
+                .query(
+                    &txn,
+                    "finding events to adopt",
+                    sql.legacy,
+                    vec![i64::from(CHUNK).into()],
+                )
+                .await?;
+            if legacy.is_empty() {
+                break;
+            }
+            let (mut ids, mut parts) = (Vec::new(), Vec::new());
+            for row in &legacy {
+                let id: i64 = get_at(repo, row, 0)?;
+                let aggregate_type: String = get_at(repo, row, 1)?;
+                let aggregate_id: String = get_at(repo, row, 2)?;
+                ids.push(id);
+                parts.push(partition_of(&aggregate_type, &aggregate_id, partitions));
+            }
+            tracing::info!(
+                target: "outbox",
+                table = repo.table(),
+                events = ids.len(),
+                "adopting pending events stored before the commit-order cursor"
+            );
+            repo.execute(
+                &txn,
+                "adopting events",
+                sql.adopt,
+                vec![id_array(&ids), id_array(&parts)],
+            )
+            .await?;
+            if legacy.len() < CHUNK as usize {
+                break;
+            }
+        }
+        repo.commit(txn).await?;
+        let count = i32::from(partitions);
+        repo.execute(
+            db,
+            "creating the cursors",
+            sql.create,
+            vec![count.into(), count.into()],
+        )
+        .await?;
+        let rows = repo
+            .query(db, "counting the cursors", sql.partitions, Vec::new())
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| no_row(repo, "counting the cursors", "no answer"))?;
+        let n: i64 = get(repo, row, "n")?;
+        let low: Option<i16> = get(repo, row, "low")?;
+        let high: Option<i16> = get(repo, row, "high")?;
+        let expected = i16::try_from(partitions).unwrap_or(i16::MAX);
+        if n != i64::from(partitions) || low != Some(expected) || high != Some(expected) {
+            return Err(RepositoryError::PartitionMismatch {
+                table: repo.table().to_owned(),
+                configured: partitions,
+                stored: high.map_or(0, |p| u16::try_from(p).unwrap_or_default()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renews this relay's leases, drops the partitions it lost, and takes or gives back partitions until it holds
+    /// its share: the partition count over the live relays, rounded up.
+    async fn refresh(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+    ) -> Result<()> {
+        let config = &repo.inner.config;
+        let due = self
+            .state()
+            .next_refresh
+            .is_none_or(|at| Instant::now() >= at);
+        if !due {
+            return Ok(());
+        }
+        let lease = micros(config.lease_duration);
+        let renewed = repo
+            .query(
+                db,
+                "renewing partition leases",
+                sql.renew,
+                vec![lease.into(), self.owner.clone().into()],
+            )
+            .await?;
+        let held: HashMap<i16, i64> = renewed
+            .iter()
+            .filter_map(|row| Some((row.try_get_by_index(0).ok()?, row.try_get_by_index(1).ok()?)))
+            .collect();
+        {
+            let mut state = self.state();
+            state.owned.retain(|partition, owned| {
+                let kept = held.get(partition) == Some(&owned.epoch);
+                if !kept {
+                    tracing::warn!(target: "outbox", partition, "partition taken over by another relay");
+                }
+                kept
+            });
+        }
+        let others = count(repo, db, sql.owners, vec![self.owner.clone().into()]).await?;
+        // Relays that signed on but hold nothing yet count too, so the others make room for them.
+        let alive_since = now_micros() - micros(super::ALIVE_WITHIN);
+        let signed_on = count(repo, db, sql.relays, vec![alive_since.into()])
+            .await
+            .unwrap_or(0);
+        let relays = (others + 1).max(signed_on).max(1);
+        let partitions = u64::from(config.partitions);
+        let share = usize::try_from(partitions.div_ceil(relays)).unwrap_or(usize::MAX);
+        let owned = self.state().owned.len();
+        if owned < share {
+            let taken = repo
+                .query(
+                    db,
+                    "taking partitions",
+                    sql.acquire,
+                    vec![
+                        i64::try_from(share - owned).unwrap_or(i64::MAX).into(),
+                        self.owner.clone().into(),
+                        lease.into(),
+                    ],
+                )
+                .await?;
+            let mut state = self.state();
+            for row in taken {
+                let partition: i16 = get(repo, &row, "partition_no")?;
+                let owned = Owned {
+                    epoch: get(repo, &row, "epoch")?,
+                    at: Position {
+                        snap_from: get(repo, &row, "snap_from")?,
+                        snap_to: get(repo, &row, "snap_to")?,
+                        after_id: get(repo, &row, "after_id")?,
+                    },
+                    window_end: None,
+                    parked: get(repo, &row, "parked")?,
+                    busy: None,
+                };
+                tracing::info!(target: "outbox", partition, epoch = owned.epoch, "partition taken");
+                state.owned.insert(partition, owned);
+            }
+        } else if owned > share {
+            let extra: Vec<(i16, i64)> = {
+                let state = self.state();
+                state
+                    .owned
+                    .iter()
+                    .rev()
+                    .filter(|(_, o)| o.busy.is_none())
+                    .take(owned - share)
+                    .map(|(p, o)| (*p, o.epoch))
+                    .collect()
+            };
+            for (partition, epoch) in extra {
+                self.give_back(db, repo, sql, partition, epoch).await?;
+            }
+        }
+        let every =
+            (config.lease_duration / 10).clamp(Duration::from_millis(100), Duration::from_secs(3));
+        self.state().next_refresh = Some(Instant::now() + every);
+        Ok(())
+    }
+
+    /// Gives one partition back, with the cursor where its last batch left it.
+    async fn give_back(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        partition: i16,
+        epoch: i64,
+    ) -> Result<()> {
+        self.state().owned.remove(&partition);
+        repo.execute(
+            db,
+            "giving a partition back",
+            sql.release,
+            vec![partition.into(), self.owner.clone().into(), epoch.into()],
+        )
+        .await?;
+        tracing::info!(target: "outbox", partition, "partition given back");
+        Ok(())
+    }
+
+    /// Gives every partition back (a clean stop, once the batches in flight are settled).
+    pub(crate) async fn hand_over(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+    ) -> Result<()> {
+        let Some(sql) = Dialect::of(db).cursor else {
+            return Ok(());
+        };
+        let owned: Vec<(i16, i64)> = self
+            .state()
+            .owned
+            .iter()
+            .map(|(p, o)| (*p, o.epoch))
+            .collect();
+        for (partition, epoch) in owned {
+            self.give_back(db, repo, sql, partition, epoch).await?;
+        }
+        Ok(())
+    }
+
+    /// A batch's outcome: the cursor moves past it, and what it did not publish is parked, in one transaction
+    /// fenced by the epoch it was read under. Returns how many of `published` count as published: all of them,
+    /// or none when the partition was taken over (its new owner reads them again).
+    pub(crate) async fn acknowledge(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        token: ClaimToken,
+        published: &[i64],
+    ) -> Result<u64> {
+        let sql = sql(db, repo)?;
+        let Some((partition, epoch, to, window, parked)) = ({
+            let state = self.state();
+            state.reading.get(&token.0).map(|b| {
+                (
+                    b.partition,
+                    b.epoch,
+                    b.to.clone(),
+                    b.window.clone(),
+                    b.parked.clone(),
+                )
+            })
+        }) else {
+            return Ok(0);
+        };
+        let done: std::collections::HashSet<i64> = published.iter().copied().collect();
+        let unpublished: Vec<i64> = window
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !done.contains(id))
+            .collect();
+        let unparked: Vec<i64> = parked
+            .iter()
+            .copied()
+            .filter(|id| done.contains(id))
+            .collect();
+        let txn = repo.begin(db).await?;
+        let moved = repo
+            .execute(
+                &txn,
+                "moving the cursor",
+                sql.advance,
+                vec![
+                    to.snap_from.clone().into(),
+                    to.snap_to.clone().into(),
+                    to.after_id.into(),
+                    micros(repo.inner.config.lease_duration).into(),
+                    partition.into(),
+                    self.owner.clone().into(),
+                    epoch.into(),
+                ],
+            )
+            .await?;
+        if moved == 0 {
+            drop(txn);
+            let mut state = self.state();
+            state.reading.remove(&token.0);
+            if state
+                .owned
+                .get(&partition)
+                .is_some_and(|o| o.epoch == epoch)
+            {
+                state.owned.remove(&partition);
+            }
+            tracing::warn!(target: "outbox", partition, "partition taken over before its batch was settled");
+            return Ok(0);
+        }
+        if !unpublished.is_empty() {
+            repo.execute(
+                &txn,
+                "parking events",
+                sql.park,
+                vec![id_array(&unpublished)],
+            )
+            .await?;
+        }
+        if !unparked.is_empty() {
+            repo.execute(
+                &txn,
+                "unparking events",
+                sql.unpark,
+                vec![id_array(&unparked)],
+            )
+            .await?;
+        }
+        repo.commit(txn).await?;
+        let mut state = self.state();
+        if let Some(batch) = state.reading.remove(&token.0)
+            && let Some(owned) = state.owned.get_mut(&partition).filter(|o| o.epoch == epoch)
+        {
+            owned.at = batch.to;
+            owned.window_end = batch.window_end;
+            owned.busy = None;
+            owned.parked |= !unpublished.is_empty() || !parked.is_empty();
+        }
+        state.settled.push_back((token.0, partition, epoch));
+        while state.settled.len() > SETTLED_KEPT {
+            state.settled.pop_front();
+        }
+        Ok(published.len() as u64)
+    }
+
+    /// Failures of an acknowledged batch, whose events are parked by now: each is scheduled again or becomes a
+    /// dead letter, fenced like the acknowledgement.
+    pub(crate) async fn fail(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+        token: ClaimToken,
+        failures: &[Failure],
+    ) -> Result<FailureOutcome> {
+        let sql = sql(db, repo)?;
+        let mut outcome = FailureOutcome::default();
+        let settled = self
+            .state()
+            .settled
+            .iter()
+            .find(|(t, _, _)| *t == token.0)
+            .map(|(_, p, e)| (*p, *e));
+        let Some((partition, epoch)) = settled else {
+            outcome.fenced_out = failures.len() as u64;
+            return Ok(outcome);
+        };
+        let config = &repo.inner.config;
+        let txn = repo.begin(db).await?;
+        let owned = repo
+            .execute(
+                &txn,
+                "recording failures",
+                sql.fence,
+                vec![
+                    micros(config.lease_duration).into(),
+                    partition.into(),
+                    self.owner.clone().into(),
+                    epoch.into(),
+                ],
+            )
+            .await?;
+        if owned == 0 {
+            outcome.fenced_out = failures.len() as u64;
+            return Ok(outcome);
+        }
+        for failure in failures {
+            let attempts = failure.attempts.saturating_add(1);
+            let error = truncate(&failure.error);
+            let (delay, counted) = match failure.kind {
+                FailureKind::Held(retry_in) => (Some(retry_in), failure.attempts),
+                FailureKind::Retry if attempts <= config.max_retry_count => {
+                    (Some(config.retry_delay_jittered(attempts)), attempts)
+                }
+                FailureKind::Retry | FailureKind::Permanent => (None, attempts),
+            };
+            match delay {
+                Some(delay) => {
+                    repo.execute(
+                        &txn,
+                        "scheduling a parked event",
+                        sql.retry,
+                        vec![
+                            i64::from(counted).into(),
+                            error.into(),
+                            micros(delay).into(),
+                            failure.id.into(),
+                        ],
+                    )
+                    .await?;
+                    if matches!(failure.kind, FailureKind::Held(_)) {
+                        outcome.held += 1;
+                    } else {
+                        outcome.retrying += 1;
+                    }
+                }
+                None => {
+                    repo.execute(
+                        &txn,
+                        "keeping a dead letter",
+                        sql.dead,
+                        vec![i64::from(counted).into(), error.into(), failure.id.into()],
+                    )
+                    .await?;
+                    repo.execute(
+                        &txn,
+                        "unparking events",
+                        sql.unpark,
+                        vec![id_array(&[failure.id])],
+                    )
+                    .await?;
+                    outcome.dead_lettered += 1;
+                }
+            }
+        }
+        repo.commit(txn).await?;
+        Ok(outcome)
+    }
+
+    /// Events of an acknowledged batch given back: parked already, due at once.
+    pub(crate) fn release(&self, ids: &[i64]) -> u64 {
+        ids.len() as u64
+    }
+}
+
+async fn count(
+    repo: &OutboxRepository,
+    db: &DatabaseConnection,
+    statement: &str,
+    values: Vec<Value>,
+) -> Result<u64> {
+    let rows = repo.query(db, "counting relays", statement, values).await?;
+    Ok(rows
+        .first()
+        .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+        .map_or(0, |n| u64::try_from(n).unwrap_or_default()))
+}
+
+/// Numbers as one PostgreSQL array parameter.
+fn id_array<T: ToString>(items: &[T]) -> Value {
+    let list: Vec<String> = items.iter().map(ToString::to_string).collect();
+    format!("{{{}}}", list.join(",")).into()
+}
+
+fn sql(db: &DatabaseConnection, repo: &OutboxRepository) -> Result<&'static CursorSql> {
+    Dialect::of(db)
+        .cursor
+        .ok_or_else(|| RepositoryError::CursorUnsupported {
+            table: repo.table().to_owned(),
+            backend: Dialect::of(db).name,
+        })
+}
+
+fn get<T: sea_orm::TryGetable>(
+    repo: &OutboxRepository,
+    row: &QueryResult,
+    column: &str,
+) -> Result<T> {
+    row.try_get("", column)
+        .map_err(|e| no_row(repo, "reading the cursor", &e.to_string()))
+}
+
+fn get_at<T: sea_orm::TryGetable>(
+    repo: &OutboxRepository,
+    row: &QueryResult,
+    index: usize,
+) -> Result<T> {
+    row.try_get_by_index(index)
+        .map_err(|e| no_row(repo, "reading the cursor", &e.to_string()))
+}
+
+fn no_row(repo: &OutboxRepository, operation: &'static str, why: &str) -> RepositoryError {
+    RepositoryError::Database {
+        operation,
+        table: repo.table().to_owned(),
+        source: sea_orm::DbErr::Custom(why.to_owned()),
+    }
+}

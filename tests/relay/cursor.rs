@@ -1,0 +1,304 @@
+//! The commit-order cursor (`OUTBOX_DELIVERY=cursor`, PostgreSQL): several relays sharing the partitions under
+//! failures and rollbacks, a slow transaction, a poison event, a relay that lost its partition, a clean handover,
+//! and a table upgraded in place with events pending from before.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outbox::publisher::InMemoryPublisher;
+use outbox::relay::Relay;
+use outbox::repository::OutboxRepository;
+use outbox::sea_orm::TransactionTrait;
+use outbox::{Delivery, EventEnvelope, OutboxConfig};
+use outbox_tests::backend::{Backend, TestDb};
+use outbox_tests::events::opened;
+use outbox_tests::running::Running;
+
+use crate::accounting::{account, fast_config, write};
+
+fn cursor_config(partitions: u16) -> OutboxConfig {
+    let mut config = fast_config();
+    config.delivery = Delivery::Cursor;
+    config.partitions = partitions;
+    config
+}
+
+/// Waits until every event is published, as the repository counts it (nothing behind a cursor, nothing parked).
+async fn drained(t: &TestDb, broker: &InMemoryPublisher, expected: usize) {
+    let done = async {
+        loop {
+            let unique: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
+            if unique.len() >= expected && t.outbox.count_unpublished(&t.db).await.unwrap() == 0 {
+                return;
+            }
+            broker
+                .wait_for(broker.len() + 1, Duration::from_millis(100))
+                .await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), done)
+        .await
+        .unwrap_or_else(|_| panic!("not everything arrived: {} of {expected}", broker.len()));
+}
+
+#[tokio::test]
+async fn four_relays_share_the_partitions_nothing_lost_order_kept() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(8)).await;
+    let broker = InMemoryPublisher::new();
+    broker.fail_fraction(0.10);
+    broker.lose_acks(0.02);
+    let relays: Vec<Running> = (0..4)
+        .map(|_| {
+            Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build())
+        })
+        .collect();
+    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
+    let mut seq = 0u32;
+    for txn_no in 0..60 {
+        let envelopes: Vec<_> = (0..40)
+            .map(|_| {
+                seq += 1;
+                EventEnvelope::new(opened(&format!("agg-{}", seq % 100), seq))
+            })
+            .collect();
+        let ids: Vec<_> = envelopes.iter().map(|e| e.event_id()).collect();
+        let txn = t.db.begin().await.unwrap();
+        t.outbox.add_events(&txn, envelopes).await.unwrap();
+        if txn_no % 3 == 2 {
+            txn.rollback().await.unwrap();
+            rolled_back.extend(ids);
+        } else {
+            txn.commit().await.unwrap();
+            committed.extend(ids);
+        }
+    }
+    drained(&t, &broker, committed.len()).await;
+    // The relays signed on one after the other: the first ones took every partition and gave some back as the
+    // others showed up, until each held its share.
+    let shared = async {
+        loop {
+            let owners = t
+                .scalar("SELECT COUNT(DISTINCT owner) FROM {t}_cursors WHERE owner IS NOT NULL")
+                .await;
+            let most = t
+                .scalar(
+                    "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM {t}_cursors \
+                     WHERE owner IS NOT NULL GROUP BY owner) o",
+                )
+                .await;
+            if owners == 4 && most == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), shared)
+        .await
+        .expect("four relays hold two partitions each");
+    for relay in relays {
+        relay.stop().await;
+    }
+    let totals = account(&broker, &committed);
+    assert!(
+        broker
+            .messages()
+            .iter()
+            .all(|m| !rolled_back.contains(&m.message.id)),
+        "an event of a rolled-back transaction was published"
+    );
+    assert_eq!(totals.unique, committed.len());
+    assert_eq!(
+        totals.duplicates as u64,
+        broker.lost_acks(),
+        "every duplicate must come from a lost acknowledgement"
+    );
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM {t}_cursors WHERE owner IS NOT NULL")
+            .await,
+        0,
+        "relays that stop give their partitions back"
+    );
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM {t} WHERE status <> 0").await,
+        0,
+        "no event row is written on the way out"
+    );
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_slow_transaction_is_neither_skipped_nor_waited_for() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+
+    // The slow transaction takes its id and transaction id first, and commits last.
+    let slow = t.db.begin().await.unwrap();
+    let slow_id = t.outbox.add_event(&slow, opened("slow", 1)).await.unwrap();
+    let fast = write(&t, 10, 50).await;
+    let report = relay.publish_batch(100).await.unwrap();
+    assert_eq!(report.published, 50, "the others are not held back");
+    let seen: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(seen, fast);
+
+    slow.commit().await.unwrap();
+    let report = relay.publish_batch(100).await.unwrap();
+    assert_eq!(
+        report.published, 1,
+        "committed late, delivered all the same"
+    );
+    assert_eq!(broker.messages().last().unwrap().message.id, slow_id);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    assert_eq!(relay.publish_batch(100).await.unwrap().claimed, 0);
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+    let broker = InMemoryPublisher::new();
+    // Besides, one publish in three fails for a while: the parked events are retried in order.
+    broker.fail_next(4);
+    broker.reject_when(|message| {
+        (message.key == "poisoned" && message.data.get().contains("\"seq\":3"))
+            .then(|| "schema mismatch".to_owned())
+    });
+    let mut ids = Vec::new();
+    for seq in 1..=6 {
+        ids.push(
+            t.outbox
+                .add_event(&t.db, opened("poisoned", seq))
+                .await
+                .unwrap(),
+        );
+        ids.push(
+            t.outbox
+                .add_event(&t.db, opened("healthy", seq))
+                .await
+                .unwrap(),
+        );
+    }
+    let relay =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    let done = async {
+        while t.outbox.count_unpublished(&t.db).await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), done)
+        .await
+        .expect("drained");
+    relay.stop().await;
+    let order = |key: &str| -> Vec<u32> {
+        broker
+            .messages()
+            .iter()
+            .filter(|m| m.message.key == key)
+            .map(|m| {
+                serde_json::from_str::<outbox_tests::events::AccountOpened>(m.message.data.get())
+                    .unwrap()
+                    .seq
+            })
+            .collect()
+    };
+    assert_eq!(order("healthy"), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        order("poisoned"),
+        vec![1, 2, 4, 5, 6],
+        "seq 3 is a dead letter, the rest follow in order"
+    );
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}_parked").await, 0);
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_relay_that_lost_its_partition_cannot_move_the_cursor() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+    let written = write(&t, 5, 20).await;
+    let slow_broker = InMemoryPublisher::new();
+    slow_broker.set_delay(Duration::from_millis(20));
+    let stale = Relay::builder(t.db.clone(), t.outbox.clone(), slow_broker.clone())
+        .max_in_flight(1)
+        .build();
+    let broker = InMemoryPublisher::new();
+    let successor = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+
+    // While the first relay publishes its batch, its partition is taken over (as after a freeze longer than the
+    // lease), and the new owner's lease has run out too.
+    let first = tokio::spawn(async move { stale.publish_batch(100).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cursor_before = t
+        .scalar("SELECT after_id FROM {t}_cursors WHERE partition_no = 0")
+        .await;
+    t.sql("UPDATE {t}_cursors SET owner = 'another', epoch = epoch + 1, lease_until = 0")
+        .await;
+    let stale = first.await.unwrap().unwrap();
+    assert_eq!(stale.published, 0, "{stale:?}");
+    assert_eq!(stale.fenced_out, 20, "{stale:?}");
+    assert_eq!(
+        t.scalar("SELECT after_id FROM {t}_cursors WHERE partition_no = 0")
+            .await,
+        cursor_before,
+        "the stale relay did not move the cursor"
+    );
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}_parked").await, 0);
+
+    let report = successor.publish_batch(100).await.unwrap();
+    assert_eq!(
+        report.published, 20,
+        "the successor publishes from the cursor"
+    );
+    let seen: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(seen, written);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order() {
+    let t = TestDb::new(Backend::Postgres).await;
+    // Under the row design: 30 events, the first 10 published; then the rows lose what the cursor adds, as rows
+    // stored before the upgrade have none of it.
+    let written = write(&t, 3, 30).await;
+    let before = InMemoryPublisher::new();
+    let rows = Relay::builder(t.db.clone(), t.outbox.clone(), before.clone()).build();
+    assert_eq!(rows.publish_batch(10).await.unwrap().published, 10);
+    let published_before: HashSet<_> = before.messages().iter().map(|m| m.message.id).collect();
+    t.sql("UPDATE {t} SET partition_no = NULL, txid = NULL")
+        .await;
+    t.sql("DELETE FROM {t}_cursors").await;
+
+    let upgraded = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(cursor_config(4))
+        .build()
+        .unwrap();
+    // A writer on the new version stores events after the upgrade, before the first cursor relay starts.
+    let mut after = HashSet::new();
+    for seq in 31..=36 {
+        after.insert(
+            upgraded
+                .add_event(&t.db, opened(&format!("agg-{}", seq % 3), seq))
+                .await
+                .unwrap(),
+        );
+    }
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), upgraded.clone(), broker.clone()).build();
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let pending_before: HashSet<_> = written.difference(&published_before).copied().collect();
+    let delivered: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(
+        delivered.len(),
+        26,
+        "20 pending from before, 6 after, none twice"
+    );
+    let all: HashSet<_> = pending_before.union(&after).copied().collect();
+    assert_eq!(delivered.iter().copied().collect::<HashSet<_>>(), all);
+    let totals = account(&broker, &all);
+    assert_eq!(totals.unique, 26, "in order per aggregate");
+    assert_eq!(upgraded.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
