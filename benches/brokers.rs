@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use outbox::OutboxConfig;
 use outbox::publisher::{Publisher, from_url};
 use outbox::sea_orm::DatabaseConnection;
+use outbox::{Delivery, OutboxConfig};
 
 use crate::Result;
 use crate::drain::{Shape, timed_drain};
@@ -27,25 +27,33 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     const KAFKA: &str = "kafka://127.0.0.1:9092?partitions=1";
     let ahead: usize = crate::env("BENCH_UNACKNOWLEDGED")?.unwrap_or(4);
+    const REDIS: &str = "redis://127.0.0.1:6379";
+    let (rows_, cursor) = (Delivery::Rows, Delivery::Cursor);
     let mut drains = vec![
-        ("NATS JetStream", NATS, WORKLOAD, 1),
-        ("NATS JetStream", NATS, WORKLOAD, ahead),
-        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, 1),
-        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead),
-        ("Redis Streams", "redis://127.0.0.1:6379", WORKLOAD, 1),
-        ("Kafka (tansu)", KAFKA, WORKLOAD, 1),
-        ("Kafka (tansu)", KAFKA, WORKLOAD, ahead),
+        ("NATS JetStream", NATS, WORKLOAD, 1, rows_),
+        ("NATS JetStream", NATS, WORKLOAD, ahead, rows_),
+        ("NATS JetStream", NATS, WORKLOAD, ahead, cursor),
+        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, 1, rows_),
+        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead, rows_),
+        ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead, cursor),
+        ("Redis Streams", REDIS, WORKLOAD, 1, rows_),
+        ("Redis Streams", REDIS, WORKLOAD, 1, cursor),
+        ("Kafka (tansu)", KAFKA, WORKLOAD, 1, rows_),
+        ("Kafka (tansu)", KAFKA, WORKLOAD, ahead, rows_),
+        ("Kafka (tansu)", KAFKA, WORKLOAD, ahead, cursor),
     ];
     for (name, url) in [
         ("NATS JetStream", NATS),
         ("RabbitMQ (confirms)", RABBITMQ),
         ("Kafka (tansu)", KAFKA),
     ] {
-        drains.push((name, url, FEW_AGGREGATES, 1));
-        drains.push((name, url, FEW_AGGREGATES, ahead));
+        drains.push((name, url, FEW_AGGREGATES, 1, rows_));
+        drains.push((name, url, FEW_AGGREGATES, ahead, rows_));
     }
+    // BENCH_BROKERS_ONLY keeps the rows whose label contains it.
+    let only = std::env::var("BENCH_BROKERS_ONLY").ok();
     let mut rows = Vec::new();
-    for (name, url, (events, aggregates), unacknowledged) in drains {
+    for (name, url, (events, aggregates), unacknowledged, delivery) in drains {
         if url.starts_with("kafka") && std::env::var_os("BENCH_SKIP_KAFKA").is_some() {
             eprintln!("BENCH_SKIP_KAFKA is set: no Kafka drain");
             continue;
@@ -62,20 +70,29 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         };
         let shape = Shape {
             unacknowledged_per_aggregate: unacknowledged,
+            delivery,
             ..Shape::one()?
         };
-        let mut row = Row::new(
-            format!(
-                "drain {}k{few} to {name}, 1 relay, batch {}{ahead}",
-                events / 1000,
-                shape.batch
-            ),
-            "events/s",
+        let design = if delivery == Delivery::Cursor {
+            ", commit-order cursor"
+        } else {
+            ""
+        };
+        let label = format!(
+            "drain {}k{few} to {name}, 1 relay, batch {}{ahead}{design}",
+            events / 1000,
+            shape.batch
         );
+        if only.as_deref().is_some_and(|only| !label.contains(only)) {
+            continue;
+        }
+        let mut row = Row::new(label, "events/s");
         for _ in 0..runs {
             prepare(url).await?;
             let mut config = OutboxConfig::default();
             config.batch_size = shape.batch;
+            config.delivery = delivery;
+            config.partitions = crate::drain::PARTITIONS;
             let outbox = fresh(db, config).await?;
             prefill_over(db, &outbox, events, aggregates, true).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);

@@ -9,7 +9,7 @@ use outbox::publisher::{Acknowledgement, InMemoryPublisher, PublishError, Publis
 use outbox::relay::Relay;
 use outbox::repository::{OutboxRepository, connect};
 use outbox::sea_orm::DatabaseConnection;
-use outbox::{Message, OutboxConfig};
+use outbox::{Delivery, Message, OutboxConfig};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -30,7 +30,12 @@ pub struct Shape {
     pub analyze: bool,
     pub delete_on_publish: bool,
     pub unacknowledged_per_aggregate: usize,
+    /// Rows or the commit-order cursor (over [`PARTITIONS`] partitions).
+    pub delivery: Delivery,
 }
+
+/// Partitions of the cursor's tables: enough for 4 relays to hold two each.
+pub const PARTITIONS: u16 = 8;
 
 impl Shape {
     /// One relay, batch `BENCH_BATCH` (default 1000), `BENCH_BATCHES_IN_FLIGHT` batches in flight (default 2,
@@ -44,6 +49,7 @@ impl Shape {
             analyze: true,
             delete_on_publish: false,
             unacknowledged_per_aggregate: 1,
+            delivery: Delivery::Rows,
         })
     }
 }
@@ -80,6 +86,21 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
             "analyzed, delete on publish",
         ),
         (Shape { relays: 4, ..one }, "analyzed"),
+        (
+            Shape {
+                delivery: Delivery::Cursor,
+                ..one
+            },
+            "analyzed, commit-order cursor",
+        ),
+        (
+            Shape {
+                relays: 4,
+                delivery: Delivery::Cursor,
+                ..one
+            },
+            "analyzed, commit-order cursor",
+        ),
         (Shape { batch: 100, ..one }, "analyzed"),
         // The claim's fixed cost spread over bigger batches, with rows marked and deleted.
         (Shape { batch: 4000, ..one }, "analyzed"),
@@ -145,6 +166,8 @@ async fn in_memory(
         let mut config = OutboxConfig::default();
         config.batch_size = shape.batch;
         config.delete_on_publish = shape.delete_on_publish;
+        config.delivery = shape.delivery;
+        config.partitions = PARTITIONS;
         let outbox = fresh(db, config).await?;
         prefill(db, &outbox, EVENTS, shape.analyze).await?;
         let publisher: Arc<dyn Publisher> = Arc::new(InMemoryPublisher::new());
@@ -164,21 +187,34 @@ pub async fn timed_drain(
     publisher: Arc<dyn Publisher>,
     shape: Shape,
 ) -> Result<f64> {
+    timed_drain_each(db, outbox, shape, |_| publisher.clone()).await
+}
+
+/// [`timed_drain`] with a publisher of its own for each relay, `publisher(i)` for relay `i`: relays that each
+/// publish through their own connection, as relay processes do.
+pub async fn timed_drain_each(
+    db: &DatabaseConnection,
+    outbox: &OutboxRepository,
+    shape: Shape,
+    publisher: impl Fn(usize) -> Arc<dyn Publisher>,
+) -> Result<f64> {
     let events = outbox.count_unpublished(db).await?;
-    let counted = Arc::new(Counted {
-        inner: publisher,
-        tally: Arc::new(Tally {
-            events,
-            acked: AtomicU64::new(0),
-            all_acked: Notify::new(),
-        }),
+    let tally = Arc::new(Tally {
+        events,
+        acked: AtomicU64::new(0),
+        all_acked: Notify::new(),
     });
+    let name = publisher(0).name().to_owned();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let tasks: Vec<_> = (0..shape.relays)
-        .map(|_| {
+        .map(|i| {
             let mut stopped = stopped.clone();
-            let relay = Relay::builder(db.clone(), outbox.clone(), counted.clone())
+            let counted = Counted {
+                inner: publisher(i),
+                tally: tally.clone(),
+            };
+            let relay = Relay::builder(db.clone(), outbox.clone(), counted)
                 .listen(false)
                 .max_batches_in_flight(shape.batches_in_flight)
                 .unacknowledged_per_aggregate(shape.unacknowledged_per_aggregate)
@@ -188,20 +224,18 @@ pub async fn timed_drain(
             }))
         })
         .collect();
-    let acked =
-        tokio::time::timeout(Duration::from_secs(600), counted.tally.all_acked.notified()).await;
+    let acked = tokio::time::timeout(Duration::from_secs(600), tally.all_acked.notified()).await;
     let _ = stop.send(true);
     for task in tasks {
         task.await??;
     }
     let elapsed = start.elapsed();
-    acked.map_err(|_| format!("{}: not drained within 600 s", counted.name()))?;
+    acked.map_err(|_| format!("{name}: not drained within 600 s"))?;
     let pending = outbox.count_unpublished(db).await?;
-    if pending != 0 || counted.tally.acked.load(Ordering::Relaxed) < events {
+    if pending != 0 || tally.acked.load(Ordering::Relaxed) < events {
         return Err(format!(
-            "{}: {} acknowledged, {pending} still pending",
-            counted.name(),
-            counted.tally.acked.load(Ordering::Relaxed)
+            "{name}: {} acknowledged, {pending} still pending",
+            tally.acked.load(Ordering::Relaxed)
         )
         .into());
     }

@@ -1,5 +1,6 @@
 //! The benchmark harness: `cargo run --release -p outbox-bench -- [scenario] [runs]`, where scenario is one of
-//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, consume, or all (the default).
+//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, consume, scaleout, or all (the
+//! default).
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
 //! (`{"user_id": <uuid>, "email": ..., "name": ...}`), type `com.example.user.created`, 100 aggregates, the
@@ -19,6 +20,7 @@ mod drain;
 mod latency;
 mod load;
 mod report;
+mod scaleout;
 mod service;
 mod stability;
 mod sustained;
@@ -34,7 +36,7 @@ use report::{Row, Table};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "write",
     "drain",
     "baseline",
@@ -45,6 +47,7 @@ const SCENARIOS: [&str; 10] = [
     "sqlite",
     "mariadb",
     "consume",
+    "scaleout",
 ];
 
 /// What the command line and the environment ask for.
@@ -126,6 +129,7 @@ async fn main() -> Result<()> {
             "sqlite" => rows.extend(drain::sqlite(runs).await?),
             "mariadb" => rows.extend(drain::mariadb(runs).await?),
             "consume" => rows.extend(consume::run(&db, runs).await?),
+            "scaleout" => rows.extend(scaleout::run(&db, runs).await?),
             _ => unreachable!("every name in SCENARIOS has its arm"),
         }
     }

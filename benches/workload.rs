@@ -49,6 +49,9 @@ pub async fn drop_tables(db: &DatabaseConnection, outbox: &OutboxRepository) -> 
     for t in [
         format!("{table}_users"),
         format!("{table}_lock"),
+        format!("{table}_relays"),
+        format!("{table}_cursors"),
+        format!("{table}_parked"),
         table.to_owned(),
     ] {
         db.execute_unprepared(&format!("DROP TABLE IF EXISTS {t}"))

@@ -58,7 +58,7 @@ ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS partition_no SMALLINT;
 ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS txid xid8;
 ALTER TABLE outbox_events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
 -- A window's bounds are found by transaction id; its events are then walked in id order.
-CREATE INDEX IF NOT EXISTS outbox_events_txid_idx ON outbox_events (partition_no, txid) WHERE status = 0;
+CREATE INDEX IF NOT EXISTS outbox_events_txid_idx ON outbox_events (partition_no, txid) INCLUDE (id) WHERE status = 0;
 CREATE INDEX IF NOT EXISTS outbox_events_log_idx ON outbox_events (partition_no, id) WHERE status = 0;
 -- Pending rows the cursor has not adopted yet (stored before the upgrade, or by an older writer).
 CREATE INDEX IF NOT EXISTS outbox_events_legacy_idx ON outbox_events (id)

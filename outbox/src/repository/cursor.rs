@@ -54,10 +54,10 @@ pub(crate) struct CursorSql {
     /// Relays whose heartbeat is at or after `?` (µs).
     pub(crate) relays: &'static str,
     /// Opens a window: the snapshot to read to (`?`, or the current one when NULL), and the lowest and highest
-    /// id in it for partition `?` after snapshot `?` (twice).
+    /// id in it after a snapshot: S2 or NULL, partition, S1, partition, S1.
     pub(crate) open: &'static str,
-    /// Up to `?` events of a window: partition, after id, up to id, S2, S1, limit; with `behind` (its aggregate
-    /// has parked events).
+    /// Up to `?` events of a window: partition, after id, partition, up to id, S2, S1, limit; with `behind` (its
+    /// aggregate has parked events).
     pub(crate) read: &'static str,
     /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
     pub(crate) parked: &'static str,
@@ -275,6 +275,7 @@ impl Cursors {
                                 at.snap_to.clone().into(),
                                 partition.into(),
                                 at.snap_from.clone().into(),
+                                partition.into(),
                                 at.snap_from.clone().into(),
                             ],
                         )
@@ -318,6 +319,7 @@ impl Cursors {
                     vec![
                         partition.into(),
                         at.after_id.into(),
+                        partition.into(),
                         end.into(),
                         to.clone().into(),
                         at.snap_from.clone().into(),

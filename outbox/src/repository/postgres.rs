@@ -377,22 +377,30 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!()
     ),
     relays: "SELECT COUNT(*) FROM {t}_relays WHERE heartbeat_at >= ?",
-    open: concat!(
-        "SELECT CAST(s.cur AS TEXT) AS snapshot, w.low, w.high FROM (SELECT COALESCE(CAST(? AS pg_snapshot), \
-          pg_current_snapshot()) AS cur) s, LATERAL (SELECT MIN(id) AS low, MAX(id) AS high FROM {t} \
-          WHERE partition_no = ? AND status = 0 AND ",
-        "(txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST(? AS pg_snapshot)))) \
-          OR (txid >= pg_snapshot_xmax(CAST(? AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur))) \
-         AND pg_visible_in_snapshot(txid, s.cur)) w"
-    ),
+    // The window's ends, found through the transaction-id index: its two parts are planned on their own
+    // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
+    // reads every event ever stored once the table keeps its history.
+    open: "SELECT CAST(s.cur AS TEXT) AS snapshot, w.low, w.high \
+        FROM (SELECT COALESCE(CAST(? AS pg_snapshot), pg_current_snapshot()) AS cur) s, \
+        LATERAL (SELECT MIN(id) AS low, MAX(id) AS high FROM ( \
+          SELECT id FROM {t} WHERE status = 0 AND partition_no = ? \
+            AND txid >= pg_snapshot_xmax(CAST(? AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur) \
+            AND pg_visible_in_snapshot(txid, s.cur) \
+          UNION ALL \
+          SELECT id FROM {t} WHERE status = 0 AND partition_no = ? \
+            AND txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST(? AS pg_snapshot)))) \
+            AND pg_visible_in_snapshot(txid, s.cur) \
+          OFFSET 0) u) w",
+    // Walked in the partition's id index, as a row comparison: the plain id index (status = 0 holds every event
+    // under a cursor) would read every partition's events to find this one's (8x the rows with 8 partitions).
     read: "SELECT id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, correlation_id, \
           causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at, \
           EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = o.partition_no \
             AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind \
-        FROM {t} o WHERE partition_no = ? AND status = 0 AND id > ? AND id <= ? \
+        FROM {t} o WHERE status = 0 AND (partition_no, id) > (?, ?) AND (partition_no, id) <= (?, ?) \
           AND pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
           AND NOT pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
-        ORDER BY id LIMIT ?",
+        ORDER BY partition_no, id LIMIT ?",
     parked: concat!(
         "SELECT o.id, o.event_id, o.event_type, o.data_version, o.aggregate_type, o.aggregate_id, o.payload, \
           o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.occurred_at, o.status, p.attempts, \
