@@ -140,7 +140,7 @@ impl Relay {
                 };
                 match claimed {
                     Ok(leased) => {
-                        let full = leased.rows.len() >= config.batch_size as usize;
+                        let full = leased.more || leased.rows.len() >= config.batch_size as usize;
                         // A full batch: there is probably more, claim again as soon as there is room.
                         pause = (!full).then(|| (Instant::now() + config.poll_interval, true));
                         batches += 1;

@@ -27,6 +27,8 @@ pub struct Claim {
 pub(crate) struct Leased {
     pub(crate) token: ClaimToken,
     pub(crate) rows: Vec<LeasedRow>,
+    /// Whether more may be waiting though the batch is not full: under a cursor, other partitions were not read.
+    pub(crate) more: bool,
 }
 
 /// One leased row: its id and aggregate, read at once for the ordering, and the row to decode later.
@@ -122,6 +124,7 @@ impl OutboxRepository {
         Ok(Leased {
             token: lease.token,
             rows,
+            more: false,
         })
     }
 
@@ -150,7 +153,7 @@ impl OutboxRepository {
     /// [`Claim::dead_lettered`]. Writes nothing: what becomes of those rows is the caller's to decide (the relay
     /// marks them dead letters with the rest of the batch's outcome).
     pub(crate) async fn decode(&self, leased: Leased) -> Claim {
-        let Leased { token, rows } = leased;
+        let Leased { token, rows, .. } = leased;
         let mut claim = Claim {
             token,
             events: Vec::with_capacity(rows.len()),

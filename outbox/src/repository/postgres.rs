@@ -344,6 +344,9 @@ macro_rules! db_now {
 /// PostgreSQL's commit-order cursor (see `cursor.rs`): a window is the events whose transactions became visible
 /// between two snapshots of `pg_current_snapshot()`.
 pub(super) const CURSOR: CursorSql = CursorSql {
+    plan: Some(
+        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
+    ),
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \
@@ -355,6 +358,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
           (SELECT MIN(txid) FROM {t} WHERE status = 0 AND partition_no = g), \
           pg_snapshot_xmin(pg_current_snapshot())) AS start) s \
         ON CONFLICT DO NOTHING",
+    analyze: "ANALYZE {t}_cursors",
     acquire: concat!(
         "WITH free AS (SELECT partition_no FROM {t}_cursors WHERE owner IS NULL OR lease_until < ",
         db_now!(),
