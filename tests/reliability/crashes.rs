@@ -116,6 +116,54 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
         .await;
 }
 
+/// The same four processes under the commit-order cursor: the killed relays' partitions are taken over when their
+/// leases end, and the relays rebalance as victims come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
+    let _serial = serial().await;
+    let rounds = if soak() { 40 } else { 8 };
+    let faults = Faults {
+        fail: 0.1,
+        lose_ack: 0.02,
+    };
+    let cursor = [("OUTBOX_DELIVERY", "cursor")];
+    let spawn = |t: &TestDb, sink: &Sink| {
+        RelayProcess::spawn_with(&crate::child::postgres_url(), t, sink, faults, &cursor)
+    };
+    let t = TestDb::new(Backend::Postgres).await;
+    let sink = Sink::create(&t).await;
+    let writers = Writers::start(&t, steady_writers(1000));
+    let steady = [spawn(&t, &sink), spawn(&t, &sink)];
+    let mut victims = [Some(spawn(&t, &sink)), Some(spawn(&t, &sink))];
+    for round in 0..rounds {
+        tokio::time::sleep(random_pause(200, 900)).await;
+        let victim = &mut victims[round % 2];
+        if let Some(relay) = victim.take() {
+            relay.kill();
+        }
+        *victim = Some(spawn(&t, &sink));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = writers.stop().await;
+    let tally = drain(&t, &sink, &ledger).await;
+    let lost_acks = sink.lost_acks(&t).await;
+    // A killed relay's batches in flight (two per partition it held, two partitions of eight among four
+    // relays) go out again from the cursor.
+    sink.check(
+        &t,
+        &tally,
+        "4d. four cursor relay processes, two SIGKILLed in turn",
+        &format!(
+            "OUTBOX_DELIVERY=cursor, 8 partitions; {rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% \
+             lost acks ({lost_acks} lost)"
+        ),
+        rounds * 4 * CHILD_BATCH + lost_acks,
+    )
+    .await;
+    sink.tear_down(t, steady.into_iter().chain(victims.into_iter().flatten()))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_in_time_and_leaves_no_lease() {
     let _serial = serial().await;
