@@ -152,7 +152,7 @@ async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
     sink.check(
         &t,
         &tally,
-        "4d. four cursor relay processes, two SIGKILLed in turn",
+        "4e. four cursor relay processes, two SIGKILLed in turn",
         &format!(
             "OUTBOX_DELIVERY=cursor, 8 partitions; {rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% \
              lost acks ({lost_acks} lost)"
