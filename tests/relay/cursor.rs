@@ -302,3 +302,66 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order() {
     assert_eq!(upgraded.count_unpublished(&t.db).await.unwrap(), 0);
     t.drop_tables().await;
 }
+
+#[tokio::test]
+async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it() {
+    let mut config = cursor_config(2);
+    config.retry_initial_delay = Duration::from_millis(200);
+    config.retry_max_delay = Duration::from_millis(200);
+    let t = TestDb::with_config(Backend::Postgres, config).await;
+    let broker = InMemoryPublisher::new();
+    broker.fail_next(1);
+    let id = t
+        .outbox
+        .add_event(&t.db, opened("lonely", 1))
+        .await
+        .unwrap();
+    let relay =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    assert!(
+        broker.wait_for(1, Duration::from_secs(10)).await,
+        "the parked event was never tried again"
+    );
+    relay.stop().await;
+    assert_eq!(broker.messages()[0].message.id, id);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_goes_out_again() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(2)).await;
+    let broker = InMemoryPublisher::new();
+    broker.reject_when(|message| (message.key == "doomed").then(|| "rejected".to_owned()));
+    let id = t
+        .outbox
+        .add_event(&t.db, opened("doomed", 1))
+        .await
+        .unwrap();
+    let relay =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    let dead = async {
+        while t.outbox.count_dead_letters(&t.db).await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), dead)
+        .await
+        .expect("a dead letter");
+    broker.reject_when(|_| None);
+    let replayed = t
+        .outbox
+        .replay_dead_letters(&t.db, outbox::repository::DeadLetterFilter::All)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    assert!(
+        broker.wait_for(1, Duration::from_secs(10)).await,
+        "the replayed event was never published"
+    );
+    relay.stop().await;
+    assert_eq!(broker.messages()[0].message.id, id);
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}

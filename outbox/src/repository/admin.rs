@@ -308,8 +308,71 @@ impl OutboxRepository {
             sql::END_LEASE,
             sql::DEAD
         );
+        if let Some(cursor) = Dialect::of(db).cursor.filter(|_| self.under_cursor(db)) {
+            return self.replay_parked(db, cursor, &condition, values).await;
+        }
         self.execute(db, "replaying dead letters", &query, values)
             .await
+    }
+
+    /// Replay under the cursor, which has long passed the dead letters: each goes to its aggregate's parked
+    /// queue (after what waits there), then becomes pending again. In that order, so that a failure between the
+    /// two leaves an event published twice rather than pending where no relay looks.
+    async fn replay_parked<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        cursor: &super::cursor::CursorSql,
+        condition: &str,
+        values: Vec<Value>,
+    ) -> Result<u64> {
+        let select = format!(
+            "SELECT id, aggregate_type, aggregate_id FROM {{t}} WHERE status = {}{condition} ORDER BY id",
+            sql::DEAD
+        );
+        let dead = self
+            .query(db, "finding dead letters", &select, values)
+            .await?;
+        let mut replayed = 0;
+        for chunk in dead.chunks(sql::CHUNK) {
+            let (mut ids, mut partitions) = (Vec::new(), Vec::new());
+            for row in chunk {
+                let read = |i| row.try_get_by_index::<String>(i).unwrap_or_default();
+                ids.push(row.try_get_by_index::<i64>(0).unwrap_or_default());
+                partitions.push(super::partition_of(
+                    &read(1),
+                    &read(2),
+                    self.inner.config.partitions,
+                ));
+            }
+            self.execute(
+                db,
+                "replaying dead letters",
+                cursor.repartition,
+                vec![
+                    super::cursor::id_array(&ids),
+                    super::cursor::id_array(&partitions),
+                ],
+            )
+            .await?;
+            self.execute(
+                db,
+                "replaying dead letters",
+                cursor.park,
+                vec![super::cursor::id_array(&ids)],
+            )
+            .await?;
+            let (within, ids) = Dialect::of(db).id_in(&ids);
+            let revive = format!(
+                "UPDATE {{t}} SET status = {}, attempts = 0, next_attempt_at = NULL, {} WHERE status = {} AND {within}",
+                sql::PENDING,
+                sql::END_LEASE,
+                sql::DEAD
+            );
+            replayed += self
+                .execute(db, "replaying dead letters", &revive, ids)
+                .await?;
+        }
+        Ok(replayed)
     }
 
     /// Deletes dead letters for good. Returns how many.

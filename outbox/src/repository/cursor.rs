@@ -68,6 +68,11 @@ pub(crate) struct CursorSql {
     pub(crate) read: &'static str,
     /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
     pub(crate) parked: &'static str,
+    /// How many events partition `?` has parked.
+    pub(crate) any_parked: &'static str,
+    /// Gives rows (ids) that have no partition theirs (partitions), leaving their transaction id alone: dead
+    /// letters stored before the upgrade, when they are replayed.
+    pub(crate) repartition: &'static str,
     /// Moves a cursor: snap_from, snap_to, after_id, lease µs, partition, owner, epoch.
     pub(crate) advance: &'static str,
     /// Renews one partition's lease if still owned: lease µs, partition, owner, epoch.
@@ -87,6 +92,9 @@ pub(crate) struct CursorSql {
 
 /// How many parked or legacy rows one statement handles.
 const CHUNK: u32 = 10_000;
+
+/// How often a partition without parked events of this relay's is asked for some.
+const PARKED_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Outcomes kept for the `fail` and `release` calls that follow a batch's `acknowledge`.
 const SETTLED_KEPT: usize = 64;
@@ -120,6 +128,8 @@ struct Owned {
     window_end: Option<i64>,
     /// Whether the partition may have parked events.
     parked: bool,
+    /// When its parked events were last looked for.
+    parked_checked: Option<Instant>,
     /// When a batch of it is out, since when.
     busy: Option<Instant>,
 }
@@ -260,7 +270,14 @@ impl Cursors {
         }
         let mut rows: Vec<QueryResult> = Vec::new();
         let mut parked = Vec::new();
-        if owned.parked {
+        // Parked events appear without this relay parking them (a dead letter replayed), and wait out their
+        // backoff: a partition that may hold some is asked every time, any other one now and then.
+        let look = owned.parked
+            || owned
+                .parked_checked
+                .is_none_or(|at| at.elapsed() >= PARKED_CHECK_EVERY);
+        if look {
+            owned.parked_checked = Some(Instant::now());
             let due = repo
                 .query(
                     &txn,
@@ -273,6 +290,9 @@ impl Cursors {
                 parked.push(row.try_get_by_index::<i64>(0).unwrap_or_default());
                 rows.push(row);
             }
+            // None due: whether any wait for their turn.
+            owned.parked = !parked.is_empty()
+                || count(repo, &txn, sql.any_parked, vec![partition.into()]).await? > 0;
         }
         let mut window = Vec::new();
         let mut at = owned.at.clone();
@@ -371,7 +391,7 @@ impl Cursors {
             }
         }
         repo.commit(txn).await?;
-        owned.parked &= !parked.is_empty() || window.iter().any(|(_, out)| !out);
+        owned.parked |= window.iter().any(|(_, out)| !out);
         if rows.is_empty() && window.is_empty() {
             // Nothing to publish; an empty window moved the cursor in memory only (written with the next batch).
             let mut state = self.state();
@@ -383,6 +403,7 @@ impl Cursors {
                 o.at = at;
                 o.window_end = window_end;
                 o.parked = owned.parked;
+                o.parked_checked = owned.parked_checked;
             }
             return Ok(None);
         }
@@ -572,6 +593,7 @@ impl Cursors {
                     },
                     window_end: None,
                     parked: get(repo, &row, "parked")?,
+                    parked_checked: None,
                     busy: None,
                 };
                 tracing::info!(target: "outbox", partition, epoch = owned.epoch, "partition taken");
@@ -842,9 +864,9 @@ impl Cursors {
     }
 }
 
-async fn count(
+async fn count<C: sea_orm::ConnectionTrait>(
     repo: &OutboxRepository,
-    db: &DatabaseConnection,
+    db: &C,
     statement: &str,
     values: Vec<Value>,
 ) -> Result<u64> {
@@ -856,7 +878,7 @@ async fn count(
 }
 
 /// Numbers as one PostgreSQL array parameter.
-fn id_array<T: ToString>(items: &[T]) -> Value {
+pub(super) fn id_array<T: ToString>(items: &[T]) -> Value {
     let list: Vec<String> = items.iter().map(ToString::to_string).collect();
     format!("{{{}}}", list.join(",")).into()
 }

@@ -416,6 +416,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND q.aggregate_type = p.aggregate_type AND q.aggregate_id = p.aggregate_id) \
         ORDER BY p.seq LIMIT ?"
     ),
+    any_parked: "SELECT COUNT(*) FROM (SELECT 1 FROM {t}_parked WHERE partition_no = ? LIMIT 1) p",
+    repartition: "UPDATE {t} SET partition_no = v.p \
+        FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v \
+        WHERE {t}.id = v.id AND {t}.partition_no IS NULL",
     advance: concat!(
         "UPDATE {t}_cursors SET snap_from = ?, snap_to = ?, after_id = ?, lease_until = ",
         db_now!(),
