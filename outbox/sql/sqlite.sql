@@ -39,3 +39,27 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
 -- Each event's partition: a stable hash of its aggregate, written by add_event (docs/design.md, "The commit-order
 -- cursor"). SQLite has no ADD COLUMN IF NOT EXISTS: the migration asks the catalog first.
 ALTER TABLE outbox_events ADD COLUMN partition_no INTEGER;
+-- The commit-order cursor (docs/design.md, "The commit-order cursor"). SQLite has one writer at a time and
+-- AUTOINCREMENT ids are never reused, so id order is commit order: a partition's log is its ids.
+CREATE INDEX IF NOT EXISTS outbox_events_log_idx ON outbox_events (partition_no, id) WHERE status = 0;
+CREATE TABLE IF NOT EXISTS outbox_events_cursors (
+    partition_no INTEGER PRIMARY KEY,
+    partitions   INTEGER NOT NULL,
+    owner        TEXT,
+    lease_until  INTEGER,
+    epoch        INTEGER NOT NULL DEFAULT 0,
+    snap_from    TEXT    NOT NULL,
+    snap_to      TEXT,
+    after_id     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox_events_parked (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER NOT NULL UNIQUE,
+    partition_no    INTEGER NOT NULL,
+    aggregate_type  TEXT    NOT NULL,
+    aggregate_id    TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_events_parked_idx ON outbox_events_parked (partition_no, aggregate_type, aggregate_id, seq);

@@ -287,3 +287,20 @@ fn from_env_in_child() {
         config.batch_size, config.enable_metrics
     );
 }
+
+#[test]
+fn delivery_and_partitions_are_read_and_checked() {
+    let config =
+        OutboxConfig::from_vars([("OUTBOX_DELIVERY", "Cursor"), ("OUTBOX_PARTITIONS", "16")])
+            .unwrap();
+    assert_eq!(config.delivery, outbox::Delivery::Cursor);
+    assert_eq!(config.partitions, 16);
+    assert_eq!(OutboxConfig::default().delivery, outbox::Delivery::Rows);
+    assert_eq!(OutboxConfig::default().partitions, 8);
+    let err = OutboxConfig::from_vars([("OUTBOX_DELIVERY", "log"), ("OUTBOX_PARTITIONS", "0")])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "OUTBOX_DELIVERY=log: must be rows or cursor\nOUTBOX_PARTITIONS=0: must be between 1 and 1024"
+    );
+}

@@ -16,6 +16,33 @@ use outbox_tests::running::Running;
 
 use crate::accounting::{account, fast_config, write};
 
+/// Runs each scenario on PostgreSQL and on an SQLite file, the backends the cursor is built for.
+macro_rules! on_cursor_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(outbox_tests::backend::Backend::Postgres).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(outbox_tests::backend::Backend::SqliteFile).await;
+            })*
+        }
+    };
+}
+
+on_cursor_backends!(
+    four_relays_share_the_partitions_nothing_lost_order_kept,
+    a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter,
+    a_relay_that_lost_its_partition_cannot_move_the_cursor,
+    events_pending_from_before_the_upgrade_are_delivered_first_in_order,
+    a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
+    a_replayed_dead_letter_goes_out_again,
+);
+
 fn cursor_config(partitions: u16) -> OutboxConfig {
     let mut config = fast_config();
     config.delivery = Delivery::Cursor;
@@ -41,9 +68,8 @@ async fn drained(t: &TestDb, broker: &InMemoryPublisher, expected: usize) {
         .unwrap_or_else(|_| panic!("not everything arrived: {} of {expected}", broker.len()));
 }
 
-#[tokio::test]
-async fn four_relays_share_the_partitions_nothing_lost_order_kept() {
-    let t = TestDb::with_config(Backend::Postgres, cursor_config(8)).await;
+async fn four_relays_share_the_partitions_nothing_lost_order_kept(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(8)).await;
     let broker = InMemoryPublisher::new();
     broker.fail_fraction(0.10);
     broker.lose_acks(0.02);
@@ -154,9 +180,8 @@ async fn a_slow_transaction_is_neither_skipped_nor_waited_for() {
     t.drop_tables().await;
 }
 
-#[tokio::test]
-async fn a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter() {
-    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+async fn a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(1)).await;
     let broker = InMemoryPublisher::new();
     // Besides, one publish in three fails for a while: the parked events are retried in order.
     broker.fail_next(4);
@@ -213,9 +238,8 @@ async fn a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter() {
     t.drop_tables().await;
 }
 
-#[tokio::test]
-async fn a_relay_that_lost_its_partition_cannot_move_the_cursor() {
-    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+async fn a_relay_that_lost_its_partition_cannot_move_the_cursor(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(1)).await;
     let written = write(&t, 5, 20).await;
     let slow_broker = InMemoryPublisher::new();
     slow_broker.set_delay(Duration::from_millis(20));
@@ -256,9 +280,8 @@ async fn a_relay_that_lost_its_partition_cannot_move_the_cursor() {
     t.drop_tables().await;
 }
 
-#[tokio::test]
-async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order() {
-    let t = TestDb::new(Backend::Postgres).await;
+async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order(backend: Backend) {
+    let t = TestDb::new(backend).await;
     // Under the row design: 30 events, the first 10 published; then the rows lose what the cursor adds, as rows
     // stored before the upgrade have none of it.
     let written = write(&t, 3, 30).await;
@@ -266,8 +289,12 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order() {
     let rows = Relay::builder(t.db.clone(), t.outbox.clone(), before.clone()).build();
     assert_eq!(rows.publish_batch(10).await.unwrap().published, 10);
     let published_before: HashSet<_> = before.messages().iter().map(|m| m.message.id).collect();
-    t.sql("UPDATE {t} SET partition_no = NULL, txid = NULL")
-        .await;
+    let stored_before = if backend == Backend::Postgres {
+        "UPDATE {t} SET partition_no = NULL, txid = NULL"
+    } else {
+        "UPDATE {t} SET partition_no = NULL"
+    };
+    t.sql(stored_before).await;
     t.sql("DELETE FROM {t}_cursors").await;
 
     let upgraded = OutboxRepository::builder()
@@ -303,12 +330,11 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order() {
     t.drop_tables().await;
 }
 
-#[tokio::test]
-async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it() {
+async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it(backend: Backend) {
     let mut config = cursor_config(2);
     config.retry_initial_delay = Duration::from_millis(200);
     config.retry_max_delay = Duration::from_millis(200);
-    let t = TestDb::with_config(Backend::Postgres, config).await;
+    let t = TestDb::with_config(backend, config).await;
     let broker = InMemoryPublisher::new();
     broker.fail_next(1);
     let id = t
@@ -328,9 +354,8 @@ async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it() {
     t.drop_tables().await;
 }
 
-#[tokio::test]
-async fn a_replayed_dead_letter_goes_out_again() {
-    let t = TestDb::with_config(Backend::Postgres, cursor_config(2)).await;
+async fn a_replayed_dead_letter_goes_out_again(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(2)).await;
     let broker = InMemoryPublisher::new();
     broker.reject_when(|message| (message.key == "doomed").then(|| "rejected".to_owned()));
     let id = t
@@ -363,5 +388,43 @@ async fn a_replayed_dead_letter_goes_out_again() {
     assert_eq!(broker.messages()[0].message.id, id);
     assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 0);
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_relay_refuses_the_cursor_where_it_is_not_built_and_a_partition_count_that_disagrees() {
+    let t = TestDb::with_config(Backend::MariaDb, cursor_config(8)).await;
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    let error = relay.check().await.unwrap_err().to_string();
+    assert!(
+        error.contains("OUTBOX_DELIVERY=rows") && error.contains("mysql"),
+        "{error}"
+    );
+    t.drop_tables().await;
+
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(8)).await;
+    write(&t, 2, 4).await;
+    let eight = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    // One partition per batch: as many batches as partitions hold events.
+    let mut published = 0;
+    loop {
+        let report = eight.publish_batch(10).await.unwrap();
+        if report.claimed == 0 {
+            break;
+        }
+        published += report.published;
+    }
+    assert_eq!(published, 4);
+    let four = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(cursor_config(4))
+        .build()
+        .unwrap();
+    let relay = Relay::builder(t.db.clone(), four, InMemoryPublisher::new()).build();
+    let error = relay.publish_batch(10).await.unwrap_err().to_string();
+    assert!(
+        error.contains("split into 8 partitions but OUTBOX_PARTITIONS is 4"),
+        "{error}"
+    );
     t.drop_tables().await;
 }

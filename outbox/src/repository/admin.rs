@@ -348,17 +348,14 @@ impl OutboxRepository {
                 db,
                 "replaying dead letters",
                 cursor.repartition,
-                vec![
-                    super::cursor::id_array(&ids),
-                    super::cursor::id_array(&partitions),
-                ],
+                vec![cursor.array(&ids), cursor.array(&partitions)],
             )
             .await?;
             self.execute(
                 db,
                 "replaying dead letters",
                 cursor.park,
-                vec![super::cursor::id_array(&ids)],
+                vec![cursor.array(&ids)],
             )
             .await?;
             let (within, ids) = Dialect::of(db).id_in(&ids);

@@ -31,9 +31,13 @@ use super::{
     Result, micros, now_micros, partition_of,
 };
 
-/// The statements of one backend's cursor, written with `?` and `{t}` like the rest.
+/// The statements of one backend's cursor, written with `?` and `{t}` like the rest, or with numbered
+/// parameters (`$1`, `?1`) where one value is used twice.
 #[derive(Debug)]
 pub(crate) struct CursorSql {
+    /// Whether lists of numbers go as one JSON array parameter (`[1,2]`, SQLite's `json_each`) rather than a
+    /// PostgreSQL array (`{1,2}`).
+    pub(crate) json_arrays: bool,
     /// Run first in the transaction of a batch's reads: makes the database plan each of them for its values. A
     /// plan made for any values (what a prepared statement gets after a few runs) walked a whole partition and
     /// sorted it for every batch (105 ms instead of 1.5 ms per 1,000 events, `EXPLAIN ANALYZE`).
@@ -61,10 +65,10 @@ pub(crate) struct CursorSql {
     /// Relays whose heartbeat is at or after `?` (µs).
     pub(crate) relays: &'static str,
     /// Opens a window: the snapshot to read to (`?`, or the current one when NULL), and the lowest and highest
-    /// id in it after a snapshot: S2 or NULL, partition, S1, partition, S1.
+    /// id in it after a snapshot: S2 or NULL, partition, S1.
     pub(crate) open: &'static str,
-    /// Up to `?` events of a window: partition, after id, partition, up to id, S2, S1, limit; with `behind` (its
-    /// aggregate has parked events).
+    /// Up to `?` events of a window: partition, after id, up to id, S2, S1, limit; with `behind` (its aggregate
+    /// has parked events).
     pub(crate) read: &'static str,
     /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
     pub(crate) parked: &'static str,
@@ -88,6 +92,54 @@ pub(crate) struct CursorSql {
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
     /// cursor exists), and when the oldest behind a cursor occurred.
     pub(crate) pending: &'static str,
+}
+
+/// The start of a backend's window read: every column of a stored event (as `sql::COLUMNS`) and `behind`, whether
+/// its aggregate has parked events; the backend adds which events of `{t} o` are in the window.
+macro_rules! window_read {
+    ($($condition:tt)*) => {
+        concat!(
+            "SELECT id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, correlation_id, \
+               causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at, \
+               EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = o.partition_no \
+                 AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind \
+             FROM {t} o WHERE status = 0 AND ",
+            $($condition)*
+        )
+    };
+}
+
+/// A backend's read of parked events whose turn has come on its clock `now` (an SQL expression), the oldest of
+/// each aggregate, with the attempts and error the parked row keeps: partition, limit.
+macro_rules! parked_heads {
+    ($($now:tt)*) => {
+        concat!(
+            "SELECT o.id, o.event_id, o.event_type, o.data_version, o.aggregate_type, o.aggregate_id, o.payload, \
+               o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.occurred_at, o.status, p.attempts, \
+               p.last_error, o.published_at \
+             FROM {t}_parked p JOIN {t} o ON o.id = p.id \
+             WHERE p.partition_no = ? AND p.next_attempt_at <= ",
+            $($now)*,
+            " AND p.seq = (SELECT MIN(q.seq) FROM {t}_parked q WHERE q.partition_no = p.partition_no \
+               AND q.aggregate_type = p.aggregate_type AND q.aggregate_id = p.aggregate_id) \
+             ORDER BY p.seq LIMIT ?"
+        )
+    };
+}
+
+pub(super) use {parked_heads, window_read};
+
+impl CursorSql {
+    /// Numbers as one array parameter, in this backend's form.
+    pub(crate) fn array<T: ToString>(&self, items: &[T]) -> Value {
+        let list: Vec<String> = items.iter().map(ToString::to_string).collect();
+        if self.json_arrays {
+            format!("[{}]", list.join(","))
+        } else {
+            format!("{{{}}}", list.join(","))
+        }
+        .into()
+    }
 }
 
 /// How many parked or legacy rows one statement handles.
@@ -315,8 +367,6 @@ impl Cursors {
                                 at.snap_to.clone().into(),
                                 partition.into(),
                                 at.snap_from.clone().into(),
-                                partition.into(),
-                                at.snap_from.clone().into(),
                             ],
                         )
                         .await?;
@@ -359,7 +409,6 @@ impl Cursors {
                     vec![
                         partition.into(),
                         at.after_id.into(),
-                        partition.into(),
                         end.into(),
                         to.clone().into(),
                         at.snap_from.clone().into(),
@@ -481,7 +530,7 @@ impl Cursors {
                 &txn,
                 "adopting events",
                 sql.adopt,
-                vec![id_array(&ids), id_array(&parts)],
+                vec![sql.array(&ids), sql.array(&parts)],
             )
             .await?;
             if legacy.len() < CHUNK as usize {
@@ -735,7 +784,7 @@ impl Cursors {
                 &txn,
                 "parking events",
                 sql.park,
-                vec![id_array(&unpublished)],
+                vec![sql.array(&unpublished)],
             )
             .await?;
         }
@@ -744,7 +793,7 @@ impl Cursors {
                 &txn,
                 "unparking events",
                 sql.unpark,
-                vec![id_array(&unparked)],
+                vec![sql.array(&unparked)],
             )
             .await?;
         }
@@ -847,7 +896,7 @@ impl Cursors {
                         &txn,
                         "unparking events",
                         sql.unpark,
-                        vec![id_array(&[failure.id])],
+                        vec![sql.array(&[failure.id])],
                     )
                     .await?;
                     outcome.dead_lettered += 1;
@@ -875,12 +924,6 @@ async fn count<C: sea_orm::ConnectionTrait>(
         .first()
         .and_then(|row| row.try_get_by_index::<i64>(0).ok())
         .map_or(0, |n| u64::try_from(n).unwrap_or_default()))
-}
-
-/// Numbers as one PostgreSQL array parameter.
-pub(super) fn id_array<T: ToString>(items: &[T]) -> Value {
-    let list: Vec<String> = items.iter().map(ToString::to_string).collect();
-    format!("{{{}}}", list.join(",")).into()
 }
 
 fn sql(db: &DatabaseConnection, repo: &OutboxRepository) -> Result<&'static CursorSql> {

@@ -44,8 +44,8 @@ pub enum RepositoryError {
     MissingLockRow(String),
     /// `OUTBOX_DELIVERY=cursor` on a database the commit-order cursor is not built for.
     #[error(
-        "outbox table `{table}`: the commit-order cursor (OUTBOX_DELIVERY=cursor) runs on PostgreSQL; this database \
-         is {backend}: use OUTBOX_DELIVERY=rows"
+        "outbox table `{table}`: the commit-order cursor (OUTBOX_DELIVERY=cursor) runs on PostgreSQL and SQLite; \
+         this database is {backend}: use OUTBOX_DELIVERY=rows"
     )]
     CursorUnsupported {
         /// The outbox table.

@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
-use super::cursor::CursorSql;
+use super::cursor::{CursorSql, parked_heads, window_read};
 use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
@@ -344,6 +344,7 @@ macro_rules! db_now {
 /// PostgreSQL's commit-order cursor (see `cursor.rs`): a window is the events whose transactions became visible
 /// between two snapshots of `pg_current_snapshot()`.
 pub(super) const CURSOR: CursorSql = CursorSql {
+    json_arrays: false,
     plan: Some(
         "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
     ),
@@ -385,37 +386,25 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
     // reads every event ever stored once the table keeps its history.
     open: "SELECT CAST(s.cur AS TEXT) AS snapshot, w.low, w.high \
-        FROM (SELECT COALESCE(CAST(? AS pg_snapshot), pg_current_snapshot()) AS cur) s, \
+        FROM (SELECT COALESCE(CAST($1 AS pg_snapshot), pg_current_snapshot()) AS cur) s, \
         LATERAL (SELECT MIN(id) AS low, MAX(id) AS high FROM ( \
-          SELECT id FROM {t} WHERE status = 0 AND partition_no = ? \
-            AND txid >= pg_snapshot_xmax(CAST(? AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur) \
+          SELECT id FROM {t} WHERE status = 0 AND partition_no = $2 \
+            AND txid >= pg_snapshot_xmax(CAST($3 AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur) \
             AND pg_visible_in_snapshot(txid, s.cur) \
           UNION ALL \
-          SELECT id FROM {t} WHERE status = 0 AND partition_no = ? \
-            AND txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST(? AS pg_snapshot)))) \
+          SELECT id FROM {t} WHERE status = 0 AND partition_no = $2 \
+            AND txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST($3 AS pg_snapshot)))) \
             AND pg_visible_in_snapshot(txid, s.cur) \
           OFFSET 0) u) w",
     // Walked in the partition's id index, as a row comparison: the plain id index (status = 0 holds every event
     // under a cursor) would read every partition's events to find this one's (8x the rows with 8 partitions).
-    read: "SELECT id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, correlation_id, \
-          causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at, \
-          EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = o.partition_no \
-            AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind \
-        FROM {t} o WHERE status = 0 AND (partition_no, id) > (?, ?) AND (partition_no, id) <= (?, ?) \
-          AND pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
-          AND NOT pg_visible_in_snapshot(txid, CAST(? AS pg_snapshot)) \
-        ORDER BY partition_no, id LIMIT ?",
-    parked: concat!(
-        "SELECT o.id, o.event_id, o.event_type, o.data_version, o.aggregate_type, o.aggregate_id, o.payload, \
-          o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.occurred_at, o.status, p.attempts, \
-          p.last_error, o.published_at \
-        FROM {t}_parked p JOIN {t} o ON o.id = p.id \
-        WHERE p.partition_no = ? AND p.next_attempt_at <= ",
-        db_now!(),
-        " AND p.seq = (SELECT MIN(q.seq) FROM {t}_parked q WHERE q.partition_no = p.partition_no \
-            AND q.aggregate_type = p.aggregate_type AND q.aggregate_id = p.aggregate_id) \
-        ORDER BY p.seq LIMIT ?"
+    read: window_read!(
+        "(partition_no, id) > ($1, $2) AND (partition_no, id) <= ($1, $3) \
+          AND pg_visible_in_snapshot(txid, CAST($4 AS pg_snapshot)) \
+          AND NOT pg_visible_in_snapshot(txid, CAST($5 AS pg_snapshot)) \
+        ORDER BY partition_no, id LIMIT $6"
     ),
+    parked: parked_heads!(db_now!()),
     any_parked: "SELECT COUNT(*) FROM (SELECT 1 FROM {t}_parked WHERE partition_no = ? LIMIT 1) p",
     repartition: "UPDATE {t} SET partition_no = v.p \
         FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v \
