@@ -33,8 +33,14 @@ pub fn event_over(i: usize, aggregates: usize) -> UserCreated {
     }
 }
 
-/// A new outbox table with a unique name, and a repository on it.
-pub async fn fresh(db: &DatabaseConnection, config: OutboxConfig) -> Result<OutboxRepository> {
+/// A new outbox table with a unique name, and a repository on it. `BENCH_DELIVERY=cursor` runs every scenario
+/// that does not choose for itself (latency, sustained, stability, write) under the commit-order cursor, over
+/// [`PARTITIONS`](crate::drain::PARTITIONS) partitions.
+pub async fn fresh(db: &DatabaseConnection, mut config: OutboxConfig) -> Result<OutboxRepository> {
+    if std::env::var("BENCH_DELIVERY").as_deref() == Ok("cursor") {
+        config.delivery = outbox::Delivery::Cursor;
+        config.partitions = crate::drain::PARTITIONS;
+    }
     let table = format!("bench_{}", Uuid::new_v4().simple());
     create_table(db, &table).await?;
     Ok(OutboxRepository::builder()

@@ -420,11 +420,22 @@ async fn a_relay_refuses_the_cursor_where_it_is_not_built_and_a_partition_count_
         .config(cursor_config(4))
         .build()
         .unwrap();
-    let relay = Relay::builder(t.db.clone(), four, InMemoryPublisher::new()).build();
+    let relay = Relay::builder(t.db.clone(), four.clone(), InMemoryPublisher::new()).build();
     let error = relay.publish_batch(10).await.unwrap_err().to_string();
     assert!(
         error.contains("split into 8 partitions but OUTBOX_PARTITIONS is 4"),
         "{error}"
+    );
+    // `run` stops at its start with the same error, rather than retrying it batch after batch.
+    let relay = Relay::builder(t.db.clone(), four, InMemoryPublisher::new()).build();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), relay.run(std::future::pending()))
+        .await
+        .expect("the relay refuses at once");
+    assert!(
+        stopped
+            .unwrap_err()
+            .to_string()
+            .contains("split into 8 partitions"),
     );
     t.drop_tables().await;
 }

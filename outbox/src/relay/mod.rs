@@ -101,7 +101,9 @@ impl Relay {
     }
 
     /// What `run` checks before its first batch: the registry has no conflicting types, the outbox table
-    /// exists, and the broker answers (an unreachable broker is logged, not fatal: the relay waits for it).
+    /// exists (under [`Delivery::Cursor`](crate::Delivery::Cursor): on a database the cursor is built for, with
+    /// as many partitions as configured, its earlier pending events adopted), and the broker answers (an
+    /// unreachable broker is logged, not fatal: the relay waits for it).
     pub async fn check(&self) -> Result<(), RelayError> {
         let registry = self.store.repository().registry();
         registry.validate()?;
@@ -119,6 +121,7 @@ impl Relay {
             .collect();
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
         self.store.check().await?;
+        self.store.prepare().await?;
         if let Err(error) = self.publisher.check().await {
             tracing::error!(
                 target: "outbox",

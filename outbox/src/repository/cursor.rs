@@ -231,22 +231,24 @@ impl Cursors {
         limit: u32,
     ) -> Result<Leased> {
         let sql = sql(db, repo)?;
-        if !self.state().prepared {
-            self.prepare(db, repo, sql).await?;
-            self.state().prepared = true;
-        }
+        self.ready(db, repo).await?;
         self.refresh(db, repo, sql).await?;
         let candidates: Vec<(i16, Owned)> = {
             let mut state = self.state();
             let abandoned = repo.inner.config.lease_duration;
             // A batch whose outcome never came (its task failed before marking) frees its partition after a
             // lease: it is read again from the cursor, a duplicate rather than a stuck partition.
-            for owned in state.owned.values_mut() {
+            let mut dropped = Vec::new();
+            for (partition, owned) in &mut state.owned {
                 if owned.busy.is_some_and(|at| at.elapsed() > abandoned) {
                     owned.busy = None;
                     owned.window_end = None;
+                    dropped.push(*partition);
                 }
             }
+            state
+                .reading
+                .retain(|_, batch| !dropped.contains(&batch.partition));
             let free: Vec<(i16, Owned)> = state
                 .owned
                 .iter()
@@ -488,6 +490,21 @@ impl Cursors {
 }
 
 impl Cursors {
+    /// Prepares the table once (see [`prepare`](Self::prepare)); a relay calls it before it starts, so that a
+    /// partition count that disagrees with the table's stops it there.
+    pub(crate) async fn ready(
+        &self,
+        db: &DatabaseConnection,
+        repo: &OutboxRepository,
+    ) -> Result<()> {
+        if self.state().prepared {
+            return Ok(());
+        }
+        self.prepare(db, repo, sql(db, repo)?).await?;
+        self.state().prepared = true;
+        Ok(())
+    }
+
     /// Once per relay, before its first batch: adopts the pending rows stored without a partition or a
     /// transaction id (before the upgrade, or by an older writer) into one transaction of this relay's, so they
     /// are delivered in one window, in id order; then creates the cursor rows, each starting below its

@@ -125,6 +125,15 @@ impl Store {
         Ok(())
     }
 
+    /// What a relay does before its first batch: under a cursor, adopts the events stored before it and creates
+    /// the cursors, or refuses a partition count that disagrees with the table's.
+    pub(crate) async fn prepare(&self) -> Result<()> {
+        match &self.cursors {
+            Some(cursors) => cursors.ready(&self.db, &self.repository).await,
+            None => Ok(()),
+        }
+    }
+
     /// A relay stops cleanly, its batches settled: it gives its partitions back at once, so another relay takes
     /// them over without waiting for the leases to end.
     pub(crate) async fn hand_over(&self) -> Result<()> {
