@@ -39,7 +39,10 @@ pub fn event_over(i: usize, aggregates: usize) -> UserCreated {
 pub async fn fresh(db: &DatabaseConnection, mut config: OutboxConfig) -> Result<OutboxRepository> {
     if std::env::var("BENCH_DELIVERY").as_deref() == Ok("cursor") {
         config.delivery = outbox::Delivery::Cursor;
-        config.partitions = crate::drain::PARTITIONS;
+        config.partitions = crate::env("BENCH_PARTITIONS")
+            .ok()
+            .flatten()
+            .unwrap_or(crate::drain::PARTITIONS);
     }
     let table = format!("bench_{}", Uuid::new_v4().simple());
     create_table(db, &table).await?;
