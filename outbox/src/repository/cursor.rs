@@ -164,8 +164,8 @@ struct State {
     owned: BTreeMap<i16, Owned>,
     /// Batches read and not yet acknowledged, by token.
     reading: HashMap<i64, Batch>,
-    /// Batches acknowledged: (token, partition, epoch), for their failures.
-    settled: VecDeque<(i64, i16, i64)>,
+    /// Batches acknowledged, by token: each part's partition, epoch and events, for their failures.
+    settled: VecDeque<(i64, Vec<(i16, i64, Vec<i64>)>)>,
     next_token: i64,
     next_refresh: Option<Instant>,
     /// Where the next round of partitions starts.
@@ -193,8 +193,15 @@ struct Position {
     after_id: i64,
 }
 
+/// A batch: what it read of each partition it took.
 #[derive(Debug)]
 struct Batch {
+    parts: Vec<Part>,
+}
+
+/// What a batch read of one partition, and where that partition's cursor goes once the batch is settled.
+#[derive(Clone, Debug)]
+struct Part {
     partition: i16,
     epoch: i64,
     to: Position,
@@ -248,7 +255,7 @@ impl Cursors {
             }
             state
                 .reading
-                .retain(|_, batch| !dropped.contains(&batch.partition));
+                .retain(|_, batch| !batch.parts.iter().any(|p| dropped.contains(&p.partition)));
             let free: Vec<(i16, Owned)> = state
                 .owned
                 .iter()
@@ -262,29 +269,98 @@ impl Cursors {
             free.rotate_left(turn % n);
             free
         };
-        let unread = candidates.len();
-        for (i, (partition, owned)) in candidates.into_iter().enumerate() {
+        // Up to half the partitions per batch, so the next batch in flight has its own to read.
+        let most_parts = self.state().owned.len().div_ceil(2).max(1);
+        let txn = repo.begin(db).await?;
+        let read = self
+            .read_parts(&txn, repo, sql, candidates, most_parts, limit)
+            .await;
+        let (parts, rows, more) = match read {
+            Ok(read) => read,
+            Err((error, taken)) => {
+                for partition in taken {
+                    self.put_back(partition);
+                }
+                return Err(error);
+            }
+        };
+        if let Err(error) = repo.commit(txn).await {
+            for part in &parts {
+                self.put_back(part.partition);
+            }
+            return Err(error);
+        }
+        let none = Leased {
+            token: ClaimToken(0),
+            rows: Vec::new(),
+            more,
+        };
+        if parts.is_empty() {
+            return Ok(none);
+        }
+        let token = {
+            let mut state = self.state();
+            state.next_token += 1;
+            let token = state.next_token;
+            state.reading.insert(token, Batch { parts });
+            token
+        };
+        if rows.is_empty() {
+            // Only events behind parked aggregates: park them and move on at once.
+            self.acknowledge(db, repo, ClaimToken(token), &[]).await?;
+            return Ok(Leased { more: true, ..none });
+        }
+        Ok(Leased {
+            token: ClaimToken(token),
+            rows: rows.into_iter().map(LeasedRow::new).collect(),
+            more,
+        })
+    }
+
+    /// Reads partitions in turn, in one transaction (only so that its statements are planned for their values,
+    /// see [`CursorSql::plan`]; each still sees what committed before it), until the batch is full or `most`
+    /// partitions gave events. Returns the parts, their rows, and whether partitions were left unread. On an
+    /// error, the partitions it had taken, to put back.
+    async fn read_parts<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        candidates: Vec<(i16, Owned)>,
+        most: usize,
+        limit: u32,
+    ) -> std::result::Result<(Vec<Part>, Vec<QueryResult>, bool), (RepositoryError, Vec<i16>)> {
+        let (mut parts, mut rows, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(plan) = sql.plan {
+            repo.query(txn, "planning the reads", plan, Vec::new())
+                .await
+                .map_err(|e| (e, Vec::new()))?;
+        }
+        let mut candidates = candidates.into_iter();
+        for (partition, owned) in candidates.by_ref() {
             if !self.take(partition, owned.epoch) {
                 continue;
             }
-            match self.read(db, repo, sql, partition, owned, limit).await {
-                Ok(Some(mut leased)) => {
-                    // A short batch of one partition says nothing of the others.
-                    leased.more = i + 1 < unread;
-                    return Ok(leased);
+            taken.push(partition);
+            let missing = u64::from(limit).saturating_sub(rows.len() as u64);
+            match self.read(txn, repo, sql, partition, owned, missing).await {
+                Ok(Some((part, part_rows))) => {
+                    parts.push(part);
+                    rows.extend(part_rows);
                 }
-                Ok(None) => self.put_back(partition),
-                Err(error) => {
+                Ok(None) => {
+                    taken.pop();
                     self.put_back(partition);
-                    return Err(error);
                 }
+                Err(error) => return Err((error, taken)),
+            }
+            if rows.len() >= limit as usize || parts.len() >= most {
+                break;
             }
         }
-        Ok(Leased {
-            token: ClaimToken(0),
-            rows: Vec::new(),
-            more: false,
-        })
+        // A batch that stopped short of the partitions says nothing of the others.
+        let more = candidates.next().is_some();
+        Ok((parts, rows, more))
     }
 
     /// Marks an owned partition out; false if it is gone or out already.
@@ -305,23 +381,17 @@ impl Cursors {
         }
     }
 
-    /// One batch of a partition: its parked events whose turn has come, then its window's next events.
-    async fn read(
+    /// What a batch reads of one partition: its parked events whose turn has come, then its window's next events;
+    /// `None` when it has nothing.
+    async fn read<C: sea_orm::ConnectionTrait>(
         &self,
-        db: &DatabaseConnection,
+        txn: &C,
         repo: &OutboxRepository,
         sql: &CursorSql,
         partition: i16,
         mut owned: Owned,
-        limit: u32,
-    ) -> Result<Option<Leased>> {
-        // One transaction for the reads, only so that they are planned for their values (see `CursorSql::plan`);
-        // each statement still sees what committed before it.
-        let txn = repo.begin(db).await?;
-        if let Some(plan) = sql.plan {
-            repo.query(&txn, "planning the reads", plan, Vec::new())
-                .await?;
-        }
+        limit: u64,
+    ) -> Result<Option<(Part, Vec<QueryResult>)>> {
         let mut rows: Vec<QueryResult> = Vec::new();
         let mut parked = Vec::new();
         // Parked events appear without this relay parking them (a dead letter replayed), and wait out their
@@ -334,10 +404,13 @@ impl Cursors {
             owned.parked_checked = Some(Instant::now());
             let due = repo
                 .query(
-                    &txn,
+                    txn,
                     "reading parked events",
                     sql.parked,
-                    vec![partition.into(), i64::from(limit).into()],
+                    vec![
+                        partition.into(),
+                        i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                    ],
                 )
                 .await?;
             for row in due {
@@ -346,14 +419,14 @@ impl Cursors {
             }
             // None due: whether any wait for their turn.
             owned.parked = !parked.is_empty()
-                || count(repo, &txn, sql.any_parked, vec![partition.into()]).await? > 0;
+                || count(repo, txn, sql.any_parked, vec![partition.into()]).await? > 0;
         }
         let mut window = Vec::new();
         let mut at = owned.at.clone();
         let mut window_end = owned.window_end;
         // Two windows at most: the one in hand, and a fresh one when that ran out before the batch was full.
         for _ in 0..2 {
-            let missing = u64::from(limit).saturating_sub((rows.len() + window.len()) as u64);
+            let missing = limit.saturating_sub((rows.len() + window.len()) as u64);
             if missing == 0 {
                 break;
             }
@@ -362,7 +435,7 @@ impl Cursors {
                 _ => {
                     let opened = repo
                         .query(
-                            &txn,
+                            txn,
                             "opening a window",
                             sql.open,
                             vec![
@@ -405,7 +478,7 @@ impl Cursors {
             };
             let read = repo
                 .query(
-                    &txn,
+                    txn,
                     "reading a window",
                     sql.read,
                     vec![
@@ -441,7 +514,6 @@ impl Cursors {
                 break;
             }
         }
-        repo.commit(txn).await?;
         owned.parked |= window.iter().any(|(_, out)| !out);
         if rows.is_empty() && window.is_empty() {
             // Nothing to publish; an empty window moved the cursor in memory only (written with the next batch).
@@ -458,12 +530,10 @@ impl Cursors {
             }
             return Ok(None);
         }
-        let token = {
-            let mut state = self.state();
-            state.next_token += 1;
-            state.next_token
-        };
-        let batch = Batch {
+        // Parked heads, then the window in commit order: an aggregate is in one or the other, never both (its
+        // window events are behind its parked ones and wait in the parked table). A part with nothing to publish
+        // (only events behind parked aggregates) still moves its cursor and parks them with the batch.
+        let part = Part {
             partition,
             epoch: owned.epoch,
             to: at,
@@ -471,21 +541,7 @@ impl Cursors {
             window,
             parked,
         };
-        if rows.is_empty() {
-            // Only events behind parked aggregates: park them and move on at once.
-            self.state().reading.insert(token, batch);
-            self.acknowledge(db, repo, ClaimToken(token), &[]).await?;
-            return Ok(None);
-        }
-        self.state().reading.insert(token, batch);
-        // Parked heads, then the window in commit order: an aggregate is in one or the other, never both (its
-        // window events are behind its parked ones and wait in the parked table).
-        let rows: Vec<LeasedRow> = rows.into_iter().map(LeasedRow::new).collect();
-        Ok(Some(Leased {
-            token: ClaimToken(token),
-            rows,
-            more: false,
-        }))
+        Ok(Some((part, rows)))
     }
 }
 
@@ -729,9 +785,10 @@ impl Cursors {
         Ok(())
     }
 
-    /// A batch's outcome: the cursor moves past it, and what it did not publish is parked, in one transaction
-    /// fenced by the epoch it was read under. Returns how many of `published` count as published: all of them,
-    /// or none when the partition was taken over (its new owner reads them again).
+    /// A batch's outcome: each partition's cursor moves past what the batch read of it, and what it did not
+    /// publish is parked, in one transaction, each partition fenced by the epoch it was read under. Returns how
+    /// many of `published` count as published: those of the partitions still owned (the new owner of one taken
+    /// over reads its events again).
     pub(crate) async fn acknowledge(
         &self,
         db: &DatabaseConnection,
@@ -740,95 +797,114 @@ impl Cursors {
         published: &[i64],
     ) -> Result<u64> {
         let sql = sql(db, repo)?;
-        let Some((partition, epoch, to, window, parked)) = ({
-            let state = self.state();
-            state.reading.get(&token.0).map(|b| {
-                (
-                    b.partition,
-                    b.epoch,
-                    b.to.clone(),
-                    b.window.clone(),
-                    b.parked.clone(),
-                )
-            })
-        }) else {
+        let Some(parts) = self
+            .state()
+            .reading
+            .get(&token.0)
+            .map(|batch| batch.parts.clone())
+        else {
             return Ok(0);
         };
         let done: std::collections::HashSet<i64> = published.iter().copied().collect();
-        let unpublished: Vec<i64> = window
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !done.contains(id))
-            .collect();
-        let unparked: Vec<i64> = parked
-            .iter()
-            .copied()
-            .filter(|id| done.contains(id))
-            .collect();
+        let lease = micros(repo.inner.config.lease_duration);
         let txn = repo.begin(db).await?;
-        let moved = repo
-            .execute(
-                &txn,
-                "moving the cursor",
-                sql.advance,
-                vec![
-                    to.snap_from.clone().into(),
-                    to.snap_to.clone().into(),
-                    to.after_id.into(),
-                    micros(repo.inner.config.lease_duration).into(),
-                    partition.into(),
-                    self.owner.clone().into(),
-                    epoch.into(),
-                ],
-            )
-            .await?;
-        if moved == 0 {
-            drop(txn);
-            let mut state = self.state();
-            state.reading.remove(&token.0);
-            if state
-                .owned
-                .get(&partition)
-                .is_some_and(|o| o.epoch == epoch)
-            {
-                state.owned.remove(&partition);
+        let (mut kept, mut lost, mut counted) = (Vec::new(), Vec::new(), 0u64);
+        for part in parts {
+            let moved = repo
+                .execute(
+                    &txn,
+                    "moving the cursor",
+                    sql.advance,
+                    vec![
+                        part.to.snap_from.clone().into(),
+                        part.to.snap_to.clone().into(),
+                        part.to.after_id.into(),
+                        lease.into(),
+                        part.partition.into(),
+                        self.owner.clone().into(),
+                        part.epoch.into(),
+                    ],
+                )
+                .await?;
+            if moved == 0 {
+                lost.push(part);
+                continue;
             }
-            tracing::warn!(target: "outbox", partition, "partition taken over before its batch was settled");
-            return Ok(0);
-        }
-        if !unpublished.is_empty() {
-            repo.execute(
-                &txn,
-                "parking events",
-                sql.park,
-                vec![sql.array(&unpublished)],
-            )
-            .await?;
-        }
-        if !unparked.is_empty() {
-            repo.execute(
-                &txn,
-                "unparking events",
-                sql.unpark,
-                vec![sql.array(&unparked)],
-            )
-            .await?;
+            let unpublished: Vec<i64> = part
+                .window
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !done.contains(id))
+                .collect();
+            let unparked: Vec<i64> = part
+                .parked
+                .iter()
+                .copied()
+                .filter(|id| done.contains(id))
+                .collect();
+            if !unpublished.is_empty() {
+                repo.execute(
+                    &txn,
+                    "parking events",
+                    sql.park,
+                    vec![sql.array(&unpublished)],
+                )
+                .await?;
+            }
+            if !unparked.is_empty() {
+                repo.execute(
+                    &txn,
+                    "unparking events",
+                    sql.unpark,
+                    vec![sql.array(&unparked)],
+                )
+                .await?;
+            }
+            counted += (part.window.len() - unpublished.len() + unparked.len()) as u64;
+            kept.push((part, !unpublished.is_empty()));
         }
         repo.commit(txn).await?;
         let mut state = self.state();
-        if let Some(batch) = state.reading.remove(&token.0)
-            && let Some(owned) = state.owned.get_mut(&partition).filter(|o| o.epoch == epoch)
-        {
-            owned.at = batch.to;
-            owned.window_end = batch.window_end;
-            owned.busy = None;
-            owned.parked |= !unpublished.is_empty() || !parked.is_empty();
+        state.reading.remove(&token.0);
+        for part in &lost {
+            if state
+                .owned
+                .get(&part.partition)
+                .is_some_and(|o| o.epoch == part.epoch)
+            {
+                state.owned.remove(&part.partition);
+            }
+            tracing::warn!(
+                target: "outbox",
+                partition = part.partition,
+                "partition taken over before its batch was settled"
+            );
         }
-        state.settled.push_back((token.0, partition, epoch));
+        let mut settled = Vec::new();
+        for (part, parked_some) in kept {
+            let ids = part
+                .window
+                .iter()
+                .map(|(id, _)| *id)
+                .chain(part.parked.iter().copied())
+                .collect();
+            settled.push((part.partition, part.epoch, ids));
+            if let Some(owned) = state
+                .owned
+                .get_mut(&part.partition)
+                .filter(|o| o.epoch == part.epoch)
+            {
+                owned.parked |= parked_some || !part.parked.is_empty();
+                owned.at = part.to;
+                owned.window_end = part.window_end;
+                owned.busy = None;
+            }
+        }
+        state.settled.push_back((token.0, settled));
         while state.settled.len() > SETTLED_KEPT {
             state.settled.pop_front();
         }
-        Ok(published.len() as u64)
+        Ok(counted)
     }
 
     /// Failures of an acknowledged batch, whose events are parked by now: each is scheduled again or becomes a
@@ -842,86 +918,112 @@ impl Cursors {
     ) -> Result<FailureOutcome> {
         let sql = sql(db, repo)?;
         let mut outcome = FailureOutcome::default();
-        let settled = self
+        let parts = self
             .state()
             .settled
             .iter()
-            .find(|(t, _, _)| *t == token.0)
-            .map(|(_, p, e)| (*p, *e));
-        let Some((partition, epoch)) = settled else {
-            outcome.fenced_out = failures.len() as u64;
-            return Ok(outcome);
-        };
+            .find(|(t, _)| *t == token.0)
+            .map(|(_, parts)| parts.clone())
+            .unwrap_or_default();
         let config = &repo.inner.config;
         let txn = repo.begin(db).await?;
-        let owned = repo
-            .execute(
-                &txn,
-                "recording failures",
-                sql.fence,
-                vec![
-                    micros(config.lease_duration).into(),
-                    partition.into(),
-                    self.owner.clone().into(),
-                    epoch.into(),
-                ],
-            )
-            .await?;
-        if owned == 0 {
-            outcome.fenced_out = failures.len() as u64;
-            return Ok(outcome);
-        }
+        // The partitions of the failures that are still this relay's, each checked once.
+        let mut owned: HashMap<i16, bool> = HashMap::new();
         for failure in failures {
-            let attempts = failure.attempts.saturating_add(1);
-            let error = truncate(&failure.error);
-            let (delay, counted) = match failure.kind {
-                FailureKind::Held(retry_in) => (Some(retry_in), failure.attempts),
-                FailureKind::Retry if attempts <= config.max_retry_count => {
-                    (Some(config.retry_delay_jittered(attempts)), attempts)
-                }
-                FailureKind::Retry | FailureKind::Permanent => (None, attempts),
+            let Some((partition, epoch, _)) =
+                parts.iter().find(|(_, _, ids)| ids.contains(&failure.id))
+            else {
+                outcome.fenced_out += 1;
+                continue;
             };
-            match delay {
-                Some(delay) => {
-                    repo.execute(
-                        &txn,
-                        "scheduling a parked event",
-                        sql.retry,
-                        vec![
-                            i64::from(counted).into(),
-                            error.into(),
-                            micros(delay).into(),
-                            failure.id.into(),
-                        ],
-                    )
-                    .await?;
-                    if matches!(failure.kind, FailureKind::Held(_)) {
-                        outcome.held += 1;
-                    } else {
-                        outcome.retrying += 1;
-                    }
-                }
+            let still = match owned.get(partition) {
+                Some(still) => *still,
                 None => {
-                    repo.execute(
-                        &txn,
-                        "keeping a dead letter",
-                        sql.dead,
-                        vec![i64::from(counted).into(), error.into(), failure.id.into()],
-                    )
-                    .await?;
-                    repo.execute(
-                        &txn,
-                        "unparking events",
-                        sql.unpark,
-                        vec![sql.array(&[failure.id])],
-                    )
-                    .await?;
-                    outcome.dead_lettered += 1;
+                    let fenced = repo
+                        .execute(
+                            &txn,
+                            "recording failures",
+                            sql.fence,
+                            vec![
+                                micros(config.lease_duration).into(),
+                                (*partition).into(),
+                                self.owner.clone().into(),
+                                (*epoch).into(),
+                            ],
+                        )
+                        .await?;
+                    owned.insert(*partition, fenced > 0);
+                    fenced > 0
                 }
+            };
+            if !still {
+                outcome.fenced_out += 1;
+                continue;
             }
+            self.record(&txn, repo, sql, failure, &mut outcome).await?;
         }
         repo.commit(txn).await?;
         Ok(outcome)
+    }
+
+    /// One failure of a parked event: scheduled again after its backoff (or its hold), or a dead letter.
+    async fn record<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        failure: &Failure,
+        outcome: &mut FailureOutcome,
+    ) -> Result<()> {
+        let config = &repo.inner.config;
+        let attempts = failure.attempts.saturating_add(1);
+        let error = truncate(&failure.error);
+        let (delay, counted) = match failure.kind {
+            FailureKind::Held(retry_in) => (Some(retry_in), failure.attempts),
+            FailureKind::Retry if attempts <= config.max_retry_count => {
+                (Some(config.retry_delay_jittered(attempts)), attempts)
+            }
+            FailureKind::Retry | FailureKind::Permanent => (None, attempts),
+        };
+        match delay {
+            Some(delay) => {
+                repo.execute(
+                    txn,
+                    "scheduling a parked event",
+                    sql.retry,
+                    vec![
+                        i64::from(counted).into(),
+                        error.into(),
+                        micros(delay).into(),
+                        failure.id.into(),
+                    ],
+                )
+                .await?;
+                if matches!(failure.kind, FailureKind::Held(_)) {
+                    outcome.held += 1;
+                } else {
+                    outcome.retrying += 1;
+                }
+            }
+            None => {
+                repo.execute(
+                    txn,
+                    "keeping a dead letter",
+                    sql.dead,
+                    vec![i64::from(counted).into(), error.into(), failure.id.into()],
+                )
+                .await?;
+                repo.execute(
+                    txn,
+                    "unparking events",
+                    sql.unpark,
+                    vec![sql.array(&[failure.id])],
+                )
+                .await?;
+                outcome.dead_lettered += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Events of an acknowledged batch given back: parked already, due at once.
