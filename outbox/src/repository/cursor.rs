@@ -165,7 +165,7 @@ struct State {
     /// Batches read and not yet acknowledged, by token.
     reading: HashMap<i64, Batch>,
     /// Batches acknowledged, by token: each part's partition, epoch and events, for their failures.
-    settled: VecDeque<(i64, Vec<(i16, i64, Vec<i64>)>)>,
+    settled: VecDeque<(i64, Vec<Settled>)>,
     next_token: i64,
     next_refresh: Option<Instant>,
     /// Where the next round of partitions starts.
@@ -191,6 +191,14 @@ struct Position {
     snap_from: String,
     snap_to: Option<String>,
     after_id: i64,
+}
+
+/// One partition's part of an acknowledged batch: the epoch it was read under, and its events.
+#[derive(Clone, Debug)]
+struct Settled {
+    partition: i16,
+    epoch: i64,
+    ids: Vec<i64>,
 }
 
 /// A batch: what it read of each partition it took.
@@ -888,7 +896,11 @@ impl Cursors {
                 .map(|(id, _)| *id)
                 .chain(part.parked.iter().copied())
                 .collect();
-            settled.push((part.partition, part.epoch, ids));
+            settled.push(Settled {
+                partition: part.partition,
+                epoch: part.epoch,
+                ids,
+            });
             if let Some(owned) = state
                 .owned
                 .get_mut(&part.partition)
@@ -930,8 +942,9 @@ impl Cursors {
         // The partitions of the failures that are still this relay's, each checked once.
         let mut owned: HashMap<i16, bool> = HashMap::new();
         for failure in failures {
-            let Some((partition, epoch, _)) =
-                parts.iter().find(|(_, _, ids)| ids.contains(&failure.id))
+            let Some(Settled {
+                partition, epoch, ..
+            }) = parts.iter().find(|part| part.ids.contains(&failure.id))
             else {
                 outcome.fenced_out += 1;
                 continue;
