@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outbox::publisher::InMemoryPublisher;
+use outbox::sea_orm::TransactionTrait;
 use outbox::{EventEnvelope, OutboxConfig};
 use outbox_tests::backend::TestDb;
 use outbox_tests::events::{AccountOpened, opened};
@@ -81,4 +82,30 @@ pub async fn write(t: &TestDb, aggregates: u32, events: u32) -> HashSet<Uuid> {
         .unwrap()
         .into_iter()
         .collect()
+}
+
+/// Writers under way: 60 transactions of 40 events each (2,400 events over 100 aggregates), every third rolled
+/// back. The ids committed, and the ids rolled back.
+pub async fn write_rolling_back_every_third(t: &TestDb) -> (HashSet<Uuid>, HashSet<Uuid>) {
+    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
+    let mut seq = 0u32;
+    for txn_no in 0..60 {
+        let envelopes: Vec<_> = (0..40)
+            .map(|_| {
+                seq += 1;
+                EventEnvelope::new(opened(&format!("agg-{}", seq % 100), seq))
+            })
+            .collect();
+        let ids: Vec<_> = envelopes.iter().map(|e| e.event_id()).collect();
+        let txn = t.db.begin().await.unwrap();
+        t.outbox.add_events(&txn, envelopes).await.unwrap();
+        if txn_no % 3 == 2 {
+            txn.rollback().await.unwrap();
+            rolled_back.extend(ids);
+        } else {
+            txn.commit().await.unwrap();
+            committed.extend(ids);
+        }
+    }
+    (committed, rolled_back)
 }

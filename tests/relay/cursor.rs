@@ -9,12 +9,12 @@ use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
 use outbox::repository::OutboxRepository;
 use outbox::sea_orm::TransactionTrait;
-use outbox::{Delivery, EventEnvelope, OutboxConfig};
+use outbox::{Delivery, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config, write};
+use crate::accounting::{account, fast_config, write, write_rolling_back_every_third};
 
 /// Runs each scenario on PostgreSQL and on an SQLite file, the backends the cursor is built for.
 macro_rules! on_cursor_backends {
@@ -78,26 +78,7 @@ async fn four_relays_share_the_partitions_nothing_lost_order_kept(backend: Backe
             Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build())
         })
         .collect();
-    let (mut committed, mut rolled_back) = (HashSet::new(), HashSet::new());
-    let mut seq = 0u32;
-    for txn_no in 0..60 {
-        let envelopes: Vec<_> = (0..40)
-            .map(|_| {
-                seq += 1;
-                EventEnvelope::new(opened(&format!("agg-{}", seq % 100), seq))
-            })
-            .collect();
-        let ids: Vec<_> = envelopes.iter().map(|e| e.event_id()).collect();
-        let txn = t.db.begin().await.unwrap();
-        t.outbox.add_events(&txn, envelopes).await.unwrap();
-        if txn_no % 3 == 2 {
-            txn.rollback().await.unwrap();
-            rolled_back.extend(ids);
-        } else {
-            txn.commit().await.unwrap();
-            committed.extend(ids);
-        }
-    }
+    let (committed, rolled_back) = write_rolling_back_every_third(&t).await;
     drained(&t, &broker, committed.len()).await;
     // The relays signed on one after the other: the first ones took every partition and gave some back as the
     // others showed up, until each held its share.

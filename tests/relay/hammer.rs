@@ -5,16 +5,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox::EventEnvelope;
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
-use outbox::sea_orm::TransactionTrait;
 use outbox_tests::backend::{Backend, TestDb};
-use outbox_tests::events::opened;
 use outbox_tests::on_every_backend;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config};
+use crate::accounting::{account, fast_config, write_rolling_back_every_third};
 
 on_every_backend!(four_relays_random_failures_nothing_lost_order_kept);
 
@@ -29,28 +26,7 @@ async fn four_relays_random_failures_nothing_lost_order_kept(backend: Backend) {
         })
         .collect();
 
-    // Writers: 60 transactions of 40 events each (2,400 events, 100 aggregates), every third rolled back.
-    let mut committed = HashSet::new();
-    let mut rolled_back = HashSet::new();
-    let mut seq = 0u32;
-    for txn_no in 0..60 {
-        let envelopes: Vec<_> = (0..40)
-            .map(|_| {
-                seq += 1;
-                EventEnvelope::new(opened(&format!("agg-{}", seq % 100), seq))
-            })
-            .collect();
-        let ids: Vec<_> = envelopes.iter().map(|e| e.event_id()).collect();
-        let txn = t.db.begin().await.unwrap();
-        t.outbox.add_events(&txn, envelopes).await.unwrap();
-        if txn_no % 3 == 2 {
-            txn.rollback().await.unwrap();
-            rolled_back.extend(ids);
-        } else {
-            txn.commit().await.unwrap();
-            committed.extend(ids);
-        }
-    }
+    let (committed, rolled_back) = write_rolling_back_every_third(&t).await;
 
     let expected = committed.len();
     // Done when everything arrived and everything is marked (a lost acknowledgement's redelivery may still be

@@ -12,6 +12,7 @@ use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 
 use crate::child::postgres_url;
+use crate::ledger::serial;
 
 const EVENTS: u32 = 3000;
 const AGGREGATES: u32 = 30;
@@ -248,6 +249,9 @@ impl Drop for ConsumerProcess {
 }
 
 async fn killed_under_load(broker: Broker) {
+    // One scenario at a time, like the others: a scenario that restarts PostgreSQL would cut this one's
+    // connections (it did, once two scenarios' timings overlapped).
+    let _serial = serial().await;
     let t = TestDb::new(Backend::Postgres).await;
     let (inbox, applied) = (
         format!("{}_inbox", t.outbox.table()),

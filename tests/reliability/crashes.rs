@@ -73,62 +73,40 @@ async fn a_relay_killed_at_random_points_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_relay_processes_two_killed_repeatedly_with_failures() {
-    let _serial = serial().await;
-    let rounds = if soak() { 40 } else { 8 };
-    let faults = Faults {
-        fail: 0.1,
-        lose_ack: 0.02,
-    };
-    let t = TestDb::new(Backend::Postgres).await;
-    let sink = Sink::create(&t).await;
-    let writers = Writers::start(&t, steady_writers(1000));
-    let steady = [
-        RelayProcess::spawn(&t, &sink, faults),
-        RelayProcess::spawn(&t, &sink, faults),
-    ];
-    let mut victims = [
-        Some(RelayProcess::spawn(&t, &sink, faults)),
-        Some(RelayProcess::spawn(&t, &sink, faults)),
-    ];
-    for round in 0..rounds {
-        tokio::time::sleep(random_pause(200, 900)).await;
-        let victim = &mut victims[round % 2];
-        if let Some(relay) = victim.take() {
-            relay.kill();
-        }
-        *victim = Some(RelayProcess::spawn(&t, &sink, faults));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ledger = writers.stop().await;
-    let tally = drain(&t, &sink, &ledger).await;
-    let lost_acks = sink.lost_acks(&t).await;
-    sink.check(
-        &t,
-        &tally,
-        "4. four relay processes, two SIGKILLed in turn",
-        &format!(
-            "{rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% lost acks ({lost_acks} lost)"
-        ),
-        rounds * CHILD_BATCH + lost_acks,
-    )
-    .await;
-    sink.tear_down(t, steady.into_iter().chain(victims.into_iter().flatten()))
-        .await;
+    four_processes_two_killed(&[], "4. four relay processes, two SIGKILLed in turn", "", 1).await;
 }
 
 /// The same four processes under the commit-order cursor: the killed relays' partitions are taken over when their
 /// leases end, and the relays rebalance as victims come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
+    // A killed relay's batches in flight (two, each of up to half its partitions) go out again from the cursor.
+    four_processes_two_killed(
+        &[("OUTBOX_DELIVERY", "cursor")],
+        "4e. four cursor relay processes, two SIGKILLed in turn",
+        "OUTBOX_DELIVERY=cursor, 8 partitions; ",
+        4,
+    )
+    .await;
+}
+
+/// Four relay processes with `settings`, two of them SIGKILLed in turn and restarted while writers run over 1,000
+/// aggregates, 10% of publishes failing and 2% of acknowledgements lost; each kill may leave up to `batches_per_kill`
+/// batches published again.
+async fn four_processes_two_killed(
+    settings: &[(&str, &str)],
+    scenario: &str,
+    note: &str,
+    batches_per_kill: usize,
+) {
     let _serial = serial().await;
     let rounds = if soak() { 40 } else { 8 };
     let faults = Faults {
         fail: 0.1,
         lose_ack: 0.02,
     };
-    let cursor = [("OUTBOX_DELIVERY", "cursor")];
     let spawn = |t: &TestDb, sink: &Sink| {
-        RelayProcess::spawn_with(&crate::child::postgres_url(), t, sink, faults, &cursor)
+        RelayProcess::spawn_with(&crate::child::postgres_url(), t, sink, faults, settings)
     };
     let t = TestDb::new(Backend::Postgres).await;
     let sink = Sink::create(&t).await;
@@ -147,17 +125,14 @@ async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
     let ledger = writers.stop().await;
     let tally = drain(&t, &sink, &ledger).await;
     let lost_acks = sink.lost_acks(&t).await;
-    // A killed relay's batches in flight (two per partition it held, two partitions of eight among four
-    // relays) go out again from the cursor.
     sink.check(
         &t,
         &tally,
-        "4e. four cursor relay processes, two SIGKILLed in turn",
+        scenario,
         &format!(
-            "OUTBOX_DELIVERY=cursor, 8 partitions; {rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% \
-             lost acks ({lost_acks} lost)"
+            "{note}{rounds} SIGKILLs, 1,000 aggregates, 10% publish failures, 2% lost acks ({lost_acks} lost)"
         ),
-        rounds * 4 * CHILD_BATCH + lost_acks,
+        rounds * batches_per_kill * CHILD_BATCH + lost_acks,
     )
     .await;
     sink.tear_down(t, steady.into_iter().chain(victims.into_iter().flatten()))

@@ -35,6 +35,9 @@ use super::{
 /// parameters (`$1`, `?1`) where one value is used twice.
 #[derive(Debug)]
 pub(crate) struct CursorSql {
+    /// The database's clock in Unix microseconds, as an SQL expression: what `{now}` stands for in the
+    /// statements every backend shares (below).
+    pub(crate) now: &'static str,
     /// Whether lists of numbers go as one JSON array parameter (`[1,2]`, SQLite's `json_each`) rather than a
     /// PostgreSQL array (`{1,2}`).
     pub(crate) json_arrays: bool,
@@ -47,8 +50,6 @@ pub(crate) struct CursorSql {
     pub(crate) legacy: &'static str,
     /// Gives such rows their partition (ids, partitions) and this transaction's id.
     pub(crate) adopt: &'static str,
-    /// How many cursor rows there are, and the lowest and highest partition count they were made for.
-    pub(crate) partitions: &'static str,
     /// Creates the missing cursor rows (partition count, twice), each starting below its oldest pending event.
     pub(crate) create: &'static str,
     /// Gathers the cursor table's statistics once its rows are there. Without them the planner guessed 300
@@ -56,14 +57,6 @@ pub(crate) struct CursorSql {
     pub(crate) analyze: &'static str,
     /// Takes up to `?` free or expired partitions for owner `?`, leased for `?` µs.
     pub(crate) acquire: &'static str,
-    /// Extends the lease (`?` µs) of owner `?`'s partitions; returns them with their epochs.
-    pub(crate) renew: &'static str,
-    /// Gives a partition back: partition, owner, epoch.
-    pub(crate) release: &'static str,
-    /// Owners other than `?` holding a live lease.
-    pub(crate) owners: &'static str,
-    /// Relays whose heartbeat is at or after `?` (µs).
-    pub(crate) relays: &'static str,
     /// Opens a window: the snapshot to read to (`?`, or the current one when NULL), and the lowest and highest
     /// id in it after a snapshot: S2 or NULL, partition, S1.
     pub(crate) open: &'static str,
@@ -72,23 +65,13 @@ pub(crate) struct CursorSql {
     pub(crate) read: &'static str,
     /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
     pub(crate) parked: &'static str,
-    /// How many events partition `?` has parked.
-    pub(crate) any_parked: &'static str,
     /// Gives rows (ids) that have no partition theirs (partitions), leaving their transaction id alone: dead
     /// letters stored before the upgrade, when they are replayed.
     pub(crate) repartition: &'static str,
-    /// Moves a cursor: snap_from, snap_to, after_id, lease µs, partition, owner, epoch.
-    pub(crate) advance: &'static str,
-    /// Renews one partition's lease if still owned: lease µs, partition, owner, epoch.
-    pub(crate) fence: &'static str,
     /// Parks events (ids, in order), unless parked already.
     pub(crate) park: &'static str,
     /// Ends parked events (ids).
     pub(crate) unpark: &'static str,
-    /// Schedules a parked event again: attempts, error, delay µs, id.
-    pub(crate) retry: &'static str,
-    /// Makes an event a dead letter: attempts, error, id.
-    pub(crate) dead: &'static str,
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
     /// cursor exists), and when the oldest behind a cursor occurred.
     pub(crate) pending: &'static str,
@@ -129,7 +112,43 @@ macro_rules! parked_heads {
 
 pub(super) use {parked_heads, window_read};
 
+// The statements every backend shares, with `{now}` for the backend's clock.
+
+/// How many cursor rows there are, and the lowest and highest partition count they were made for.
+const PARTITIONS: &str =
+    "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors";
+/// Extends the lease (`?` µs) of owner `?`'s partitions; returns them with their epochs.
+const RENEW: &str =
+    "UPDATE {t}_cursors SET lease_until = {now} + ? WHERE owner = ? RETURNING partition_no, epoch";
+/// Gives a partition back: partition, owner, epoch.
+const RELEASE: &str = "UPDATE {t}_cursors SET owner = NULL, lease_until = NULL \
+     WHERE partition_no = ? AND owner = ? AND epoch = ?";
+/// Owners other than `?` holding a live lease.
+const OWNERS: &str = "SELECT COUNT(DISTINCT owner) FROM {t}_cursors \
+     WHERE owner IS NOT NULL AND owner <> ? AND lease_until >= {now}";
+/// Relays whose heartbeat is at or after `?` (µs, their clocks).
+const RELAYS: &str = "SELECT COUNT(*) FROM {t}_relays WHERE heartbeat_at >= ?";
+/// Whether partition `?` has parked events (0 or 1).
+const ANY_PARKED: &str =
+    "SELECT COUNT(*) FROM (SELECT 1 FROM {t}_parked WHERE partition_no = ? LIMIT 1) p";
+/// Moves a cursor: snap_from, snap_to, after_id, lease µs, partition, owner, epoch.
+const ADVANCE: &str = "UPDATE {t}_cursors SET snap_from = ?, snap_to = ?, after_id = ?, \
+     lease_until = {now} + ? WHERE partition_no = ? AND owner = ? AND epoch = ?";
+/// Renews one partition's lease if it is still owned: lease µs, partition, owner, epoch.
+const FENCE: &str = "UPDATE {t}_cursors SET lease_until = {now} + ? \
+     WHERE partition_no = ? AND owner = ? AND epoch = ?";
+/// Schedules a parked event again: attempts, error, delay µs, id.
+const RETRY: &str =
+    "UPDATE {t}_parked SET attempts = ?, last_error = ?, next_attempt_at = {now} + ? WHERE id = ?";
+/// Makes an event a dead letter: attempts, error, id.
+const DEAD: &str = "UPDATE {t} SET status = 2, attempts = ?, last_error = ? WHERE id = ?";
+
 impl CursorSql {
+    /// A shared statement on this backend's clock.
+    fn shared(&self, statement: &str) -> String {
+        statement.replace("{now}", self.now)
+    }
+
     /// Numbers as one array parameter, in this backend's form.
     pub(crate) fn array<T: ToString>(&self, items: &[T]) -> Value {
         let list: Vec<String> = items.iter().map(ToString::to_string).collect();
@@ -427,7 +446,7 @@ impl Cursors {
             }
             // None due: whether any wait for their turn.
             owned.parked = !parked.is_empty()
-                || count(repo, txn, sql.any_parked, vec![partition.into()]).await? > 0;
+                || count(repo, txn, &sql.shared(ANY_PARKED), vec![partition.into()]).await? > 0;
         }
         let mut window = Vec::new();
         let mut at = owned.at.clone();
@@ -630,7 +649,7 @@ impl Cursors {
         repo.execute(db, "analyzing the cursors", sql.analyze, Vec::new())
             .await?;
         let rows = repo
-            .query(db, "counting the cursors", sql.partitions, Vec::new())
+            .query(db, "counting the cursors", PARTITIONS, Vec::new())
             .await?;
         let row = rows
             .first()
@@ -670,7 +689,7 @@ impl Cursors {
             .query(
                 db,
                 "renewing partition leases",
-                sql.renew,
+                &sql.shared(RENEW),
                 vec![lease.into(), self.owner.clone().into()],
             )
             .await?;
@@ -688,10 +707,16 @@ impl Cursors {
                 kept
             });
         }
-        let others = count(repo, db, sql.owners, vec![self.owner.clone().into()]).await?;
+        let others = count(
+            repo,
+            db,
+            &sql.shared(OWNERS),
+            vec![self.owner.clone().into()],
+        )
+        .await?;
         // Relays that signed on but hold nothing yet count too, so the others make room for them.
         let alive_since = now_micros() - micros(super::ALIVE_WITHIN);
-        let signed_on = count(repo, db, sql.relays, vec![alive_since.into()])
+        let signed_on = count(repo, db, RELAYS, vec![alive_since.into()])
             .await
             .unwrap_or(0);
         let relays = (others + 1).max(signed_on).max(1);
@@ -742,7 +767,7 @@ impl Cursors {
                     .collect()
             };
             for (partition, epoch) in extra {
-                self.give_back(db, repo, sql, partition, epoch).await?;
+                self.give_back(db, repo, partition, epoch).await?;
             }
         }
         let every =
@@ -756,7 +781,6 @@ impl Cursors {
         &self,
         db: &DatabaseConnection,
         repo: &OutboxRepository,
-        sql: &CursorSql,
         partition: i16,
         epoch: i64,
     ) -> Result<()> {
@@ -764,7 +788,7 @@ impl Cursors {
         repo.execute(
             db,
             "giving a partition back",
-            sql.release,
+            RELEASE,
             vec![partition.into(), self.owner.clone().into(), epoch.into()],
         )
         .await?;
@@ -778,9 +802,9 @@ impl Cursors {
         db: &DatabaseConnection,
         repo: &OutboxRepository,
     ) -> Result<()> {
-        let Some(sql) = Dialect::of(db).cursor else {
+        if Dialect::of(db).cursor.is_none() {
             return Ok(());
-        };
+        }
         let owned: Vec<(i16, i64)> = self
             .state()
             .owned
@@ -788,7 +812,7 @@ impl Cursors {
             .map(|(p, o)| (*p, o.epoch))
             .collect();
         for (partition, epoch) in owned {
-            self.give_back(db, repo, sql, partition, epoch).await?;
+            self.give_back(db, repo, partition, epoch).await?;
         }
         Ok(())
     }
@@ -822,7 +846,7 @@ impl Cursors {
                 .execute(
                     &txn,
                     "moving the cursor",
-                    sql.advance,
+                    &sql.shared(ADVANCE),
                     vec![
                         part.to.snap_from.clone().into(),
                         part.to.snap_to.clone().into(),
@@ -956,7 +980,7 @@ impl Cursors {
                         .execute(
                             &txn,
                             "recording failures",
-                            sql.fence,
+                            &sql.shared(FENCE),
                             vec![
                                 micros(config.lease_duration).into(),
                                 (*partition).into(),
@@ -1003,7 +1027,7 @@ impl Cursors {
                 repo.execute(
                     txn,
                     "scheduling a parked event",
-                    sql.retry,
+                    &sql.shared(RETRY),
                     vec![
                         i64::from(counted).into(),
                         error.into(),
@@ -1022,7 +1046,7 @@ impl Cursors {
                 repo.execute(
                     txn,
                     "keeping a dead letter",
-                    sql.dead,
+                    DEAD,
                     vec![i64::from(counted).into(), error.into(), failure.id.into()],
                 )
                 .await?;

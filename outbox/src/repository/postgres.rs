@@ -344,6 +344,7 @@ macro_rules! db_now {
 /// PostgreSQL's commit-order cursor (see `cursor.rs`): a window is the events whose transactions became visible
 /// between two snapshots of `pg_current_snapshot()`.
 pub(super) const CURSOR: CursorSql = CursorSql {
+    now: db_now!(),
     json_arrays: false,
     plan: Some(
         "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
@@ -352,7 +353,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \
         FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v WHERE {t}.id = v.id",
-    partitions: "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors",
     create: "INSERT INTO {t}_cursors (partition_no, partitions, snap_from) \
         SELECT g, CAST(? AS SMALLINT), CAST(s.start AS TEXT) || ':' || CAST(s.start AS TEXT) || ':' \
         FROM generate_series(0, CAST(? AS INTEGER) - 1) g, LATERAL (SELECT COALESCE( \
@@ -370,18 +370,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         RETURNING c.partition_no, c.epoch, c.snap_from, c.snap_to, c.after_id, \
           EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = c.partition_no) AS parked"
     ),
-    renew: concat!(
-        "UPDATE {t}_cursors SET lease_until = ",
-        db_now!(),
-        " + ? WHERE owner = ? RETURNING partition_no, epoch"
-    ),
-    release: "UPDATE {t}_cursors SET owner = NULL, lease_until = NULL \
-        WHERE partition_no = ? AND owner = ? AND epoch = ?",
-    owners: concat!(
-        "SELECT COUNT(DISTINCT owner) FROM {t}_cursors WHERE owner IS NOT NULL AND owner <> ? AND lease_until >= ",
-        db_now!()
-    ),
-    relays: "SELECT COUNT(*) FROM {t}_relays WHERE heartbeat_at >= ?",
     // The window's ends, found through the transaction-id index: its two parts are planned on their own
     // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
     // reads every event ever stored once the table keeps its history.
@@ -405,20 +393,9 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY partition_no, id LIMIT $6"
     ),
     parked: parked_heads!(db_now!()),
-    any_parked: "SELECT COUNT(*) FROM (SELECT 1 FROM {t}_parked WHERE partition_no = ? LIMIT 1) p",
     repartition: "UPDATE {t} SET partition_no = v.p \
         FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v \
         WHERE {t}.id = v.id AND {t}.partition_no IS NULL",
-    advance: concat!(
-        "UPDATE {t}_cursors SET snap_from = ?, snap_to = ?, after_id = ?, lease_until = ",
-        db_now!(),
-        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
-    ),
-    fence: concat!(
-        "UPDATE {t}_cursors SET lease_until = ",
-        db_now!(),
-        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
-    ),
     park: concat!(
         "INSERT INTO {t}_parked (id, partition_no, aggregate_type, aggregate_id, next_attempt_at) \
         SELECT o.id, o.partition_no, o.aggregate_type, o.aggregate_id, ",
@@ -427,12 +404,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY u.n ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id = ANY(CAST(? AS BIGINT[]))",
-    retry: concat!(
-        "UPDATE {t}_parked SET attempts = ?, last_error = ?, next_attempt_at = ",
-        db_now!(),
-        " + ? WHERE id = ?"
-    ),
-    dead: "UPDATE {t} SET status = 2, attempts = ?, last_error = ? WHERE id = ?",
     pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + (SELECT COUNT(*) FROM {t}_parked) \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \

@@ -72,6 +72,7 @@ macro_rules! db_now {
 /// writer at a time and AUTOINCREMENT ids are never reused, so every row at or below it had committed (or
 /// rolled back for good) by then, and a window is the ids between two of them.
 pub(super) const CURSOR: CursorSql = CursorSql {
+    now: db_now!(),
     json_arrays: true,
     plan: None,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
@@ -79,7 +80,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     adopt: "UPDATE {t} SET partition_no = (SELECT p.value FROM json_each(?1) i JOIN json_each(?2) p \
           ON p.key = i.key WHERE i.value = {t}.id) \
         WHERE id IN (SELECT value FROM json_each(?1))",
-    partitions: "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors",
     create: "WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n + 1 < ?1) \
         INSERT INTO {t}_cursors (partition_no, partitions, snap_from) \
         SELECT n, ?2, CAST(COALESCE((SELECT MIN(id) - 1 FROM {t} WHERE status = 0 AND partition_no = g.n), \
@@ -95,18 +95,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         " ORDER BY partition_no LIMIT ?1) \
         RETURNING partition_no, epoch, snap_from, snap_to, after_id, 1 AS parked"
     ),
-    renew: concat!(
-        "UPDATE {t}_cursors SET lease_until = ",
-        db_now!(),
-        " + ? WHERE owner = ? RETURNING partition_no, epoch"
-    ),
-    release: "UPDATE {t}_cursors SET owner = NULL, lease_until = NULL \
-        WHERE partition_no = ? AND owner = ? AND epoch = ?",
-    owners: concat!(
-        "SELECT COUNT(DISTINCT owner) FROM {t}_cursors WHERE owner IS NOT NULL AND owner <> ? AND lease_until >= ",
-        db_now!()
-    ),
-    relays: "SELECT COUNT(*) FROM {t}_relays WHERE heartbeat_at >= ?",
     open: "SELECT CAST(s.cur AS TEXT) AS snapshot, \
           (SELECT MIN(id) FROM {t} WHERE status = 0 AND partition_no = ?2 \
             AND id > CAST(?3 AS INTEGER) AND id <= s.cur) AS low, \
@@ -118,20 +106,9 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY id LIMIT ?6"
     ),
     parked: parked_heads!(db_now!()),
-    any_parked: "SELECT COUNT(*) FROM (SELECT 1 FROM {t}_parked WHERE partition_no = ? LIMIT 1) p",
     repartition: "UPDATE {t} SET partition_no = (SELECT p.value FROM json_each(?1) i JOIN json_each(?2) p \
           ON p.key = i.key WHERE i.value = {t}.id) \
         WHERE id IN (SELECT value FROM json_each(?1)) AND partition_no IS NULL",
-    advance: concat!(
-        "UPDATE {t}_cursors SET snap_from = ?, snap_to = ?, after_id = ?, lease_until = ",
-        db_now!(),
-        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
-    ),
-    fence: concat!(
-        "UPDATE {t}_cursors SET lease_until = ",
-        db_now!(),
-        " + ? WHERE partition_no = ? AND owner = ? AND epoch = ?"
-    ),
     park: concat!(
         "INSERT INTO {t}_parked (id, partition_no, aggregate_type, aggregate_id, next_attempt_at) \
         SELECT o.id, o.partition_no, o.aggregate_type, o.aggregate_id, ",
@@ -140,12 +117,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id IN (SELECT value FROM json_each(?))",
-    retry: concat!(
-        "UPDATE {t}_parked SET attempts = ?, last_error = ?, next_attempt_at = ",
-        db_now!(),
-        " + ? WHERE id = ?"
-    ),
-    dead: "UPDATE {t} SET status = 2, attempts = ?, last_error = ? WHERE id = ?",
     pending: "SELECT (SELECT COUNT(*) FROM {t} o JOIN {t}_cursors c ON c.partition_no = o.partition_no \
             WHERE o.status = 0 AND o.id > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS INTEGER) \
               ELSE c.after_id END) \
