@@ -109,3 +109,21 @@ pub async fn write_rolling_back_every_third(t: &TestDb) -> (HashSet<Uuid>, HashS
     }
     (committed, rolled_back)
 }
+
+/// Waits until every event is published, as the repository counts it (nothing behind a cursor, nothing parked).
+pub async fn drained(t: &TestDb, broker: &InMemoryPublisher, expected: usize) {
+    let done = async {
+        loop {
+            let unique: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
+            if unique.len() >= expected && t.outbox.count_unpublished(&t.db).await.unwrap() == 0 {
+                return;
+            }
+            broker
+                .wait_for(broker.len() + 1, Duration::from_millis(100))
+                .await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), done)
+        .await
+        .unwrap_or_else(|_| panic!("not everything arrived: {} of {expected}", broker.len()));
+}

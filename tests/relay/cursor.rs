@@ -14,7 +14,7 @@ use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config, write, write_rolling_back_every_third};
+use crate::accounting::{account, drained, fast_config, write, write_rolling_back_every_third};
 
 /// Runs each scenario on PostgreSQL and on an SQLite file, the backends the cursor is built for.
 macro_rules! on_cursor_backends {
@@ -48,24 +48,6 @@ fn cursor_config(partitions: u16) -> OutboxConfig {
     config.delivery = Delivery::Cursor;
     config.partitions = partitions;
     config
-}
-
-/// Waits until every event is published, as the repository counts it (nothing behind a cursor, nothing parked).
-async fn drained(t: &TestDb, broker: &InMemoryPublisher, expected: usize) {
-    let done = async {
-        loop {
-            let unique: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
-            if unique.len() >= expected && t.outbox.count_unpublished(&t.db).await.unwrap() == 0 {
-                return;
-            }
-            broker
-                .wait_for(broker.len() + 1, Duration::from_millis(100))
-                .await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), done)
-        .await
-        .unwrap_or_else(|_| panic!("not everything arrived: {} of {expected}", broker.len()));
 }
 
 async fn four_relays_share_the_partitions_nothing_lost_order_kept(backend: Backend) {

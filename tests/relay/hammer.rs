@@ -2,16 +2,13 @@
 //! 10% of publishes failing and 2% of acknowledgements lost: nothing lost, nothing from a rollback, order kept per
 //! aggregate, and exactly one duplicate per lost acknowledgement (the documented window).
 
-use std::collections::HashSet;
-use std::time::Duration;
-
 use outbox::publisher::InMemoryPublisher;
 use outbox::relay::Relay;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::on_every_backend;
 use outbox_tests::running::Running;
 
-use crate::accounting::{account, fast_config, write_rolling_back_every_third};
+use crate::accounting::{account, drained, fast_config, write_rolling_back_every_third};
 
 on_every_backend!(four_relays_random_failures_nothing_lost_order_kept);
 
@@ -31,25 +28,7 @@ async fn four_relays_random_failures_nothing_lost_order_kept(backend: Backend) {
     let expected = committed.len();
     // Done when everything arrived and everything is marked (a lost acknowledgement's redelivery may still be
     // due after its first delivery).
-    let arrived = async {
-        loop {
-            let unique: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
-            if unique.len() >= expected && t.outbox.count_unpublished(&t.db).await.unwrap() == 0 {
-                return;
-            }
-            broker
-                .wait_for(broker.len() + 1, Duration::from_millis(200))
-                .await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), arrived)
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{backend:?}: not everything arrived: {} of {expected}",
-                broker.len()
-            )
-        });
+    drained(&t, &broker, expected).await;
     for relay in relays {
         relay.stop().await;
     }
