@@ -61,6 +61,7 @@ pub async fn drop_tables(db: &DatabaseConnection, outbox: &OutboxRepository) -> 
         format!("{table}_relays"),
         format!("{table}_cursors"),
         format!("{table}_parked"),
+        format!("{table}_sequences"),
         table.to_owned(),
     ] {
         db.execute_unprepared(&format!("DROP TABLE IF EXISTS {t}"))

@@ -41,3 +41,35 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
 -- Each event's partition: a stable hash of its aggregate, written by add_event (docs/design.md, "The commit-order
 -- cursor"). MySQL has no ADD COLUMN IF NOT EXISTS: the migration asks the catalog first.
 ALTER TABLE outbox_events ADD COLUMN partition_no SMALLINT NULL;
+-- The commit-order cursor (docs/design.md, "The commit-order cursor"). MySQL has no snapshot a reader can take,
+-- so commit order comes from the writer: under OUTBOX_DELIVERY=cursor, add_event takes the next numbers of its
+-- partition's counter row in the caller's transaction and stores them in `seq`. The counter row stays locked until
+-- that transaction ends, so a partition's numbers are handed out, and made visible, in commit order; a rollback
+-- takes its numbers back with it.
+ALTER TABLE outbox_events ADD COLUMN seq BIGINT NULL;
+ALTER TABLE outbox_events ADD INDEX outbox_events_log_idx (partition_no, seq);
+CREATE TABLE IF NOT EXISTS outbox_events_sequences (
+    partition_no SMALLINT NOT NULL PRIMARY KEY,
+    next_seq     BIGINT   NOT NULL
+) ENGINE = InnoDB;
+CREATE TABLE IF NOT EXISTS outbox_events_cursors (
+    partition_no SMALLINT NOT NULL PRIMARY KEY,
+    partitions   SMALLINT NOT NULL,
+    owner        VARCHAR(36) NULL,
+    lease_until  BIGINT   NULL,
+    epoch        BIGINT   NOT NULL DEFAULT 0,
+    snap_from    VARCHAR(64) NOT NULL,
+    snap_to      VARCHAR(64) NULL,
+    after_id     BIGINT   NOT NULL DEFAULT 0
+) ENGINE = InnoDB;
+CREATE TABLE IF NOT EXISTS outbox_events_parked (
+    id              BIGINT       NOT NULL PRIMARY KEY,
+    seq             BIGINT       NOT NULL AUTO_INCREMENT UNIQUE,
+    partition_no    SMALLINT     NOT NULL,
+    aggregate_type  VARCHAR(255) NOT NULL,
+    aggregate_id    VARCHAR(255) NOT NULL,
+    attempts        INT          NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT       NOT NULL,
+    last_error      TEXT         NULL,
+    KEY outbox_events_parked_idx (partition_no, aggregate_type, aggregate_id, seq)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -47,10 +47,15 @@ impl MigrationTrait for OutboxMigration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        // The cursor's tables too: a table created again must not find cursors past its new events.
+        let t = self.table.as_str();
         for table in [
-            format!("{}_relays", self.table.as_str()),
-            format!("{}_lock", self.table.as_str()),
-            self.table.as_str().to_owned(),
+            format!("{t}_relays"),
+            format!("{t}_lock"),
+            format!("{t}_cursors"),
+            format!("{t}_parked"),
+            format!("{t}_sequences"),
+            t.to_owned(),
         ] {
             db.execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
                 .await?;
@@ -172,6 +177,8 @@ async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<boo
         ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Table, *name),
         ["CREATE", "INDEX", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Index, *name),
         ["CREATE", "OR", "REPLACE", "TRIGGER", name, ..] => (SchemaObject::Trigger, *name),
+        // MySQL's form: it has no `CREATE INDEX IF NOT EXISTS`.
+        ["ALTER", "TABLE", _, "ADD", "INDEX", name, ..] => (SchemaObject::Index, *name),
         ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => {
             (SchemaObject::Fillfactor, *name)
         }

@@ -76,12 +76,10 @@ pub async fn write(t: &TestDb, aggregates: u32, events: u32) -> HashSet<Uuid> {
     let envelopes: Vec<_> = (1..=events)
         .map(|seq| EventEnvelope::new(opened(&format!("agg-{}", seq % aggregates), seq)))
         .collect();
-    t.outbox
-        .add_events(&t.db, envelopes)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
+    let txn = t.db.begin().await.unwrap();
+    let ids = t.outbox.add_events(&txn, envelopes).await.unwrap();
+    txn.commit().await.unwrap();
+    ids.into_iter().collect()
 }
 
 /// Writers under way: 60 transactions of 40 events each (2,400 events over 100 aggregates), every third rolled

@@ -1,6 +1,7 @@
-//! The commit-order cursor (`OUTBOX_DELIVERY=cursor`, PostgreSQL): several relays sharing the partitions under
-//! failures and rollbacks, a slow transaction, a poison event, a relay that lost its partition, a clean handover,
-//! and a table upgraded in place with events pending from before.
+//! The commit-order cursor (`OUTBOX_DELIVERY=cursor`) on PostgreSQL, MariaDB and SQLite: several relays sharing
+//! the partitions under failures and rollbacks, a slow transaction, a poison event, a relay that lost its
+//! partition, a clean handover, a table upgraded in place with events pending from before, and MariaDB's writer-kept
+//! commit order.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -16,13 +17,19 @@ use outbox_tests::running::Running;
 
 use crate::accounting::{account, drained, fast_config, write, write_rolling_back_every_third};
 
-/// Runs each scenario on PostgreSQL and on an SQLite file, the backends the cursor is built for.
+/// Runs each scenario on PostgreSQL, MariaDB and an SQLite file.
 macro_rules! on_cursor_backends {
     ($($scenario:ident),* $(,)?) => {
         mod postgres {
             $(#[tokio::test]
             async fn $scenario() {
                 super::$scenario(outbox_tests::backend::Backend::Postgres).await;
+            })*
+        }
+        mod mariadb {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(outbox_tests::backend::Backend::MariaDb).await;
             })*
         }
         mod sqlite {
@@ -42,6 +49,15 @@ on_cursor_backends!(
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_replayed_dead_letter_goes_out_again,
 );
+
+/// Stores one event in a transaction of its own (MySQL numbers an event's place in commit order in the writer's
+/// transaction, so it takes no event outside one).
+async fn add(t: &TestDb, event: outbox_tests::events::AccountOpened) -> uuid::Uuid {
+    let txn = t.db.begin().await.unwrap();
+    let id = t.outbox.add_event(&txn, event).await.unwrap();
+    txn.commit().await.unwrap();
+    id
+}
 
 fn cursor_config(partitions: u16) -> OutboxConfig {
     let mut config = fast_config();
@@ -154,18 +170,8 @@ async fn a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter(backe
     });
     let mut ids = Vec::new();
     for seq in 1..=6 {
-        ids.push(
-            t.outbox
-                .add_event(&t.db, opened("poisoned", seq))
-                .await
-                .unwrap(),
-        );
-        ids.push(
-            t.outbox
-                .add_event(&t.db, opened("healthy", seq))
-                .await
-                .unwrap(),
-        );
+        ids.push(add(&t, opened("poisoned", seq)).await);
+        ids.push(add(&t, opened("healthy", seq)).await);
     }
     let relay =
         Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
@@ -252,10 +258,10 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order(bac
     let rows = Relay::builder(t.db.clone(), t.outbox.clone(), before.clone()).build();
     assert_eq!(rows.publish_batch(10).await.unwrap().published, 10);
     let published_before: HashSet<_> = before.messages().iter().map(|m| m.message.id).collect();
-    let stored_before = if backend == Backend::Postgres {
-        "UPDATE {t} SET partition_no = NULL, txid = NULL"
-    } else {
-        "UPDATE {t} SET partition_no = NULL"
+    let stored_before = match backend {
+        Backend::Postgres => "UPDATE {t} SET partition_no = NULL, txid = NULL",
+        Backend::MariaDb => "UPDATE {t} SET partition_no = NULL, seq = NULL",
+        _ => "UPDATE {t} SET partition_no = NULL",
     };
     t.sql(stored_before).await;
     t.sql("DELETE FROM {t}_cursors").await;
@@ -268,12 +274,14 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order(bac
     // A writer on the new version stores events after the upgrade, before the first cursor relay starts.
     let mut after = HashSet::new();
     for seq in 31..=36 {
+        let txn = t.db.begin().await.unwrap();
         after.insert(
             upgraded
-                .add_event(&t.db, opened(&format!("agg-{}", seq % 3), seq))
+                .add_event(&txn, opened(&format!("agg-{}", seq % 3), seq))
                 .await
                 .unwrap(),
         );
+        txn.commit().await.unwrap();
     }
     let broker = InMemoryPublisher::new();
     let relay = Relay::builder(t.db.clone(), upgraded.clone(), broker.clone()).build();
@@ -300,11 +308,7 @@ async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it(back
     let t = TestDb::with_config(backend, config).await;
     let broker = InMemoryPublisher::new();
     broker.fail_next(1);
-    let id = t
-        .outbox
-        .add_event(&t.db, opened("lonely", 1))
-        .await
-        .unwrap();
+    let id = add(&t, opened("lonely", 1)).await;
     let relay =
         Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
     assert!(
@@ -321,11 +325,7 @@ async fn a_replayed_dead_letter_goes_out_again(backend: Backend) {
     let t = TestDb::with_config(backend, cursor_config(2)).await;
     let broker = InMemoryPublisher::new();
     broker.reject_when(|message| (message.key == "doomed").then(|| "rejected".to_owned()));
-    let id = t
-        .outbox
-        .add_event(&t.db, opened("doomed", 1))
-        .await
-        .unwrap();
+    let id = add(&t, opened("doomed", 1)).await;
     let relay =
         Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
     let dead = async {
@@ -355,16 +355,7 @@ async fn a_replayed_dead_letter_goes_out_again(backend: Backend) {
 }
 
 #[tokio::test]
-async fn a_relay_refuses_the_cursor_where_it_is_not_built_and_a_partition_count_that_disagrees() {
-    let t = TestDb::with_config(Backend::MariaDb, cursor_config(8)).await;
-    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
-    let error = relay.check().await.unwrap_err().to_string();
-    assert!(
-        error.contains("OUTBOX_DELIVERY=rows") && error.contains("mysql"),
-        "{error}"
-    );
-    t.drop_tables().await;
-
+async fn a_relay_refuses_a_partition_count_that_disagrees() {
     let t = TestDb::with_config(Backend::Postgres, cursor_config(8)).await;
     write(&t, 2, 4).await;
     let eight = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
@@ -400,5 +391,87 @@ async fn a_relay_refuses_the_cursor_where_it_is_not_built_and_a_partition_count_
             .to_string()
             .contains("split into 8 partitions"),
     );
+    t.drop_tables().await;
+}
+
+/// MariaDB keeps commit order in the writer: an event's place is taken from its partition's counter in the
+/// writer's transaction, which holds the counter until it ends. So a second writer of the partition waits for
+/// the first (and comes after it), writers of other partitions do not wait, a rollback gives its places back,
+/// and an event outside a transaction is refused.
+#[tokio::test]
+async fn mariadb_numbers_each_partition_in_commit_order() {
+    let t = TestDb::with_config(Backend::MariaDb, cursor_config(4)).await;
+    let error = t.outbox.add_event(&t.db, opened("a", 0)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            outbox::repository::RepositoryError::CursorNeedsTransaction { .. }
+        ),
+        "{error}"
+    );
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}").await, 0);
+
+    let partition = |id: &str| {
+        use outbox::OutboxEvent;
+        outbox::repository::partition_of(outbox_tests::events::AccountOpened::AGGREGATE_TYPE, id, 4)
+    };
+    let other = (0..)
+        .map(|n| format!("b-{n}"))
+        .find(|id| partition(id) != partition("a"))
+        .unwrap();
+    let place = |id: uuid::Uuid| format!("SELECT seq FROM {{t}} WHERE event_id = '{id}'");
+
+    let first = t.db.begin().await.unwrap();
+    let first_id = t.outbox.add_event(&first, opened("a", 1)).await.unwrap();
+    let second = {
+        let (db, outbox) = (t.db.clone(), t.outbox.clone());
+        tokio::spawn(async move {
+            let txn = db.begin().await.unwrap();
+            let id = outbox.add_event(&txn, opened("a", 2)).await.unwrap();
+            txn.commit().await.unwrap();
+            id
+        })
+    };
+    let elsewhere = tokio::time::timeout(Duration::from_secs(5), add(&t, opened(&other, 1)))
+        .await
+        .expect("a writer of another partition does not wait");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second writer of the partition waits for the first"
+    );
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let seen: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(
+        seen,
+        vec![elsewhere],
+        "the open transaction holds back only its partition"
+    );
+
+    first.commit().await.unwrap();
+    let second_id = second.await.unwrap();
+    let rolled_back = t.db.begin().await.unwrap();
+    t.outbox
+        .add_event(&rolled_back, opened("a", 3))
+        .await
+        .unwrap();
+    rolled_back.rollback().await.unwrap();
+    let third_id = add(&t, opened("a", 3)).await;
+    let places = [
+        t.scalar(&place(first_id)).await,
+        t.scalar(&place(second_id)).await,
+        t.scalar(&place(third_id)).await,
+    ];
+    assert_eq!(
+        places,
+        [places[0], places[0] + 1, places[0] + 2],
+        "in commit order, the rolled-back place given back"
+    );
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let seen: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(seen, vec![elsewhere, first_id, second_id, third_id]);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
     t.drop_tables().await;
 }

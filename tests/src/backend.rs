@@ -128,6 +128,7 @@ impl TestDb {
                 format!("{}_relays", self.outbox.table()),
                 format!("{}_cursors", self.outbox.table()),
                 format!("{}_parked", self.outbox.table()),
+                format!("{}_sequences", self.outbox.table()),
                 self.outbox.table().to_owned(),
                 self.users.clone(),
             ] {

@@ -101,9 +101,9 @@ impl Relay {
     }
 
     /// What `run` checks before its first batch: the registry has no conflicting types, the outbox table
-    /// exists (under [`Delivery::Cursor`](crate::Delivery::Cursor): on a database the cursor is built for, with
-    /// as many partitions as configured, its earlier pending events adopted), and the broker answers (an
-    /// unreachable broker is logged, not fatal: the relay waits for it).
+    /// exists (under [`Delivery::Cursor`](crate::Delivery::Cursor): with as many partitions as configured, its
+    /// earlier pending events adopted), and the broker answers (an unreachable broker is logged, not fatal: the
+    /// relay waits for it).
     pub async fn check(&self) -> Result<(), RelayError> {
         let registry = self.store.repository().registry();
         registry.validate()?;
@@ -121,7 +121,17 @@ impl Relay {
             .collect();
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
         self.store.check().await?;
-        self.store.prepare().await?;
+        // A partition count that disagrees with the table's stops the relay here; anything else that keeps the
+        // cursors from being made (a busy SQLite file, relays starting together) is tried again by every batch.
+        match self.store.prepare().await {
+            Err(error @ crate::repository::RepositoryError::PartitionMismatch { .. }) => {
+                return Err(error.into());
+            }
+            Err(error) => {
+                tracing::warn!(target: "outbox", %error, "cursors not ready at start; the relay will keep trying");
+            }
+            Ok(()) => {}
+        }
         if let Err(error) = self.publisher.check().await {
             tracing::error!(
                 target: "outbox",

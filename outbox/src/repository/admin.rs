@@ -90,7 +90,7 @@ impl OutboxRepository {
 
     /// How many events are pending (python-outbox-core's `count_unpublished`), including those being published now.
     pub async fn count_unpublished<C: ConnectionTrait>(&self, db: &C) -> Result<u64> {
-        if self.under_cursor(db) {
+        if self.under_cursor() {
             return Ok(self.stats(db).await?.pending);
         }
         self.count(db, "counting pending events", sql::PENDING)
@@ -99,8 +99,8 @@ impl OutboxRepository {
 
     /// Whether this table's events are delivered by the commit-order cursor, where rows stay pending in place
     /// and what is pending is what no cursor has passed (or is parked).
-    fn under_cursor<C: ConnectionTrait>(&self, db: &C) -> bool {
-        self.inner.config.delivery == crate::Delivery::Cursor && Dialect::of(db).cursor.is_some()
+    fn under_cursor(&self) -> bool {
+        self.inner.config.delivery == crate::Delivery::Cursor
     }
 
     /// Marks one event published by row id, whoever holds it (python-outbox-core's `mark_published(id)`). Relays use the
@@ -308,8 +308,10 @@ impl OutboxRepository {
             sql::END_LEASE,
             sql::DEAD
         );
-        if let Some(cursor) = Dialect::of(db).cursor.filter(|_| self.under_cursor(db)) {
-            return self.replay_parked(db, cursor, &condition, values).await;
+        if self.under_cursor() {
+            return self
+                .replay_parked(db, Dialect::of(db).cursor, &condition, values)
+                .await;
         }
         self.execute(db, "replaying dead letters", &query, values)
             .await
@@ -470,12 +472,15 @@ impl OutboxRepository {
 
     /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
     pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
-        let query = match Dialect::of(db).cursor.filter(|_| self.under_cursor(db)) {
-            Some(cursor) => cursor.pending.to_owned(),
-            None => format!(
+        let query = if self.under_cursor() {
+            Dialect::of(db)
+                .cursor
+                .statement(Dialect::of(db).cursor.pending, self.inner.config.partitions)
+        } else {
+            format!(
                 "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",
                 sql::PENDING
-            ),
+            )
         };
         let rows = self
             .query(db, "reading outbox lag", &query, Vec::new())

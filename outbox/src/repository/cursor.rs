@@ -32,15 +32,26 @@ use super::{
 };
 
 /// The statements of one backend's cursor, written with `?` and `{t}` like the rest, or with numbered
-/// parameters (`$1`, `?1`) where one value is used twice.
+/// parameters (`$1`, `?1`) where one value is used twice. `{partitions}` stands for the partition numbers, `0,1,..`.
 #[derive(Debug)]
 pub(crate) struct CursorSql {
     /// The database's clock in Unix microseconds, as an SQL expression: what `{now}` stands for in the
     /// statements every backend shares (below).
     pub(crate) now: &'static str,
-    /// Whether lists of numbers go as one JSON array parameter (`[1,2]`, SQLite's `json_each`) rather than a
-    /// PostgreSQL array (`{1,2}`).
+    /// Whether lists of numbers go as one JSON array parameter (`[1,2]`, SQLite's `json_each`, MySQL's
+    /// `JSON_TABLE`) rather than a PostgreSQL array (`{1,2}`).
     pub(crate) json_arrays: bool,
+    /// Whether commit order is a sequence the writer takes (MySQL, see `mysql.rs`), which adopted rows take
+    /// numbers from too: [`adopt`](Self::adopt) then gets them as a third list.
+    pub(crate) sequenced: bool,
+    /// Whether adoption gives a row a new place in commit order (a transaction id, a sequence number), so rows
+    /// stored the old way after the cursors exist can still be adopted. SQLite's place is the id, which adoption
+    /// cannot change: it adopts only before its cursors are made.
+    pub(crate) adopts_late: bool,
+    /// Taken first in the transaction of a relay's first start (adoption, then the cursors made), so that two
+    /// relays' first starts do not interleave: MySQL's first adoption places rows below every sequence number,
+    /// which is safe only while no relay reads.
+    pub(crate) first_start_lock: Option<&'static str>,
     /// Run first in the transaction of a batch's reads: makes the database plan each of them for its values. A
     /// plan made for any values (what a prepared statement gets after a few runs) walked a whole partition and
     /// sorted it for every batch (105 ms instead of 1.5 ms per 1,000 events, `EXPLAIN ANALYZE`).
@@ -55,13 +66,14 @@ pub(crate) struct CursorSql {
     /// Gathers the cursor table's statistics once its rows are there. Without them the planner guessed 300
     /// cursors, costed the pending count at millions and compiled it with JIT first (410 of its 524 ms).
     pub(crate) analyze: &'static str,
-    /// Takes up to `?` free or expired partitions for owner `?`, leased for `?` µs.
+    /// Takes free or expired partitions for owner `?`, leased for `?` µs, up to `?`. MySQL returns nothing from
+    /// an UPDATE: the relay reads its partitions back ([`MINE`]).
     pub(crate) acquire: &'static str,
     /// Opens a window: the snapshot to read to (`?`, or the current one when NULL), and the lowest and highest
     /// id in it after a snapshot: S2 or NULL, partition, S1.
     pub(crate) open: &'static str,
-    /// Up to `?` events of a window: partition, after id, up to id, S2, S1, limit; with `behind` (its aggregate
-    /// has parked events).
+    /// Up to `?` events of a window: partition, after, up to, S2, S1, limit; with `behind` (its aggregate has
+    /// parked events) and `pos`, the event's place in the window (its id, or its sequence number on MySQL).
     pub(crate) read: &'static str,
     /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
     pub(crate) parked: &'static str,
@@ -80,13 +92,14 @@ pub(crate) struct CursorSql {
 /// The start of a backend's window read: every column of a stored event (as `sql::COLUMNS`) and `behind`, whether
 /// its aggregate has parked events; the backend adds which events of `{t} o` are in the window.
 macro_rules! window_read {
-    ($($condition:tt)*) => {
+    (pos = $pos:literal; $($condition:tt)*) => {
         concat!(
             "SELECT id, event_id, event_type, data_version, aggregate_type, aggregate_id, payload, correlation_id, \
                causation_id, traceparent, tracestate, occurred_at, status, attempts, last_error, published_at, \
                EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = o.partition_no \
-                 AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind \
-             FROM {t} o WHERE status = 0 AND ",
+                 AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id) AS behind, ",
+            $pos,
+            " AS pos FROM {t} o WHERE status = 0 AND ",
             $($condition)*
         )
     };
@@ -117,9 +130,12 @@ pub(super) use {parked_heads, window_read};
 /// How many cursor rows there are, and the lowest and highest partition count they were made for.
 const PARTITIONS: &str =
     "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors";
-/// Extends the lease (`?` µs) of owner `?`'s partitions; returns them with their epochs.
-const RENEW: &str =
-    "UPDATE {t}_cursors SET lease_until = {now} + ? WHERE owner = ? RETURNING partition_no, epoch";
+/// Extends the lease (`?` µs) of owner `?`'s partitions.
+const RENEW: &str = "UPDATE {t}_cursors SET lease_until = {now} + ? WHERE owner = ?";
+/// Owner `?`'s partitions, with their epochs and positions: read after [`RENEW`] and a backend's `acquire` (an
+/// UPDATE that returns nothing on MySQL). Nobody else writes `owner` to this one, so it reads no stale row.
+const MINE: &str =
+    "SELECT partition_no, epoch, snap_from, snap_to, after_id FROM {t}_cursors WHERE owner = ?";
 /// Gives a partition back: partition, owner, epoch.
 const RELEASE: &str = "UPDATE {t}_cursors SET owner = NULL, lease_until = NULL \
      WHERE partition_no = ? AND owner = ? AND epoch = ?";
@@ -149,6 +165,15 @@ impl CursorSql {
         statement.replace("{now}", self.now)
     }
 
+    /// One of this backend's statements, for a table of `partitions` partitions.
+    pub(crate) fn statement(&self, statement: &str, partitions: u16) -> String {
+        if !statement.contains("{partitions}") {
+            return statement.to_owned();
+        }
+        let list: Vec<String> = (0..partitions).map(|p| p.to_string()).collect();
+        statement.replace("{partitions}", &list.join(","))
+    }
+
     /// Numbers as one array parameter, in this backend's form.
     pub(crate) fn array<T: ToString>(&self, items: &[T]) -> Value {
         let list: Vec<String> = items.iter().map(ToString::to_string).collect();
@@ -166,6 +191,10 @@ const CHUNK: u32 = 10_000;
 
 /// How often a partition without parked events of this relay's is asked for some.
 const PARKED_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a relay looks for events stored without a place in commit order (by a writer of an older version,
+/// or on MySQL one not set to the cursor) once its cursors exist.
+const ADOPT_EVERY: Duration = Duration::from_secs(5);
 
 /// Outcomes kept for the `fail` and `release` calls that follow a batch's `acknowledge`.
 const SETTLED_KEPT: usize = 64;
@@ -187,6 +216,7 @@ struct State {
     settled: VecDeque<(i64, Vec<Settled>)>,
     next_token: i64,
     next_refresh: Option<Instant>,
+    next_adoption: Option<Instant>,
     /// Where the next round of partitions starts.
     turn: usize,
 }
@@ -264,7 +294,7 @@ impl Cursors {
         repo: &OutboxRepository,
         limit: u32,
     ) -> Result<Leased> {
-        let sql = sql(db, repo)?;
+        let sql = Dialect::of(db).cursor;
         self.ready(db, repo).await?;
         self.refresh(db, repo, sql).await?;
         let candidates: Vec<(i16, Owned)> = {
@@ -446,7 +476,15 @@ impl Cursors {
             }
             // None due: whether any wait for their turn.
             owned.parked = !parked.is_empty()
-                || count(repo, txn, &sql.shared(ANY_PARKED), vec![partition.into()]).await? > 0;
+                || count(
+                    repo,
+                    txn,
+                    "looking for parked events",
+                    &sql.shared(ANY_PARKED),
+                    vec![partition.into()],
+                )
+                .await?
+                    > 0;
         }
         let mut window = Vec::new();
         let mut at = owned.at.clone();
@@ -520,9 +558,9 @@ impl Cursors {
                 .await?;
             let got = read.len() as u64;
             for row in read {
-                let id: i64 = row.try_get_by_index(0).unwrap_or_default();
-                let behind: bool = row.try_get("", "behind").unwrap_or(false);
-                at.after_id = id;
+                let id: i64 = get_at(repo, &row, 0)?;
+                let behind = flag(repo, &row, "behind")?;
+                at.after_id = get(repo, &row, "pos")?;
                 window.push((id, !behind));
                 if !behind {
                     rows.push(row);
@@ -583,15 +621,16 @@ impl Cursors {
         if self.state().prepared {
             return Ok(());
         }
-        self.prepare(db, repo, sql(db, repo)?).await?;
-        self.state().prepared = true;
+        self.prepare(db, repo, Dialect::of(db).cursor).await?;
+        let mut state = self.state();
+        state.prepared = true;
+        state.next_adoption = Some(Instant::now() + ADOPT_EVERY);
         Ok(())
     }
 
-    /// Once per relay, before its first batch: adopts the pending rows stored without a partition or a
-    /// transaction id (before the upgrade, or by an older writer) into one transaction of this relay's, so they
-    /// are delivered in one window, in id order; then creates the cursor rows, each starting below its
-    /// partition's oldest pending event, and checks they were made for as many partitions as configured.
+    /// Once per relay, before its first batch: adopts the pending events stored without a place in commit order
+    /// (see [`adopt`](Self::adopt)), then creates the cursor rows, each starting below its partition's oldest
+    /// pending event, and checks they were made for as many partitions as configured.
     async fn prepare(
         &self,
         db: &DatabaseConnection,
@@ -600,52 +639,36 @@ impl Cursors {
     ) -> Result<()> {
         let partitions = repo.inner.config.partitions;
         let txn = repo.begin(db).await?;
-        loop {
-            let legacy = repo
-                .query(
-                    &txn,
-                    "finding events to adopt",
-                    sql.legacy,
-                    vec![i64::from(CHUNK).into()],
-                )
-                .await?;
-            if legacy.is_empty() {
-                break;
-            }
-            let (mut ids, mut parts) = (Vec::new(), Vec::new());
-            for row in &legacy {
-                let id: i64 = get_at(repo, row, 0)?;
-                let aggregate_type: String = get_at(repo, row, 1)?;
-                let aggregate_id: String = get_at(repo, row, 2)?;
-                ids.push(id);
-                parts.push(partition_of(&aggregate_type, &aggregate_id, partitions));
-            }
-            tracing::info!(
-                target: "outbox",
-                table = repo.table(),
-                events = ids.len(),
-                "adopting pending events stored before the commit-order cursor"
-            );
-            repo.execute(
+        if let Some(lock) = sql.first_start_lock {
+            repo.query(
                 &txn,
-                "adopting events",
-                sql.adopt,
-                vec![sql.array(&ids), sql.array(&parts)],
+                "waiting for other relays' first start",
+                lock,
+                Vec::new(),
             )
             .await?;
-            if legacy.len() < CHUNK as usize {
-                break;
-            }
         }
-        repo.commit(txn).await?;
+        self.adopt(&txn, repo, sql).await?;
+        // The cursors are made in the adoption's transaction where the first start is serialized; elsewhere in one
+        // of their own, as an SQLite transaction that read before it writes fails when another relay wrote
+        // meanwhile. Never in autocommit: on MySQL an INSERT ... SELECT runs there under REPEATABLE READ and locks
+        // the rows it reads, so it waited for every writer holding a partition's counter.
+        let txn = match sql.first_start_lock {
+            Some(_) => txn,
+            None => {
+                repo.commit(txn).await?;
+                repo.begin(db).await?
+            }
+        };
         let count = i32::from(partitions);
         repo.execute(
-            db,
+            &txn,
             "creating the cursors",
-            sql.create,
+            &sql.statement(sql.create, partitions),
             vec![count.into(), count.into()],
         )
         .await?;
+        repo.commit(txn).await?;
         repo.execute(db, "analyzing the cursors", sql.analyze, Vec::new())
             .await?;
         let rows = repo
@@ -668,6 +691,64 @@ impl Cursors {
         Ok(())
     }
 
+    /// Gives the pending events stored without a partition or a place in commit order (before the upgrade, by a
+    /// writer of an older version, or on MySQL by one not set to the cursor) both, in one transaction of this
+    /// relay's (`txn`) and in id order, so they are delivered together in the next window. Returns how many.
+    async fn adopt<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+    ) -> Result<u64> {
+        let partitions = repo.inner.config.partitions;
+        let legacy_sql = sql.statement(sql.legacy, partitions);
+        let mut adopted = 0;
+        loop {
+            let legacy = repo
+                .query(
+                    txn,
+                    "finding events to adopt",
+                    &legacy_sql,
+                    vec![i64::from(CHUNK).into()],
+                )
+                .await?;
+            if legacy.is_empty() {
+                break;
+            }
+            let (mut ids, mut parts) = (Vec::new(), Vec::new());
+            for row in &legacy {
+                let id: i64 = get_at(repo, row, 0)?;
+                let aggregate_type: String = get_at(repo, row, 1)?;
+                let aggregate_id: String = get_at(repo, row, 2)?;
+                ids.push(id);
+                parts.push(partition_of(&aggregate_type, &aggregate_id, partitions));
+            }
+            let mut values = vec![sql.array(&ids), sql.array(&parts)];
+            if sql.sequenced {
+                let parts: Vec<i16> = parts
+                    .iter()
+                    .map(|p| i16::try_from(*p).unwrap_or_default())
+                    .collect();
+                values.push(sql.array(&repo.sequence(txn, &parts).await?));
+            }
+            adopted += repo
+                .execute(txn, "adopting events", sql.adopt, values)
+                .await?;
+            if legacy.len() < CHUNK as usize {
+                break;
+            }
+        }
+        if adopted > 0 {
+            tracing::info!(
+                target: "outbox",
+                table = repo.table(),
+                events = adopted,
+                "adopted pending events stored without a place in commit order"
+            );
+        }
+        Ok(adopted)
+    }
+
     /// Renews this relay's leases, drops the partitions it lost, and takes or gives back partitions until it holds
     /// its share: the partition count over the live relays, rounded up.
     async fn refresh(
@@ -684,76 +765,62 @@ impl Cursors {
         if !due {
             return Ok(());
         }
-        let lease = micros(config.lease_duration);
-        let renewed = repo
-            .query(
-                db,
-                "renewing partition leases",
-                &sql.shared(RENEW),
-                vec![lease.into(), self.owner.clone().into()],
-            )
-            .await?;
-        let held: HashMap<i16, i64> = renewed
-            .iter()
-            .filter_map(|row| Some((row.try_get_by_index(0).ok()?, row.try_get_by_index(1).ok()?)))
-            .collect();
+        if sql.adopts_late
+            && self
+                .state()
+                .next_adoption
+                .is_none_or(|at| Instant::now() >= at)
         {
-            let mut state = self.state();
-            state.owned.retain(|partition, owned| {
-                let kept = held.get(partition) == Some(&owned.epoch);
-                if !kept {
-                    tracing::warn!(target: "outbox", partition, "partition taken over by another relay");
-                }
-                kept
-            });
+            let txn = repo.begin(db).await?;
+            self.adopt(&txn, repo, sql).await?;
+            repo.commit(txn).await?;
+            self.state().next_adoption = Some(Instant::now() + ADOPT_EVERY);
         }
+        let lease = micros(config.lease_duration);
+        repo.execute(
+            db,
+            "renewing partition leases",
+            &sql.shared(RENEW),
+            vec![lease.into(), self.owner.clone().into()],
+        )
+        .await?;
+        self.read_mine(db, repo).await?;
         let others = count(
             repo,
             db,
+            "counting relays",
             &sql.shared(OWNERS),
             vec![self.owner.clone().into()],
         )
         .await?;
         // Relays that signed on but hold nothing yet count too, so the others make room for them.
         let alive_since = now_micros() - micros(super::ALIVE_WITHIN);
-        let signed_on = count(repo, db, RELAYS, vec![alive_since.into()])
-            .await
-            .unwrap_or(0);
+        let signed_on = count(
+            repo,
+            db,
+            "counting relays",
+            RELAYS,
+            vec![alive_since.into()],
+        )
+        .await
+        .unwrap_or(0);
         let relays = (others + 1).max(signed_on).max(1);
         let partitions = u64::from(config.partitions);
         let share = usize::try_from(partitions.div_ceil(relays)).unwrap_or(usize::MAX);
         let owned = self.state().owned.len();
         if owned < share {
-            let taken = repo
-                .query(
-                    db,
-                    "taking partitions",
-                    sql.acquire,
-                    vec![
-                        i64::try_from(share - owned).unwrap_or(i64::MAX).into(),
-                        self.owner.clone().into(),
-                        lease.into(),
-                    ],
-                )
-                .await?;
-            let mut state = self.state();
-            for row in taken {
-                let partition: i16 = get(repo, &row, "partition_no")?;
-                let owned = Owned {
-                    epoch: get(repo, &row, "epoch")?,
-                    at: Position {
-                        snap_from: get(repo, &row, "snap_from")?,
-                        snap_to: get(repo, &row, "snap_to")?,
-                        after_id: get(repo, &row, "after_id")?,
-                    },
-                    window_end: None,
-                    parked: get(repo, &row, "parked")?,
-                    parked_checked: None,
-                    busy: None,
-                };
-                tracing::info!(target: "outbox", partition, epoch = owned.epoch, "partition taken");
-                state.owned.insert(partition, owned);
-            }
+            repo.execute(
+                db,
+                "taking partitions",
+                sql.acquire,
+                vec![
+                    self.owner.clone().into(),
+                    lease.into(),
+                    i64::try_from(share - owned).unwrap_or(i64::MAX).into(),
+                ],
+            )
+            .await?;
+            self.read_mine(db, repo).await?;
         } else if owned > share {
             let extra: Vec<(i16, i64)> = {
                 let state = self.state();
@@ -773,6 +840,59 @@ impl Cursors {
         let every =
             (config.lease_duration / 10).clamp(Duration::from_millis(100), Duration::from_secs(3));
         self.state().next_refresh = Some(Instant::now() + every);
+        Ok(())
+    }
+
+    /// Holds what the cursor table says this relay holds: drops the partitions taken over (or taken over and
+    /// back, under a new epoch) and takes in those it just acquired, whose parked events are looked for first.
+    async fn read_mine(&self, db: &DatabaseConnection, repo: &OutboxRepository) -> Result<()> {
+        let rows = repo
+            .query(
+                db,
+                "reading this relay's partitions",
+                MINE,
+                vec![self.owner.clone().into()],
+            )
+            .await?;
+        let mut held = HashMap::new();
+        for row in rows {
+            let at = Position {
+                snap_from: get(repo, &row, "snap_from")?,
+                snap_to: get(repo, &row, "snap_to")?,
+                after_id: get(repo, &row, "after_id")?,
+            };
+            held.insert(
+                get::<i16>(repo, &row, "partition_no")?,
+                (get::<i64>(repo, &row, "epoch")?, at),
+            );
+        }
+        let mut state = self.state();
+        state.owned.retain(|partition, owned| {
+            let kept = held
+                .get(partition)
+                .is_some_and(|(epoch, _)| *epoch == owned.epoch);
+            if !kept {
+                tracing::warn!(target: "outbox", partition, "partition taken over by another relay");
+            }
+            kept
+        });
+        for (partition, (epoch, at)) in held {
+            if state.owned.contains_key(&partition) {
+                continue;
+            }
+            tracing::info!(target: "outbox", partition, epoch, "partition taken");
+            state.owned.insert(
+                partition,
+                Owned {
+                    epoch,
+                    at,
+                    window_end: None,
+                    parked: true,
+                    parked_checked: None,
+                    busy: None,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -802,9 +922,6 @@ impl Cursors {
         db: &DatabaseConnection,
         repo: &OutboxRepository,
     ) -> Result<()> {
-        if Dialect::of(db).cursor.is_none() {
-            return Ok(());
-        }
         let owned: Vec<(i16, i64)> = self
             .state()
             .owned
@@ -828,7 +945,7 @@ impl Cursors {
         token: ClaimToken,
         published: &[i64],
     ) -> Result<u64> {
-        let sql = sql(db, repo)?;
+        let sql = Dialect::of(db).cursor;
         let Some(parts) = self
             .state()
             .reading
@@ -952,7 +1069,7 @@ impl Cursors {
         token: ClaimToken,
         failures: &[Failure],
     ) -> Result<FailureOutcome> {
-        let sql = sql(db, repo)?;
+        let sql = Dialect::of(db).cursor;
         let mut outcome = FailureOutcome::default();
         let parts = self
             .state()
@@ -1072,23 +1189,15 @@ impl Cursors {
 async fn count<C: sea_orm::ConnectionTrait>(
     repo: &OutboxRepository,
     db: &C,
+    operation: &'static str,
     statement: &str,
     values: Vec<Value>,
 ) -> Result<u64> {
-    let rows = repo.query(db, "counting relays", statement, values).await?;
+    let rows = repo.query(db, operation, statement, values).await?;
     Ok(rows
         .first()
         .and_then(|row| row.try_get_by_index::<i64>(0).ok())
         .map_or(0, |n| u64::try_from(n).unwrap_or_default()))
-}
-
-fn sql(db: &DatabaseConnection, repo: &OutboxRepository) -> Result<&'static CursorSql> {
-    Dialect::of(db)
-        .cursor
-        .ok_or_else(|| RepositoryError::CursorUnsupported {
-            table: repo.table().to_owned(),
-            backend: Dialect::of(db).name,
-        })
 }
 
 fn get<T: sea_orm::TryGetable>(
@@ -1097,6 +1206,15 @@ fn get<T: sea_orm::TryGetable>(
     column: &str,
 ) -> Result<T> {
     row.try_get("", column)
+        .map_err(|e| no_row(repo, "reading the cursor", &e.to_string()))
+}
+
+/// A yes/no column: a boolean, or on MySQL (whose `EXISTS` is a number) an integer. Read strictly: taking an
+/// unreadable `behind` for "no" would publish an event ahead of its aggregate's parked ones.
+fn flag(repo: &OutboxRepository, row: &QueryResult, column: &str) -> Result<bool> {
+    row.try_get::<bool>("", column)
+        .or_else(|_| row.try_get::<i64>("", column).map(|n| n != 0))
+        .or_else(|_| row.try_get::<i32>("", column).map(|n| n != 0))
         .map_err(|e| no_row(repo, "reading the cursor", &e.to_string()))
 }
 

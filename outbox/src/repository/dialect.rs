@@ -52,9 +52,8 @@ pub(crate) struct Dialect {
     /// Starts the task that calls `wake` whenever a transaction that stored events commits, where the database
     /// can signal that; `None` where it cannot (the relay then polls).
     pub(crate) wake_ups: fn(&sea_orm::DatabaseConnection, &TableName, Wake) -> Option<WakeTask>,
-    /// The statements of the commit-order cursor ([`Delivery::Cursor`](crate::Delivery::Cursor)), where it is
-    /// built.
-    pub(crate) cursor: Option<&'static super::cursor::CursorSql>,
+    /// The statements of the commit-order cursor ([`Delivery::Cursor`](crate::Delivery::Cursor)).
+    pub(crate) cursor: &'static super::cursor::CursorSql,
 }
 
 /// What a wake-up calls.

@@ -42,16 +42,16 @@ pub enum RepositoryError {
         "the claim lock row of `{0}_lock` is missing and could not be recreated: run the outbox migration again"
     )]
     MissingLockRow(String),
-    /// `OUTBOX_DELIVERY=cursor` on a database the commit-order cursor is not built for.
+    /// `add_event` outside a transaction under `OUTBOX_DELIVERY=cursor` on MySQL or MariaDB, where an event's
+    /// place in its partition's commit order is taken in the writer's transaction; nothing was stored.
     #[error(
-        "outbox table `{table}`: the commit-order cursor (OUTBOX_DELIVERY=cursor) runs on PostgreSQL and SQLite; \
-         this database is {backend}: use OUTBOX_DELIVERY=rows"
+        "outbox table `{table}`: under OUTBOX_DELIVERY=cursor, MySQL and MariaDB need add_event inside a \
+         transaction (the event and its place in its partition's commit order are stored together): pass a \
+         transaction (`db.begin()`), not the connection"
     )]
-    CursorUnsupported {
+    CursorNeedsTransaction {
         /// The outbox table.
         table: String,
-        /// The backend's name (`mysql`, `sqlite`).
-        backend: &'static str,
     },
     /// The table's cursors were made for another number of partitions than the configuration says.
     #[error(

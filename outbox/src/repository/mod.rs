@@ -248,13 +248,37 @@ impl OutboxRepository {
         let ambient = crate::otel::context_of(&tracing::Span::current());
         #[cfg(not(feature = "otel"))]
         let ambient: Option<crate::TraceContext> = None;
+        let partitions: Vec<i16> = envelopes
+            .iter()
+            .map(|envelope| {
+                let event = envelope.event().as_dyn();
+                let partition = partition_of(
+                    event.meta().aggregate_type,
+                    &event.aggregate_id(),
+                    self.inner.config.partitions,
+                );
+                i16::try_from(partition).unwrap_or_default()
+            })
+            .collect();
+        // Where commit order is the writer's to keep (MySQL under the cursor), each event's place in it, taken
+        // last before the INSERTs: the counter rows stay locked until the caller's transaction ends.
+        let sequenced =
+            self.inner.config.delivery == crate::Delivery::Cursor && dialect.cursor.sequenced;
+        let places = if sequenced {
+            Some(self.sequence(db, &partitions).await?)
+        } else {
+            None
+        };
+        let columns = if sequenced { 13 } else { 12 };
         let mut ids = Vec::with_capacity(envelopes.len());
-        for (chunk, payloads) in envelopes
+        for (n, (chunk, payloads)) in envelopes
             .chunks(sql::CHUNK)
             .zip(payloads.chunks(sql::CHUNK))
+            .enumerate()
         {
-            let mut values = Vec::with_capacity(chunk.len() * 12);
-            for (envelope, payload) in chunk.iter().zip(payloads) {
+            let mut values = Vec::with_capacity(chunk.len() * columns);
+            for (i, (envelope, payload)) in chunk.iter().zip(payloads).enumerate() {
+                let at = n * sql::CHUNK + i;
                 let event = envelope.event().as_dyn();
                 let meta = event.meta();
                 let aggregate_id = event.aggregate_id();
@@ -271,20 +295,18 @@ impl OutboxRepository {
                     trace.map(|t| t.traceparent().to_owned()).into(),
                     trace.and_then(|t| t.tracestate()).map(str::to_owned).into(),
                     envelope.occurred_at().into(),
-                    i16::try_from(partition_of(
-                        meta.aggregate_type,
-                        &aggregate_id,
-                        self.inner.config.partitions,
-                    ))
-                    .unwrap_or_default()
-                    .into(),
+                    partitions[at].into(),
                 ]);
+                if let Some(places) = &places {
+                    values.push(places[at].into());
+                }
                 ids.push(envelope.event_id());
             }
-            let rows = vec![format!("({})", sql::placeholders(12)); chunk.len()].join(", ");
+            let rows = vec![format!("({})", sql::placeholders(columns)); chunk.len()].join(", ");
             let insert = format!(
                 "INSERT INTO {{t}} (event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
-                 correlation_id, causation_id, traceparent, tracestate, occurred_at, partition_no) VALUES {rows}"
+                 correlation_id, causation_id, traceparent, tracestate, occurred_at, partition_no{}) VALUES {rows}",
+                if sequenced { ", seq" } else { "" }
             );
             self.execute(db, "storing events", &insert, values).await?;
         }

@@ -1,10 +1,13 @@
 //! MySQL's and MariaDB's claim: pick, lease and read back, under the claim lock and within the claim's bounds.
 
+use std::collections::{BTreeMap, HashMap};
+
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::claim::Lease;
+use super::cursor::{CursorSql, parked_heads, window_read};
 use super::dialect::{Dialect, SchemaObject, no_wake_ups};
-use super::{OutboxRepository, Result, sql};
+use super::{OutboxRepository, RepositoryError, Result, sql};
 
 /// How MySQL and MariaDB differ: `?` placeholders, one per id, the event id as text, no wake-up signal, and one
 /// batch in flight (a claim beside a mark slowed the drain: MariaDB 4.2k -> 3.5k events/s).
@@ -24,7 +27,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("doesn't exist") && error.contains(table),
     wake_ups: no_wake_ups,
-    cursor: None,
+    cursor: &CURSOR,
 };
 
 /// `INSERT IGNORE`: MySQL has no `ON CONFLICT`. It also turns a too-long value into a warning, so the inbox
@@ -42,13 +45,17 @@ const INBOX_DEAD_LETTER: &str = "INSERT INTO {t} (consumer, message_id, event_ty
 const PURGE_PUBLISHED: &str =
     "DELETE FROM {t} WHERE status = 1 AND published_at < ? ORDER BY id LIMIT ?";
 
-/// Whether a schema object named `?` exists: MySQL's schema creates tables only (its indexes are declared in
-/// them).
+/// Whether a schema object named `?` exists: tables, their columns, and the indexes added to a table after it
+/// was created (the others are declared in it).
 fn catalog(object: SchemaObject) -> &'static str {
     match object {
         SchemaObject::Column | SchemaObject::ColumnDefault => {
             "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
              AND CONCAT(table_name, '.', column_name) = ?"
+        }
+        SchemaObject::Index => {
+            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
+             AND index_name = ?"
         }
         _ => {
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
@@ -193,3 +200,146 @@ impl OutboxRepository {
         Ok(rows)
     }
 }
+
+/// Takes the next `k` numbers of a partition's sequence (partition, k, k), in the caller's transaction only: the
+/// numbers and the events that carry them must commit together, so outside a transaction nothing is taken (no
+/// row affected). The counter row stays locked until the transaction ends, which is what puts the partition's
+/// numbers in commit order; the last number taken is left in `LAST_INSERT_ID()`, which comes back with the
+/// statement's result.
+const TAKE_SEQUENCE: &str = "INSERT INTO {t}_sequences (partition_no, next_seq) \
+     SELECT ?, LAST_INSERT_ID(?) FROM DUAL WHERE @@in_transaction = 1 \
+     ON DUPLICATE KEY UPDATE next_seq = LAST_INSERT_ID(next_seq + ?)";
+
+impl OutboxRepository {
+    /// Places in commit order for events of the partitions `partitions` (one per event, in order), each partition's
+    /// numbers taken at once from its sequence in the caller's transaction `db`. Partitions are taken in
+    /// ascending order, so two writers of several partitions wait for each other's counters in one direction.
+    pub(super) async fn sequence<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        partitions: &[i16],
+    ) -> Result<Vec<i64>> {
+        let mut counts: BTreeMap<i16, i64> = BTreeMap::new();
+        for partition in partitions {
+            *counts.entry(*partition).or_default() += 1;
+        }
+        let backend = db.get_database_backend();
+        let mut next: HashMap<i16, i64> = HashMap::with_capacity(counts.len());
+        for (partition, k) in counts {
+            let taken = db
+                .execute_raw(self.statement(
+                    backend,
+                    TAKE_SEQUENCE,
+                    vec![partition.into(), k.into(), k.into()],
+                ))
+                .await
+                .map_err(|e| self.db_error("taking places in commit order", backend, e))?;
+            if taken.rows_affected() == 0 {
+                return Err(RepositoryError::CursorNeedsTransaction {
+                    table: self.table().to_owned(),
+                });
+            }
+            let last = i64::try_from(taken.last_insert_id()).unwrap_or(i64::MAX);
+            next.insert(partition, last - k + 1);
+        }
+        Ok(partitions
+            .iter()
+            .map(|partition| {
+                let n = next.entry(*partition).or_default();
+                *n += 1;
+                *n - 1
+            })
+            .collect())
+    }
+}
+
+/// The database's clock in Unix microseconds, which partition leases are judged by.
+macro_rules! db_now {
+    () => {
+        "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
+    };
+}
+
+/// The claim lock row, which a relay's first start holds (see `CursorSql::first_start_lock`).
+const LOCK_FIRST_START: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE";
+
+/// MySQL's and MariaDB's commit-order cursor: no snapshot a reader could take, so the order is the writer's.
+/// Under the cursor, `add_event` numbers each partition's events from the partition's counter row in the
+/// writer's transaction ([`OutboxRepository::sequence`]); the counter row is locked until that transaction ends,
+/// so every number up to the counter's committed value belongs to a committed event, and a "snapshot" is that
+/// value: a window is the numbers between two of them. Lists of numbers go as JSON arrays, read by `JSON_TABLE`
+/// (MySQL 8, MariaDB 10.6).
+///
+/// Events adopted before a partition's cursor exists (stored before the upgrade, see `cursor.rs`) are placed
+/// below every number a counter hands out (their id minus 2^62), so they go first, in id order, as on the other
+/// backends; no relay reads yet, and the first start is serialized by the claim lock row. Events adopted later
+/// take counter numbers like any writer's.
+pub(super) const CURSOR: CursorSql = CursorSql {
+    now: db_now!(),
+    json_arrays: true,
+    sequenced: true,
+    adopts_late: true,
+    first_start_lock: Some(LOCK_FIRST_START),
+    plan: None,
+    legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} WHERE status = 0 AND seq IS NULL \
+        AND (partition_no IS NULL OR partition_no IN ({partitions})) ORDER BY id LIMIT ?",
+    adopt: "UPDATE {t} o JOIN (SELECT i.id, q.p, s.seq \
+          FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id BIGINT PATH '$')) i \
+          JOIN JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, p SMALLINT PATH '$')) q ON q.n = i.n \
+          JOIN JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, seq BIGINT PATH '$')) s ON s.n = i.n) v \
+        ON o.id = v.id SET o.partition_no = v.p, o.seq = CASE \
+          WHEN EXISTS (SELECT 1 FROM {t}_cursors c WHERE c.partition_no = v.p) THEN v.seq \
+          ELSE o.id - 4611686018427387904 END \
+        WHERE o.seq IS NULL",
+    create: "INSERT IGNORE INTO {t}_cursors (partition_no, partitions, snap_from) \
+        SELECT g.n, ?, CAST(COALESCE( \
+          (SELECT MIN(o.seq) - 1 FROM {t} o WHERE o.status = 0 AND o.partition_no = g.n AND o.seq IS NOT NULL), \
+          (SELECT s.next_seq FROM {t}_sequences s WHERE s.partition_no = g.n), 0) AS CHAR) \
+        FROM JSON_TABLE('[{partitions}]', '$[*]' COLUMNS (n INT PATH '$')) g WHERE g.n < ?",
+    analyze: "ANALYZE TABLE {t}_cursors",
+    acquire: concat!(
+        "UPDATE {t}_cursors SET owner = ?, epoch = epoch + 1, lease_until = ",
+        db_now!(),
+        " + ? WHERE owner IS NULL OR lease_until < ",
+        db_now!(),
+        " ORDER BY partition_no LIMIT ?"
+    ),
+    // The values come in the order the statement's placeholders are bound (snapshot, partition, from): a derived
+    // row holds them, so each is written once.
+    open: "SELECT CAST(MAX(s.cur) AS CHAR) AS snapshot, MIN(o.seq) AS low, MAX(o.seq) AS high \
+        FROM (SELECT COALESCE(v.snap_to, q.next_seq, 0) AS cur, v.part, v.snap_from \
+          FROM (SELECT CAST(? AS SIGNED) AS snap_to, CAST(? AS SIGNED) AS part, CAST(? AS SIGNED) AS snap_from) v \
+          LEFT JOIN {t}_sequences q ON q.partition_no = v.part) s \
+        LEFT JOIN {t} o ON o.partition_no = s.part AND o.seq > s.snap_from AND o.seq <= s.cur AND o.status = 0",
+    read: window_read!(
+        pos = "o.seq";
+        "o.partition_no = ? AND o.seq > ? AND o.seq <= ? AND o.seq <= CAST(? AS SIGNED) \
+          AND o.seq > CAST(? AS SIGNED) ORDER BY o.seq LIMIT ?"
+    ),
+    parked: parked_heads!(db_now!()),
+    repartition: "UPDATE {t} o JOIN (SELECT i.id, q.p \
+          FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id BIGINT PATH '$')) i \
+          JOIN JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, p SMALLINT PATH '$')) q ON q.n = i.n) v \
+        ON o.id = v.id SET o.partition_no = v.p WHERE o.partition_no IS NULL",
+    // IGNORE only skips events parked already: every value comes from a stored row of the same types.
+    park: concat!(
+        "INSERT IGNORE INTO {t}_parked (id, partition_no, aggregate_type, aggregate_id, next_attempt_at) \
+        SELECT o.id, o.partition_no, o.aggregate_type, o.aggregate_id, ",
+        db_now!(),
+        " FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id BIGINT PATH '$')) j JOIN {t} o ON o.id = j.id \
+        ORDER BY j.n"
+    ),
+    unpark: "DELETE p FROM {t}_parked p \
+        JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) j ON p.id = j.id",
+    pending: "SELECT CAST((SELECT COUNT(*) FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
+            AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
+            WHERE o.status = 0) \
+          + (SELECT COUNT(*) FROM {t}_parked) \
+          + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND seq IS NULL \
+            AND (partition_no IS NULL OR partition_no IN ({partitions}))) \
+          + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
+            WHERE status = 0 AND seq IS NOT NULL) END AS SIGNED), \
+        (SELECT MIN(o.occurred_at) FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
+            AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
+            WHERE o.status = 0)",
+};

@@ -26,7 +26,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("does not exist") && error.contains(table),
     wake_ups,
-    cursor: Some(&CURSOR),
+    cursor: &CURSOR,
 };
 
 /// Whether a schema object named `?` exists, from the catalog: it takes no lock on the table (see
@@ -346,13 +346,17 @@ macro_rules! db_now {
 pub(super) const CURSOR: CursorSql = CursorSql {
     now: db_now!(),
     json_arrays: false,
+    sequenced: false,
+    adopts_late: true,
+    first_start_lock: None,
     plan: Some(
         "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
     ),
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \
-        FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v WHERE {t}.id = v.id",
+        FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v WHERE {t}.id = v.id \
+          AND ({t}.partition_no IS NULL OR {t}.txid IS NULL)",
     create: "INSERT INTO {t}_cursors (partition_no, partitions, snap_from) \
         SELECT g, CAST(? AS SMALLINT), CAST(s.start AS TEXT) || ':' || CAST(s.start AS TEXT) || ':' \
         FROM generate_series(0, CAST(? AS INTEGER) - 1) g, LATERAL (SELECT COALESCE( \
@@ -363,12 +367,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     acquire: concat!(
         "WITH free AS (SELECT partition_no FROM {t}_cursors WHERE owner IS NULL OR lease_until < ",
         db_now!(),
-        " ORDER BY partition_no LIMIT ? FOR UPDATE SKIP LOCKED) \
-        UPDATE {t}_cursors c SET owner = ?, epoch = c.epoch + 1, lease_until = ",
+        " ORDER BY partition_no LIMIT $3 FOR UPDATE SKIP LOCKED) \
+        UPDATE {t}_cursors c SET owner = $1, epoch = c.epoch + 1, lease_until = ",
         db_now!(),
-        " + ? FROM free WHERE c.partition_no = free.partition_no \
-        RETURNING c.partition_no, c.epoch, c.snap_from, c.snap_to, c.after_id, \
-          EXISTS (SELECT 1 FROM {t}_parked p WHERE p.partition_no = c.partition_no) AS parked"
+        " + $2 FROM free WHERE c.partition_no = free.partition_no"
     ),
     // The window's ends, found through the transaction-id index: its two parts are planned on their own
     // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
@@ -387,6 +389,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     // Walked in the partition's id index, as a row comparison: the plain id index (status = 0 holds every event
     // under a cursor) would read every partition's events to find this one's (8x the rows with 8 partitions).
     read: window_read!(
+        pos = "id";
         "(partition_no, id) > ($1, $2) AND (partition_no, id) <= ($1, $3) \
           AND pg_visible_in_snapshot(txid, CAST($4 AS pg_snapshot)) \
           AND NOT pg_visible_in_snapshot(txid, CAST($5 AS pg_snapshot)) \

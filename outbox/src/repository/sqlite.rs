@@ -26,7 +26,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, _| error.contains("no such table"),
     wake_ups: no_wake_ups,
-    cursor: Some(&CURSOR),
+    cursor: &CURSOR,
 };
 
 /// Whether a schema object named `?` exists.
@@ -74,6 +74,9 @@ macro_rules! db_now {
 pub(super) const CURSOR: CursorSql = CursorSql {
     now: db_now!(),
     json_arrays: true,
+    sequenced: false,
+    adopts_late: false,
+    first_start_lock: None,
     plan: None,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND partition_no IS NULL ORDER BY id LIMIT ?",
@@ -87,13 +90,12 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ON CONFLICT DO NOTHING",
     analyze: "ANALYZE {t}_cursors",
     acquire: concat!(
-        "UPDATE {t}_cursors SET owner = ?2, epoch = epoch + 1, lease_until = ",
+        "UPDATE {t}_cursors SET owner = ?1, epoch = epoch + 1, lease_until = ",
         db_now!(),
-        " + ?3 WHERE partition_no IN (SELECT partition_no FROM {t}_cursors \
+        " + ?2 WHERE partition_no IN (SELECT partition_no FROM {t}_cursors \
           WHERE owner IS NULL OR lease_until < ",
         db_now!(),
-        " ORDER BY partition_no LIMIT ?1) \
-        RETURNING partition_no, epoch, snap_from, snap_to, after_id, 1 AS parked"
+        " ORDER BY partition_no LIMIT ?3)"
     ),
     open: "SELECT CAST(s.cur AS TEXT) AS snapshot, \
           (SELECT MIN(id) FROM {t} WHERE status = 0 AND partition_no = ?2 \
@@ -102,6 +104,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND id > CAST(?3 AS INTEGER) AND id <= s.cur) AS high \
         FROM (SELECT COALESCE(CAST(?1 AS INTEGER), (SELECT COALESCE(MAX(id), 0) FROM {t})) AS cur) s",
     read: window_read!(
+        pos = "id";
         "partition_no = ?1 AND id > ?2 AND id <= ?3 AND id <= CAST(?4 AS INTEGER) AND id > CAST(?5 AS INTEGER) \
         ORDER BY id LIMIT ?6"
     ),

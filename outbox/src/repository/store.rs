@@ -113,16 +113,9 @@ impl Store {
         self.repository.stats(&self.db).await
     }
 
-    /// That the table is there with every column, and that the database runs the configured delivery.
+    /// That the table is there with every column.
     pub(crate) async fn check(&self) -> Result<()> {
-        self.repository.check(&self.db).await?;
-        if self.cursors.is_some() && Dialect::of(&self.db).cursor.is_none() {
-            return Err(super::RepositoryError::CursorUnsupported {
-                table: self.repository.table().to_owned(),
-                backend: Dialect::of(&self.db).name,
-            });
-        }
-        Ok(())
+        self.repository.check(&self.db).await
     }
 
     /// What a relay does before its first batch: under a cursor, adopts the events stored before it and creates
