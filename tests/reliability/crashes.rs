@@ -73,7 +73,14 @@ async fn a_relay_killed_at_random_points_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_relay_processes_two_killed_repeatedly_with_failures() {
-    four_processes_two_killed(&[], "4. four relay processes, two SIGKILLed in turn", "", 1).await;
+    four_processes_two_killed(
+        Backend::Postgres,
+        &[],
+        "4. four relay processes, two SIGKILLed in turn",
+        "",
+        1,
+    )
+    .await;
 }
 
 /// The same four processes under the commit-order cursor: the killed relays' partitions are taken over when their
@@ -82,6 +89,7 @@ async fn four_relay_processes_two_killed_repeatedly_with_failures() {
 async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
     // A killed relay's batches in flight (two, each of up to half its partitions) go out again from the cursor.
     four_processes_two_killed(
+        Backend::Postgres,
         &[("OUTBOX_DELIVERY", "cursor")],
         "4e. four cursor relay processes, two SIGKILLed in turn",
         "OUTBOX_DELIVERY=cursor, 8 partitions; ",
@@ -90,10 +98,25 @@ async fn four_cursor_relay_processes_two_killed_repeatedly_with_failures() {
     .await;
 }
 
-/// Four relay processes with `settings`, two of them SIGKILLed in turn and restarted while writers run over 1,000
-/// aggregates, 10% of publishes failing and 2% of acknowledgements lost; each kill may leave up to `batches_per_kill`
-/// batches published again.
+/// The cursor's four processes on MariaDB, where the writers number each partition's events in their
+/// transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_cursor_relay_processes_on_mariadb_two_killed_repeatedly_with_failures() {
+    four_processes_two_killed(
+        Backend::MariaDb,
+        &[("OUTBOX_DELIVERY", "cursor")],
+        "4f. four cursor relay processes on MariaDB, two SIGKILLed in turn",
+        "MariaDB, OUTBOX_DELIVERY=cursor, 8 partitions; ",
+        4,
+    )
+    .await;
+}
+
+/// Four relay processes on `backend` with `settings`, two of them SIGKILLed in turn and restarted while writers
+/// (with the same delivery setting) run over 1,000 aggregates, 10% of publishes failing and 2% of
+/// acknowledgements lost; each kill may leave up to `batches_per_kill` batches published again.
 async fn four_processes_two_killed(
+    backend: Backend,
     settings: &[(&str, &str)],
     scenario: &str,
     note: &str,
@@ -105,10 +128,16 @@ async fn four_processes_two_killed(
         fail: 0.1,
         lose_ack: 0.02,
     };
-    let spawn = |t: &TestDb, sink: &Sink| {
-        RelayProcess::spawn_with(&crate::child::postgres_url(), t, sink, faults, settings)
+    let url = match backend {
+        Backend::MariaDb => crate::child::mariadb_url(),
+        _ => crate::child::postgres_url(),
     };
-    let t = TestDb::new(Backend::Postgres).await;
+    let spawn = |t: &TestDb, sink: &Sink| RelayProcess::spawn_with(&url, t, sink, faults, settings);
+    let mut config = outbox::OutboxConfig::default();
+    if settings.contains(&("OUTBOX_DELIVERY", "cursor")) {
+        config.delivery = outbox::Delivery::Cursor;
+    }
+    let t = TestDb::with_config(backend, config).await;
     let sink = Sink::create(&t).await;
     let writers = Writers::start(&t, steady_writers(1000));
     let steady = [spawn(&t, &sink), spawn(&t, &sink)];

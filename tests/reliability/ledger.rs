@@ -85,6 +85,9 @@ impl Tally {
     /// scenario).
     pub fn check(&self, scenario: &str, injected: &str, allowed_duplicates: usize) {
         let mut problems = Vec::new();
+        if self.written == 0 {
+            problems.push("nothing was committed: the writers could not write".to_owned());
+        }
         if !self.missing.is_empty() {
             problems.push(format!(
                 "{} lost, e.g. {:?}",

@@ -149,9 +149,17 @@ impl Writer {
             return Outcome::RolledBack;
         };
         let user = NEXT_USER.fetch_add(1, Ordering::Relaxed);
+        let backend = txn.get_database_backend();
+        let placeholders = match backend {
+            outbox::sea_orm::DbBackend::Postgres => "$1, $2",
+            _ => "?, ?",
+        };
         let insert = Statement::from_sql_and_values(
-            txn.get_database_backend(),
-            format!("INSERT INTO {} (id, email) VALUES ($1, $2)", self.users),
+            backend,
+            format!(
+                "INSERT INTO {} (id, email) VALUES ({placeholders})",
+                self.users
+            ),
             [user.into(), format!("user{user}@example.com").into()],
         );
         let envelopes = keys
