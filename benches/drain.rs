@@ -124,34 +124,44 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
     Ok(rows)
 }
 
-/// The same drain (1 relay, batch 1000, analyzed) on an SQLite file in the temporary directory.
+/// The same drain (1 relay, batch 1000, analyzed), rows and cursor, on an SQLite file in the temporary directory.
 pub async fn sqlite(runs: usize) -> Result<Vec<Row>> {
     let path = std::env::temp_dir().join(format!("outbox-bench-{}.db", Uuid::new_v4().simple()));
     let db = connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
-    let shape = Shape::one()?;
-    let label = format!(
-        "drain 100k, 1 relay, batch {}, in-memory, SQLite file",
-        shape.batch
-    );
-    let row = in_memory(&db, runs, shape, label).await;
+    let rows = both_deliveries(&db, runs, "SQLite file").await;
     db.close().await?;
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    Ok(vec![row?])
+    rows
 }
 
-/// The same drain on MariaDB (`BENCH_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
+/// The same drain, rows and cursor, on MariaDB (`BENCH_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
 pub async fn mariadb(runs: usize) -> Result<Vec<Row>> {
     let url = std::env::var("BENCH_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let db = connect(&url).await?;
-    let shape = Shape::one()?;
-    let label = format!(
-        "drain 100k, 1 relay, batch {}, in-memory, MariaDB",
-        shape.batch
-    );
-    Ok(vec![in_memory(&db, runs, shape, label).await?])
+    both_deliveries(&db, runs, "MariaDB").await
+}
+
+/// One relay's drain under each delivery design on `db`, named after `database`.
+async fn both_deliveries(db: &DatabaseConnection, runs: usize, database: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (delivery, note) in [
+        (Delivery::Rows, ""),
+        (Delivery::Cursor, ", commit-order cursor"),
+    ] {
+        let shape = Shape {
+            delivery,
+            ..Shape::one()?
+        };
+        let label = format!(
+            "drain 100k, 1 relay, batch {}, in-memory, {database}{note}",
+            shape.batch
+        );
+        rows.push(in_memory(db, runs, shape, label).await?);
+    }
+    Ok(rows)
 }
 
 /// `runs` drains of 100k events on fresh tables of `db` to the in-memory publisher.

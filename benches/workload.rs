@@ -3,7 +3,7 @@
 
 use outbox::migration::create_table;
 use outbox::repository::OutboxRepository;
-use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, TransactionTrait};
 use outbox::{EventEnvelope, OutboxConfig, OutboxEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -89,12 +89,15 @@ pub async fn prefill_over(
     analyze: bool,
 ) -> Result<()> {
     for chunk in 0..n / 1000 {
+        // A transaction each: MySQL under the cursor numbers events only inside one.
+        let txn = db.begin().await?;
         outbox
             .add_events(
-                db,
+                &txn,
                 (0..1000).map(|i| EventEnvelope::new(event_over(chunk * 1000 + i, aggregates))),
             )
             .await?;
+        txn.commit().await?;
     }
     if analyze {
         // What autovacuum does to a table in service soon after its first inserts; without statistics the

@@ -305,12 +305,14 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         " ORDER BY partition_no LIMIT ?"
     ),
     // The values come in the order the statement's placeholders are bound (snapshot, partition, from): a derived
-    // row holds them, so each is written once.
+    // row holds them, so each is written once. The ends are the window's numbers whatever their status, read from
+    // the index alone: asking for pending ones made MariaDB read every row of the window to open it (12.5k rows
+    // per batch, 2.5 of the 4 s of a 100k drain); the reads skip the rest.
     open: "SELECT CAST(MAX(s.cur) AS CHAR) AS snapshot, MIN(o.seq) AS low, MAX(o.seq) AS high \
         FROM (SELECT COALESCE(v.snap_to, q.next_seq, 0) AS cur, v.part, v.snap_from \
           FROM (SELECT CAST(? AS SIGNED) AS snap_to, CAST(? AS SIGNED) AS part, CAST(? AS SIGNED) AS snap_from) v \
           LEFT JOIN {t}_sequences q ON q.partition_no = v.part) s \
-        LEFT JOIN {t} o ON o.partition_no = s.part AND o.seq > s.snap_from AND o.seq <= s.cur AND o.status = 0",
+        LEFT JOIN {t} o ON o.partition_no = s.part AND o.seq > s.snap_from AND o.seq <= s.cur",
     read: window_read!(
         pos = "o.seq";
         "o.partition_no = ? AND o.seq > ? AND o.seq <= ? AND o.seq <= CAST(? AS SIGNED) \
