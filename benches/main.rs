@@ -1,6 +1,6 @@
 //! The benchmark harness: `cargo run --release -p outbox-bench -- [scenario] [runs]`, where scenario is one of
-//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, consume, scaleout, or all (the
-//! default).
+//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, writers, consume, scaleout, or
+//! all (the default).
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
 //! (`{"user_id": <uuid>, "email": ..., "name": ...}`), type `com.example.user.created`, 100 aggregates, the
@@ -27,6 +27,7 @@ mod stability;
 mod sustained;
 mod workload;
 mod write;
+mod writers;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use report::{Row, Table};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "write",
     "drain",
     "baseline",
@@ -47,6 +48,7 @@ const SCENARIOS: [&str; 11] = [
     "stability",
     "sqlite",
     "mariadb",
+    "writers",
     "consume",
     "scaleout",
 ];
@@ -129,6 +131,7 @@ async fn main() -> Result<()> {
             "stability" => tables.push(stability::run(&db, &settings).await?),
             "sqlite" => rows.extend(drain::sqlite(runs).await?),
             "mariadb" => rows.extend(drain::mariadb(runs).await?),
+            "writers" => rows.extend(writers::run(runs).await?),
             "consume" => rows.extend(consume::run(&db, runs).await?),
             "scaleout" => rows.extend(scaleout::run(&db, runs).await?),
             _ => unreachable!("every name in SCENARIOS has its arm"),
