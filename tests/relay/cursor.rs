@@ -48,6 +48,7 @@ on_cursor_backends!(
     events_pending_from_before_the_upgrade_are_delivered_first_in_order,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_replayed_dead_letter_goes_out_again,
+    retention_deletes_what_every_cursor_passed_and_nothing_else,
 );
 
 /// Stores one event in a transaction of its own (MySQL numbers an event's place in commit order in the writer's
@@ -473,5 +474,65 @@ async fn mariadb_numbers_each_partition_in_commit_order() {
     let seen: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
     assert_eq!(seen, vec![elsewhere, first_id, second_id, third_id]);
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+/// Retention under the cursor deletes the events below their partitions' cursors, and keeps the parked ones, the
+/// dead letters and what no relay has read; delivery goes on after it.
+async fn retention_deletes_what_every_cursor_passed_and_nothing_else(backend: Backend) {
+    let mut config = cursor_config(2);
+    config.retry_initial_delay = Duration::from_secs(60);
+    config.retry_max_delay = Duration::from_secs(60);
+    config.max_retry_count = 1;
+    let t = TestDb::with_config(backend, config).await;
+    let broker = InMemoryPublisher::new();
+    broker.reject_when(|message| (message.key == "doomed").then(|| "rejected".to_owned()));
+    let delivered = write(&t, 4, 30).await;
+    add(&t, opened("doomed", 1)).await;
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    // Twice over: the first batch reads the window, the next opens the one after, which moves each cursor's
+    // snapshot past what was read.
+    for _ in 0..3 {
+        while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    }
+    assert_eq!(broker.messages().len(), 30);
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    // Held back: a failure parks an event with a long backoff, and its aggregate's next event behind it.
+    broker.fail_next(1);
+    let held = add(&t, opened("held", 1)).await;
+    let behind = add(&t, opened("held", 2)).await;
+    relay.publish_batch(100).await.unwrap();
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}_parked").await, 2);
+    // Not read yet.
+    let waiting = add(&t, opened("waiting", 1)).await;
+
+    let purged = t
+        .outbox
+        .purge_published(&t.db, Duration::ZERO, 7)
+        .await
+        .unwrap();
+    assert_eq!(purged, 30, "the delivered events, 7 at a time");
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}").await, 4);
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 3);
+    let kept = t
+        .outbox
+        .purge_published(&t.db, Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "nothing younger than an hour");
+
+    t.sql("UPDATE {t}_parked SET next_attempt_at = 0").await;
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let after: Vec<_> = broker.messages()[30..]
+        .iter()
+        .map(|m| m.message.id)
+        .collect();
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.contains(&waiting));
+    let held_at = after.iter().position(|id| *id == held).unwrap();
+    let behind_at = after.iter().position(|id| *id == behind).unwrap();
+    assert!(held_at < behind_at, "still in order after the purge");
+    assert!(delivered.iter().all(|id| !after.contains(id)));
     t.drop_tables().await;
 }

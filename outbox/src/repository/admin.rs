@@ -429,6 +429,11 @@ impl OutboxRepository {
 
     /// Deletes published events older than `older_than`, `batch_size` rows per statement so the table is never
     /// locked for long. Returns how many were deleted.
+    ///
+    /// Under the commit-order cursor, where a published event's row is never written, "published" is every
+    /// event below its partition's cursor and not parked, and its age is its `occurred_at`; rows marked
+    /// published before the table moved to the cursor go as before, dead letters stay (see
+    /// [`purge_dead_letters`](Self::purge_dead_letters)).
     pub async fn purge_published<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -451,8 +456,14 @@ impl OutboxRepository {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let batch = batch_size.max(1);
+        // Under the cursor, rows marked published before the table moved to it go too.
+        let mut total = if self.under_cursor() {
+            self.purge_delivered(db, cutoff, batch, &mut progress)
+                .await?
+        } else {
+            0
+        };
         let query = Dialect::of(db).purge_published;
-        let mut total = 0;
         loop {
             let deleted = self
                 .execute(
@@ -465,6 +476,49 @@ impl OutboxRepository {
             total += deleted;
             progress(total);
             if deleted < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// [`purge_published`](Self::purge_published) under the cursor: the events every relay is done with, found
+    /// through each partition's cursor, deleted `batch` at a time by id.
+    async fn purge_delivered<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        cutoff: chrono::DateTime<Utc>,
+        batch: u32,
+        progress: &mut (impl FnMut(u64) + Send),
+    ) -> Result<u64> {
+        let dialect = Dialect::of(db);
+        let mut total = 0;
+        loop {
+            let found = self
+                .query(
+                    db,
+                    "finding delivered events",
+                    dialect.cursor.delivered,
+                    vec![cutoff.into(), batch.into()],
+                )
+                .await?;
+            let ids = found
+                .iter()
+                .map(|row| row.try_get_by_index::<i64>(0))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.db_error("finding delivered events", dialect.backend, e))?;
+            for chunk in ids.chunks(dialect.id_chunk()) {
+                let (within, values) = dialect.id_in(chunk);
+                total += self
+                    .execute(
+                        db,
+                        "purging delivered events",
+                        &format!("DELETE FROM {{t}} WHERE {within}"),
+                        values,
+                    )
+                    .await?;
+            }
+            progress(total);
+            if ids.len() < batch as usize {
                 return Ok(total);
             }
         }

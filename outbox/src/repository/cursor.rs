@@ -87,6 +87,9 @@ pub(crate) struct CursorSql {
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
     /// cursor exists), and when the oldest behind a cursor occurred.
     pub(crate) pending: &'static str,
+    /// Up to `?` events every relay is done with, that occurred before `?`: below their partition's cursor (the
+    /// snapshot it has read to, not the window it reads now) and not parked. Retention deletes them.
+    pub(crate) delivered: &'static str,
 }
 
 /// The start of a backend's window read: every column of a stored event (as `sql::COLUMNS`) and `behind`, whether

@@ -407,6 +407,11 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY u.n ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id = ANY(CAST(? AS BIGINT[]))",
+    // Below the snapshot's xmin, every transaction had ended when the cursor read to it: an index range of
+    // `(partition_no, txid)` per partition.
+    delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
+          AND o.txid < pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \
+        WHERE o.occurred_at < $1 AND NOT EXISTS (SELECT 1 FROM {t}_parked p WHERE p.id = o.id) LIMIT $2",
     pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + (SELECT COUNT(*) FROM {t}_parked) \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
