@@ -83,10 +83,10 @@ pub struct OutboxConfig {
     /// 1 MiB, what NATS and Kafka take by default. Raise it together with your broker's limit.
     pub max_payload_bytes: usize,
     /// Delete events once published instead of marking them (no retention cleanup needed, no history kept).
-    /// Default false.
+    /// Default false. Not with [`Delivery::Cursor`], which writes nothing per published event.
     pub delete_on_publish: bool,
     /// How relays find and keep track of what to publish: [`Delivery::Rows`] (the default) or
-    /// [`Delivery::Cursor`] (PostgreSQL). See [`Delivery`].
+    /// [`Delivery::Cursor`]. See [`Delivery`].
     pub delivery: Delivery,
     /// How many partitions the table's events are spread over, by a stable hash of their aggregate
     /// ([`partition_of`](crate::repository::partition_of)). With [`Delivery::Cursor`], each partition is read
@@ -245,6 +245,15 @@ impl OutboxConfig {
             self.partitions.to_string(),
             in_range(self.partitions, 1, Self::MAX_PARTITIONS),
         );
+        if self.delete_on_publish && self.delivery == Delivery::Cursor {
+            problems.push(ConfigProblem::new(
+                "OUTBOX_DELETE_ON_PUBLISH",
+                Some("true".into()),
+                "cannot be used with OUTBOX_DELIVERY=cursor, which writes nothing per published event: delete \
+                 old events with purge_published (`outbox purge-published`) instead"
+                    .into(),
+            ));
+        }
         problems
     }
 }
@@ -253,7 +262,8 @@ impl OutboxConfig {
 ///
 /// - **`Rows`**: each event row carries its state. A claim leases rows (one write per event) and a mark records
 ///   the outcome (a second write); claims are serialized per table. Runs on every backend.
-/// - **`Cursor`** (PostgreSQL): the table is read as an append-only log in commit order. Each of the
+/// - **`Cursor`**: the table is read as an append-only log in commit order (on MySQL and MariaDB an order the
+///   writer keeps: `add_event` must run in a transaction, see the README's guarantees). Each of the
 ///   [`partitions`](OutboxConfig::partitions) has a cursor row (the last transaction snapshot read to), owned by
 ///   one relay at a time under a lease with a fencing epoch; a batch is the events whose transactions committed
 ///   since, and publishing it costs one cursor write, however many events it holds. A failing event parks its

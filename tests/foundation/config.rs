@@ -303,4 +303,14 @@ fn delivery_and_partitions_are_read_and_checked() {
         err.to_string(),
         "OUTBOX_DELIVERY=log: must be rows or cursor\nOUTBOX_PARTITIONS=0: must be between 1 and 1024"
     );
+    let err = OutboxConfig::from_vars([
+        ("OUTBOX_DELIVERY", "cursor"),
+        ("OUTBOX_DELETE_ON_PUBLISH", "true"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("OUTBOX_DELETE_ON_PUBLISH=true: cannot be used with OUTBOX_DELIVERY=cursor"),
+        "{err}"
+    );
 }
