@@ -310,7 +310,9 @@ fn delivery_and_partitions_are_read_and_checked() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.starts_with("OUTBOX_DELETE_ON_PUBLISH=true: cannot be used with OUTBOX_DELIVERY=cursor"),
+        err.starts_with(
+            "OUTBOX_DELETE_ON_PUBLISH=true: cannot be used with OUTBOX_DELIVERY=cursor"
+        ),
         "{err}"
     );
 }

@@ -49,6 +49,7 @@ on_cursor_backends!(
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_replayed_dead_letter_goes_out_again,
     retention_deletes_what_every_cursor_passed_and_nothing_else,
+    lag_is_counted_behind_each_cursor,
 );
 
 /// Stores one event in a transaction of its own (MySQL numbers an event's place in commit order in the writer's
@@ -412,10 +413,7 @@ async fn mariadb_numbers_each_partition_in_commit_order() {
     );
     assert_eq!(t.scalar("SELECT COUNT(*) FROM {t}").await, 0);
 
-    let partition = |id: &str| {
-        use outbox::OutboxEvent;
-        outbox::repository::partition_of(outbox_tests::events::AccountOpened::AGGREGATE_TYPE, id, 4)
-    };
+    let partition = |id: &str| partition_of_account(id, 4);
     let other = (0..)
         .map(|n| format!("b-{n}"))
         .find(|id| partition(id) != partition("a"))
@@ -535,4 +533,66 @@ async fn retention_deletes_what_every_cursor_passed_and_nothing_else(backend: Ba
     assert!(held_at < behind_at, "still in order after the purge");
     assert!(delivered.iter().all(|id| !after.contains(id)));
     t.drop_tables().await;
+}
+
+/// Under the cursor rows stay pending in place: the lag figures (per partition, per aggregate type) count what
+/// waits behind the cursors and in the parked table, not every row ever stored.
+async fn lag_is_counted_behind_each_cursor(backend: Backend) {
+    let mut config = cursor_config(2);
+    config.retry_initial_delay = Duration::from_secs(60);
+    config.retry_max_delay = Duration::from_secs(60);
+    let t = TestDb::with_config(backend, config).await;
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    // The first batch makes the cursors.
+    relay.publish_batch(100).await.unwrap();
+    write(&t, 3, 12).await;
+    let partitions = t.outbox.partitions(&t.db).await.unwrap();
+    assert_eq!(partitions.len(), 2);
+    let expected = |p: u16| {
+        (1..=12)
+            .filter(|seq| partition_of_account(&format!("agg-{}", seq % 3), 2) == p)
+            .count() as u64
+    };
+    for lag in &partitions {
+        assert_eq!(lag.pending, expected(lag.partition), "{lag:?}");
+        assert!(lag.owner.is_some(), "{lag:?}");
+        assert_eq!(lag.oldest_pending.is_some(), lag.pending > 0, "{lag:?}");
+    }
+    assert_eq!(t.outbox.backlog(&t.db).await.unwrap()[0].pending, 12);
+
+    for _ in 0..2 {
+        while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    }
+    assert_eq!(broker.messages().len(), 12);
+    let partitions = t.outbox.partitions(&t.db).await.unwrap();
+    assert!(
+        partitions.iter().all(|lag| lag.pending == 0),
+        "{partitions:?}"
+    );
+    assert!(t.outbox.backlog(&t.db).await.unwrap().is_empty());
+
+    broker.fail_next(1);
+    add(&t, opened("held", 1)).await;
+    add(&t, opened("held", 2)).await;
+    relay.publish_batch(100).await.unwrap();
+    let held = partition_of_account("held", 2);
+    for lag in t.outbox.partitions(&t.db).await.unwrap() {
+        let parked = if lag.partition == held { 2 } else { 0 };
+        assert_eq!(lag.pending, parked, "parked events are pending: {lag:?}");
+    }
+    let backlog = t.outbox.backlog(&t.db).await.unwrap();
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0].pending, 2);
+    assert_eq!(t.outbox.stats(&t.db).await.unwrap().pending, 2);
+    t.drop_tables().await;
+}
+
+fn partition_of_account(id: &str, partitions: u16) -> u16 {
+    use outbox::OutboxEvent;
+    outbox::repository::partition_of(
+        outbox_tests::events::AccountOpened::AGGREGATE_TYPE,
+        id,
+        partitions,
+    )
 }

@@ -14,6 +14,8 @@
 //! | `outbox_pending_events` | gauge | events not yet published |
 //! | `outbox_oldest_pending_age_seconds` | gauge | age of the oldest of them |
 //! | `outbox_dead_letters` | gauge | dead letters waiting |
+//! | `outbox_partition_pending_events{partition}` | gauge | under the cursor: events waiting behind a partition's cursor |
+//! | `outbox_partition_oldest_pending_age_seconds{partition}` | gauge | under the cursor: age of the oldest of them |
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::BatchReport;
-use crate::repository::{ClaimedEvent, DeadLettered, OutboxStats};
+use crate::repository::{ClaimedEvent, DeadLettered, OutboxStats, PartitionLag};
 
 /// Per-batch bookkeeping for metrics, so labels are allocated per type and batch, not per event.
 #[derive(Default)]
@@ -151,6 +153,19 @@ pub(crate) fn lag(stats: &OutboxStats) {
     metrics::gauge!("outbox_dead_letters").set(stats.dead_letters as f64);
     let age = stats.oldest_pending_age().unwrap_or(Duration::ZERO);
     metrics::gauge!("outbox_oldest_pending_age_seconds").set(age.as_secs_f64());
+}
+
+/// Every partition's lag, whichever relay holds it (each relay reports them all, so the figures do not depend on
+/// which relay a scrape reaches).
+pub(crate) fn partition_lag(partitions: &[PartitionLag]) {
+    for lag in partitions {
+        let partition = lag.partition.to_string();
+        metrics::gauge!("outbox_partition_pending_events", "partition" => partition.clone())
+            .set(lag.pending as f64);
+        let age = lag.oldest_pending_age().unwrap_or(Duration::ZERO);
+        metrics::gauge!("outbox_partition_oldest_pending_age_seconds", "partition" => partition)
+            .set(age.as_secs_f64());
+    }
 }
 
 /// One publish, from send to the broker's answer: a producer span with the messaging attributes of

@@ -112,6 +112,12 @@ impl Relay {
                         tracing::warn!(target: "outbox", %error, "cannot read outbox lag")
                     }
                 }
+                match self.store.partitions().await {
+                    Ok(partitions) => observe::partition_lag(&partitions),
+                    Err(error) => {
+                        tracing::warn!(target: "outbox", %error, "cannot read the partitions' lag")
+                    }
+                }
                 last_stats = Some(Instant::now());
             }
 

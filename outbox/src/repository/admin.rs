@@ -55,6 +55,29 @@ pub struct OutboxStats {
     pub dead_letters: u64,
 }
 
+/// One partition's cursor and what waits behind it, under the commit-order cursor (see
+/// [`OutboxRepository::partitions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: u16,
+    /// The relay instance holding it (an id of the relay's cursors, not its name), if any.
+    pub owner: Option<String>,
+    /// Events not yet published: after its cursor, or parked.
+    pub pending: u64,
+    /// When the oldest of them occurred.
+    pub oldest_pending: Option<chrono::DateTime<Utc>>,
+}
+
+impl PartitionLag {
+    /// How long ago the oldest pending event occurred.
+    pub fn oldest_pending_age(&self) -> Option<Duration> {
+        self.oldest_pending
+            .map(|t| (Utc::now() - t).to_std().unwrap_or(Duration::ZERO))
+    }
+}
+
 /// The pending events of one aggregate type (see [`OutboxRepository::backlog`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,11 +264,25 @@ impl OutboxRepository {
     /// The pending events per aggregate type, largest backlog first: how many, and when the oldest occurred.
     pub async fn backlog<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<Backlog>> {
         const OPERATION: &str = "reading the backlog";
-        let query = format!(
-            "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {} \
-             GROUP BY aggregate_type ORDER BY COUNT(*) DESC, aggregate_type",
-            sql::PENDING
-        );
+        let query = if self.under_cursor() {
+            // After their partition's cursor, or parked: rows stay pending in place under the cursor.
+            format!(
+                "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM ( \
+                   SELECT o.aggregate_type, o.occurred_at FROM {{t}}_cursors c JOIN {{t}} o \
+                     ON o.partition_no = c.partition_no AND o.status = {pending} AND {ahead} \
+                   UNION ALL \
+                   SELECT o.aggregate_type, o.occurred_at FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id \
+                 ) x GROUP BY aggregate_type ORDER BY COUNT(*) DESC, aggregate_type",
+                pending = sql::PENDING,
+                ahead = Dialect::of(db).cursor.ahead
+            )
+        } else {
+            format!(
+                "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {} \
+                 GROUP BY aggregate_type ORDER BY COUNT(*) DESC, aggregate_type",
+                sql::PENDING
+            )
+        };
         let backend = db.get_database_backend();
         self.query(db, OPERATION, &query, Vec::new())
             .await?
@@ -256,6 +293,44 @@ impl OutboxRepository {
                     aggregate_type: row.try_get_by_index(0)?,
                     pending: u64::try_from(pending).unwrap_or(0),
                     oldest_pending: row.try_get_by_index(2)?,
+                })
+            })
+            .collect::<std::result::Result<_, sea_orm::DbErr>>()
+            .map_err(|e| self.db_error(OPERATION, backend, e))
+    }
+
+    /// Under the commit-order cursor, each partition's cursor: who holds it, how many events wait behind it
+    /// (after it, or parked) and since when; in partition order. Empty before a relay made the cursors.
+    pub async fn partitions<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<PartitionLag>> {
+        const OPERATION: &str = "reading the partitions";
+        let query = format!(
+            "SELECT c.partition_no, c.owner, \
+               (SELECT COUNT(*) FROM {{t}} o WHERE o.partition_no = c.partition_no AND o.status = {pending} \
+                 AND {ahead}), \
+               (SELECT MIN(o.occurred_at) FROM {{t}} o WHERE o.partition_no = c.partition_no \
+                 AND o.status = {pending} AND {ahead}), \
+               (SELECT COUNT(*) FROM {{t}}_parked p WHERE p.partition_no = c.partition_no), \
+               (SELECT MIN(o.occurred_at) FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id \
+                 WHERE p.partition_no = c.partition_no) \
+             FROM {{t}}_cursors c ORDER BY c.partition_no",
+            pending = sql::PENDING,
+            ahead = Dialect::of(db).cursor.ahead
+        );
+        let backend = db.get_database_backend();
+        self.query(db, OPERATION, &query, Vec::new())
+            .await?
+            .iter()
+            .map(|row| {
+                let partition: i16 = row.try_get_by_index(0)?;
+                let ahead: i64 = row.try_get_by_index(2)?;
+                let parked: i64 = row.try_get_by_index(4)?;
+                let oldest: [Option<chrono::DateTime<Utc>>; 2] =
+                    [row.try_get_by_index(3)?, row.try_get_by_index(5)?];
+                Ok(PartitionLag {
+                    partition: u16::try_from(partition).unwrap_or_default(),
+                    owner: row.try_get_by_index(1)?,
+                    pending: u64::try_from(ahead + parked).unwrap_or(0),
+                    oldest_pending: oldest.into_iter().flatten().min(),
                 })
             })
             .collect::<std::result::Result<_, sea_orm::DbErr>>()

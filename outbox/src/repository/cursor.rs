@@ -87,6 +87,9 @@ pub(crate) struct CursorSql {
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
     /// cursor exists), and when the oldest behind a cursor occurred.
     pub(crate) pending: &'static str,
+    /// The condition that event `o` of cursor `c`'s partition is not yet published by it: after the window's
+    /// events read so far, or after the snapshot it has read to. What lag figures count.
+    pub(crate) ahead: &'static str,
     /// Up to `?` events every relay is done with, that occurred before `?`: below their partition's cursor (the
     /// snapshot it has read to, not the window it reads now) and not parked. Retention deletes them.
     pub(crate) delivered: &'static str,

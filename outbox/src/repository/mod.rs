@@ -53,7 +53,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-pub use admin::{Backlog, DeadLetterFilter, OutboxStats};
+pub use admin::{Backlog, DeadLetterFilter, OutboxStats, PartitionLag};
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
 pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;

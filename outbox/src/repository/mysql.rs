@@ -333,6 +333,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     ),
     unpark: "DELETE p FROM {t}_parked p \
         JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) j ON p.id = j.id",
+    ahead: "o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END",
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
           AND o.seq <= CAST(c.snap_from AS SIGNED) \
         WHERE o.occurred_at < ? AND NOT EXISTS (SELECT 1 FROM {t}_parked p WHERE p.id = o.id) LIMIT ?",

@@ -407,6 +407,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY u.n ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id = ANY(CAST(? AS BIGINT[]))",
+    ahead: "o.txid >= pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \
+        AND NOT pg_visible_in_snapshot(o.txid, CAST(c.snap_from AS pg_snapshot)) \
+        AND NOT (c.snap_to IS NOT NULL AND o.id <= c.after_id \
+          AND pg_visible_in_snapshot(o.txid, CAST(c.snap_to AS pg_snapshot)))",
     // Below the snapshot's xmin, every transaction had ended when the cursor read to it: an index range of
     // `(partition_no, txid)` per partition.
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \

@@ -120,6 +120,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id IN (SELECT value FROM json_each(?))",
+    ahead: "o.id > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS INTEGER) ELSE c.after_id END",
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
           AND o.id <= CAST(c.snap_from AS INTEGER) \
         WHERE o.occurred_at < ? AND NOT EXISTS (SELECT 1 FROM {t}_parked p WHERE p.id = o.id) LIMIT ?",

@@ -113,6 +113,14 @@ impl Store {
         self.repository.stats(&self.db).await
     }
 
+    /// Lag figures per partition, under a cursor (none otherwise).
+    pub(crate) async fn partitions(&self) -> Result<Vec<super::PartitionLag>> {
+        match &self.cursors {
+            Some(_) => self.repository.partitions(&self.db).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// That the table is there with every column.
     pub(crate) async fn check(&self) -> Result<()> {
         self.repository.check(&self.db).await
