@@ -50,6 +50,7 @@ on_cursor_backends!(
     a_replayed_dead_letter_goes_out_again,
     retention_deletes_what_every_cursor_passed_and_nothing_else,
     lag_is_counted_behind_each_cursor,
+    a_dead_owners_partitions_are_taken_over_within_the_lease,
 );
 
 /// Stores one event in a transaction of its own (MySQL numbers an event's place in commit order in the writer's
@@ -595,4 +596,46 @@ fn partition_of_account(id: &str, partitions: u16) -> u16 {
         id,
         partitions,
     )
+}
+
+/// A relay that holds every partition and stops without handing them over (killed, frozen): another relay takes
+/// them over once the leases end, within a lease and a renewal, and delivers everything.
+async fn a_dead_owners_partitions_are_taken_over_within_the_lease(backend: Backend) {
+    let lease = Duration::from_secs(2);
+    let mut config = cursor_config(4);
+    config.lease_duration = lease;
+    let t = TestDb::with_config(backend, config).await;
+    let dead = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    dead.publish_batch(100).await.unwrap();
+    assert_eq!(
+        t.scalar("SELECT COUNT(DISTINCT owner) FROM {t}_cursors WHERE owner IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM {t}_cursors WHERE owner IS NOT NULL")
+            .await,
+        4,
+        "alone, the first relay took every partition"
+    );
+    let written = write(&t, 20, 200).await;
+    let started = std::time::Instant::now();
+    let broker = InMemoryPublisher::new();
+    let successor =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    assert!(
+        broker.wait_for(200, lease * 3).await,
+        "{} of 200 delivered",
+        broker.messages().len()
+    );
+    let took = started.elapsed();
+    successor.stop().await;
+    assert!(
+        took <= lease + Duration::from_millis(1500),
+        "taken over in {took:?}, the lease is {lease:?}"
+    );
+    let totals = account(&broker, &written);
+    assert_eq!(totals.unique, 200);
+    assert_eq!(totals.duplicates, 0);
+    t.drop_tables().await;
 }
