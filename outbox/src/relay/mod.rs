@@ -121,10 +121,14 @@ impl Relay {
             .collect();
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
         self.store.check().await?;
-        // A partition count that disagrees with the table's stops the relay here; anything else that keeps the
-        // cursors from being made (a busy SQLite file, relays starting together) is tried again by every batch.
+        // A partition count that disagrees with the table's, or a database the cursor does not run on, stops the
+        // relay here; anything else that keeps the cursors from being made (a busy SQLite file, relays starting
+        // together) is tried again by every batch.
         match self.store.prepare().await {
-            Err(error @ crate::repository::RepositoryError::PartitionMismatch { .. }) => {
+            Err(
+                error @ (crate::repository::RepositoryError::PartitionMismatch { .. }
+                | crate::repository::RepositoryError::CursorUnsupported { .. }),
+            ) => {
                 return Err(error.into());
             }
             Err(error) => {

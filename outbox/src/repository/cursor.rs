@@ -627,6 +627,9 @@ impl Cursors {
         if self.state().prepared {
             return Ok(());
         }
+        if Dialect::of(db).cursor.sequenced {
+            repo.check_sequenced(db).await?;
+        }
         self.prepare(db, repo, Dialect::of(db).cursor).await?;
         let mut state = self.state();
         state.prepared = true;

@@ -53,6 +53,16 @@ pub enum RepositoryError {
         /// The outbox table.
         table: String,
     },
+    /// `OUTBOX_DELIVERY=cursor` on MySQL, where it is not built (it is on MariaDB).
+    #[error(
+        "outbox table `{table}`: the commit-order cursor (OUTBOX_DELIVERY=cursor) runs on MariaDB 10.6+, \
+         PostgreSQL and SQLite, not on MySQL (it tells a transaction by MariaDB's @@in_transaction): use \
+         OUTBOX_DELIVERY=rows"
+    )]
+    CursorUnsupported {
+        /// The outbox table.
+        table: String,
+    },
     /// The table's cursors were made for another number of partitions than the configuration says.
     #[error(
         "outbox table `{table}` is split into {stored} partitions but OUTBOX_PARTITIONS is {configured}: every writer \

@@ -109,24 +109,7 @@ impl OutboxRepository {
     where
         C: ConnectionTrait + TransactionTrait,
     {
-        let mariadb = match self.inner.mariadb.get() {
-            Some(&mariadb) => mariadb,
-            None => {
-                let version = self
-                    .query(
-                        db,
-                        "reading the server version",
-                        "SELECT VERSION()",
-                        Vec::new(),
-                    )
-                    .await?;
-                let mariadb = version
-                    .first()
-                    .and_then(|row| row.try_get_by_index::<String>(0).ok())
-                    .is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
-                *self.inner.mariadb.get_or_init(|| mariadb)
-            }
-        };
+        let mariadb = self.is_mariadb(db).await?;
         let (bound, restore) = if mariadb {
             (BOUND_MARIADB, RESTORE_MARIADB)
         } else {
@@ -201,6 +184,11 @@ impl OutboxRepository {
     }
 }
 
+/// Whether `SELECT VERSION()` answered as MariaDB does (`10.11.19-MariaDB-0+deb12u1`; MySQL says `8.0.36`).
+fn is_mariadb(version: &str) -> bool {
+    version.to_ascii_lowercase().contains("mariadb")
+}
+
 /// Takes the next `k` numbers of a partition's sequence (partition, k, k), in the caller's transaction only: the
 /// numbers and the events that carry them must commit together, so outside a transaction nothing is taken (no
 /// row affected). The counter row stays locked until the transaction ends, which is what puts the partition's
@@ -211,6 +199,38 @@ const TAKE_SEQUENCE: &str = "INSERT INTO {t}_sequences (partition_no, next_seq) 
      ON DUPLICATE KEY UPDATE next_seq = LAST_INSERT_ID(next_seq + ?)";
 
 impl OutboxRepository {
+    /// Whether the server is MariaDB rather than MySQL, asked once.
+    pub(super) async fn is_mariadb<C: ConnectionTrait>(&self, db: &C) -> Result<bool> {
+        if let Some(&mariadb) = self.inner.mariadb.get() {
+            return Ok(mariadb);
+        }
+        let version = self
+            .query(
+                db,
+                "reading the server version",
+                "SELECT VERSION()",
+                Vec::new(),
+            )
+            .await?;
+        let mariadb = version
+            .first()
+            .and_then(|row| row.try_get_by_index::<String>(0).ok())
+            .is_some_and(|v| is_mariadb(&v));
+        Ok(*self.inner.mariadb.get_or_init(|| mariadb))
+    }
+
+    /// The cursor's sequence tells a transaction from autocommit by MariaDB's `@@in_transaction`, which MySQL
+    /// lacks: refused there, by name, rather than failing on an unknown variable.
+    pub(super) async fn check_sequenced<C: ConnectionTrait>(&self, db: &C) -> Result<()> {
+        if self.is_mariadb(db).await? {
+            Ok(())
+        } else {
+            Err(RepositoryError::CursorUnsupported {
+                table: self.table().to_owned(),
+            })
+        }
+    }
+
     /// Places in commit order for events of the partitions `partitions` (one per event, in order), each partition's
     /// numbers taken at once from its sequence in the caller's transaction `db`. Partitions are taken in
     /// ascending order, so two writers of several partitions wait for each other's counters in one direction.
@@ -219,6 +239,7 @@ impl OutboxRepository {
         db: &C,
         partitions: &[i16],
     ) -> Result<Vec<i64>> {
+        self.check_sequenced(db).await?;
         let mut counts: BTreeMap<i16, i64> = BTreeMap::new();
         for partition in partitions {
             *counts.entry(*partition).or_default() += 1;
@@ -268,7 +289,8 @@ const LOCK_FIRST_START: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE"
 /// writer's transaction ([`OutboxRepository::sequence`]); the counter row is locked until that transaction ends,
 /// so every number up to the counter's committed value belongs to a committed event, and a "snapshot" is that
 /// value: a window is the numbers between two of them. Lists of numbers go as JSON arrays, read by `JSON_TABLE`
-/// (MySQL 8, MariaDB 10.6).
+/// (MariaDB 10.6; MySQL 8 has `JSON_TABLE` too, but not the `@@in_transaction` the sequence relies on, so the
+/// cursor is refused there: [`RepositoryError::CursorUnsupported`]).
 ///
 /// Events adopted before a partition's cursor exists (stored before the upgrade, see `cursor.rs`) are placed
 /// below every number a counter hands out (their id minus 2^62), so they go first, in id order, as on the other
@@ -349,3 +371,14 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
             WHERE o.status = 0)",
 };
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mysql_is_told_from_mariadb_by_its_version() {
+        assert!(super::is_mariadb("10.11.19-MariaDB-0+deb12u1"));
+        assert!(super::is_mariadb("11.4.2-MariaDB"));
+        assert!(!super::is_mariadb("8.0.36"));
+        assert!(!super::is_mariadb("8.4.0-commercial"));
+    }
+}
