@@ -303,6 +303,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     adopts_late: true,
     first_start_lock: Some(LOCK_FIRST_START),
     plan: None,
+    lazy_commit: None,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} WHERE status = 0 AND seq IS NULL \
         AND (partition_no IS NULL OR partition_no IN ({partitions})) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} o JOIN (SELECT i.id, q.p, s.seq \
@@ -326,15 +327,20 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!(),
         " ORDER BY partition_no LIMIT ?"
     ),
-    // The values come in the order the statement's placeholders are bound (snapshot, partition, from): a derived
-    // row holds them, so each is written once. The ends are the window's numbers whatever their status, read from
-    // the index alone: asking for pending ones made MariaDB read every row of the window to open it (12.5k rows
-    // per batch, 2.5 of the 4 s of a 100k drain); the reads skip the rest.
-    open: "SELECT CAST(MAX(s.cur) AS CHAR) AS snapshot, MIN(o.seq) AS low, MAX(o.seq) AS high \
-        FROM (SELECT COALESCE(v.snap_to, q.next_seq, 0) AS cur, v.part, v.snap_from \
-          FROM (SELECT CAST(? AS SIGNED) AS snap_to, CAST(? AS SIGNED) AS part, CAST(? AS SIGNED) AS snap_from) v \
-          LEFT JOIN {t}_sequences q ON q.partition_no = v.part) s \
-        LEFT JOIN {t} o ON o.partition_no = s.part AND o.seq > s.snap_from AND o.seq <= s.cur",
+    // The ends are the window's numbers whatever their status, read from the index alone: asking for pending ones
+    // made MariaDB read every row of the window to open it (12.5k rows per batch, 2.5 of the 4 s of a 100k
+    // drain); the reads skip the rest.
+    open: "SELECT s.part AS partition_no, CAST(s.cur AS CHAR) AS snapshot, \
+          (SELECT MIN(o.seq) FROM {t} o WHERE s.fresh = 1 AND o.partition_no = s.part \
+            AND o.seq > s.snap_from AND o.seq <= s.cur) AS low, \
+          (SELECT MAX(o.seq) FROM {t} o WHERE s.fresh = 1 AND o.partition_no = s.part \
+            AND o.seq > s.snap_from AND o.seq <= s.cur) AS high, \
+          EXISTS (SELECT 1 FROM {t}_parked k WHERE k.partition_no = s.part) AS parked \
+        FROM (SELECT v.part, v.fresh, CAST(v.snap_from AS SIGNED) AS snap_from, \
+            COALESCE(CAST(NULLIF(v.snap_to, '') AS SIGNED), q.next_seq, 0) AS cur \
+          FROM JSON_TABLE(?, '$[*]' COLUMNS (part SMALLINT PATH '$[0]', snap_from VARCHAR(40) PATH '$[1]', \
+            snap_to VARCHAR(40) PATH '$[2]', fresh TINYINT PATH '$[3]')) v \
+          LEFT JOIN {t}_sequences q ON q.partition_no = v.part) s",
     read: window_read!(
         pos = "o.seq";
         "o.partition_no = ? AND o.seq > ? AND o.seq <= ? AND o.seq <= CAST(? AS SIGNED) \

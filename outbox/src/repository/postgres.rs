@@ -352,6 +352,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     plan: Some(
         "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
     ),
+    lazy_commit: Some("SELECT set_config('synchronous_commit', 'off', true)"),
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \
@@ -375,15 +376,18 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     // The window's ends, found through the transaction-id index: its two parts are planned on their own
     // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
     // reads every event ever stored once the table keeps its history.
-    open: "SELECT CAST(s.cur AS TEXT) AS snapshot, w.low, w.high \
-        FROM (SELECT COALESCE(CAST($1 AS pg_snapshot), pg_current_snapshot()) AS cur) s, \
+    open: "SELECT v.p AS partition_no, CAST(s.cur AS TEXT) AS snapshot, w.low, w.high, \
+          EXISTS (SELECT 1 FROM {t}_parked k WHERE k.partition_no = v.p) AS parked \
+        FROM unnest(CAST($1 AS SMALLINT[]), CAST($2 AS TEXT[]), CAST($3 AS TEXT[]), CAST($4 AS BOOLEAN[])) \
+          AS v(p, snap_from, snap_to, fresh), \
+        LATERAL (SELECT COALESCE(CAST(NULLIF(v.snap_to, '') AS pg_snapshot), pg_current_snapshot()) AS cur) s, \
         LATERAL (SELECT MIN(id) AS low, MAX(id) AS high FROM ( \
-          SELECT id FROM {t} WHERE status = 0 AND partition_no = $2 \
-            AND txid >= pg_snapshot_xmax(CAST($3 AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur) \
+          SELECT id FROM {t} WHERE v.fresh AND status = 0 AND partition_no = v.p \
+            AND txid >= pg_snapshot_xmax(CAST(v.snap_from AS pg_snapshot)) AND txid < pg_snapshot_xmax(s.cur) \
             AND pg_visible_in_snapshot(txid, s.cur) \
           UNION ALL \
-          SELECT id FROM {t} WHERE status = 0 AND partition_no = $2 \
-            AND txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST($3 AS pg_snapshot)))) \
+          SELECT id FROM {t} WHERE v.fresh AND status = 0 AND partition_no = v.p \
+            AND txid = ANY(ARRAY(SELECT pg_snapshot_xip(CAST(v.snap_from AS pg_snapshot)))) \
             AND pg_visible_in_snapshot(txid, s.cur) \
           OFFSET 0) u) w",
     // Walked in the partition's id index, as a row comparison: the plain id index (status = 0 holds every event

@@ -78,6 +78,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     adopts_late: false,
     first_start_lock: None,
     plan: None,
+    lazy_commit: None,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND partition_no IS NULL ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = (SELECT p.value FROM json_each(?1) i JOIN json_each(?2) p \
@@ -97,12 +98,17 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!(),
         " ORDER BY partition_no LIMIT ?3)"
     ),
-    open: "SELECT CAST(s.cur AS TEXT) AS snapshot, \
-          (SELECT MIN(id) FROM {t} WHERE status = 0 AND partition_no = ?2 \
-            AND id > CAST(?3 AS INTEGER) AND id <= s.cur) AS low, \
-          (SELECT MAX(id) FROM {t} WHERE status = 0 AND partition_no = ?2 \
-            AND id > CAST(?3 AS INTEGER) AND id <= s.cur) AS high \
-        FROM (SELECT COALESCE(CAST(?1 AS INTEGER), (SELECT COALESCE(MAX(id), 0) FROM {t})) AS cur) s",
+    open: "SELECT v.part AS partition_no, CAST(v.cur AS TEXT) AS snapshot, \
+          (SELECT MIN(id) FROM {t} WHERE v.fresh AND status = 0 AND partition_no = v.part \
+            AND id > v.snap_from AND id <= v.cur) AS low, \
+          (SELECT MAX(id) FROM {t} WHERE v.fresh AND status = 0 AND partition_no = v.part \
+            AND id > v.snap_from AND id <= v.cur) AS high, \
+          EXISTS (SELECT 1 FROM {t}_parked k WHERE k.partition_no = v.part) AS parked \
+        FROM (SELECT json_extract(j.value, '$[0]') AS part, \
+            CAST(json_extract(j.value, '$[1]') AS INTEGER) AS snap_from, \
+            COALESCE(CAST(NULLIF(json_extract(j.value, '$[2]'), '') AS INTEGER), \
+              (SELECT COALESCE(MAX(id), 0) FROM {t})) AS cur, \
+            json_extract(j.value, '$[3]') AS fresh FROM json_each(?) j) v",
     read: window_read!(
         pos = "id";
         "partition_no = ?1 AND id > ?2 AND id <= ?3 AND id <= CAST(?4 AS INTEGER) AND id > CAST(?5 AS INTEGER) \
