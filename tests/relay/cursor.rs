@@ -561,6 +561,8 @@ async fn lag_is_counted_behind_each_cursor(backend: Backend) {
         assert_eq!(lag.oldest_pending.is_some(), lag.pending > 0, "{lag:?}");
     }
     assert_eq!(t.outbox.backlog(&t.db).await.unwrap()[0].pending, 12);
+    let pending = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
+    assert_eq!(pending.len(), 12, "every event written is pending");
 
     for _ in 0..2 {
         while relay.publish_batch(100).await.unwrap().claimed > 0 {}
@@ -572,6 +574,12 @@ async fn lag_is_counted_behind_each_cursor(backend: Backend) {
         "{partitions:?}"
     );
     assert!(t.outbox.backlog(&t.db).await.unwrap().is_empty());
+    let pending = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
+    assert!(
+        pending.is_empty(),
+        "published events are not pending: {}",
+        pending.len()
+    );
 
     broker.fail_next(1);
     add(&t, opened("held", 1)).await;
@@ -586,6 +594,9 @@ async fn lag_is_counted_behind_each_cursor(backend: Backend) {
     assert_eq!(backlog.len(), 1);
     assert_eq!(backlog[0].pending, 2);
     assert_eq!(t.outbox.stats(&t.db).await.unwrap().pending, 2);
+    let pending = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
+    assert_eq!(pending.len(), 2, "the parked events are pending");
+    assert!(pending.iter().all(|e| e.aggregate_id == "held"));
     t.drop_tables().await;
 }
 

@@ -152,7 +152,7 @@ impl RelayProcess {
         Self::spawn_with(url, t, sink, faults, &[])
     }
 
-    /// With `OUTBOX_*` settings in its environment as well.
+    /// With `OUTBOX_*` settings in its environment as well; the table's delivery design unless they name one.
     pub fn spawn_with(
         url: &str,
         t: &TestDb,
@@ -160,9 +160,15 @@ impl RelayProcess {
         faults: Faults,
         settings: &[(&str, &str)],
     ) -> Self {
+        let delivery = if t.outbox.config().delivery == outbox::Delivery::Cursor {
+            "cursor"
+        } else {
+            "rows"
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_relay_child"))
             .args([url, t.outbox.table(), sink.table.as_str()])
             .args([faults.fail.to_string(), faults.lose_ack.to_string()])
+            .env("OUTBOX_DELIVERY", delivery)
             .envs(settings.iter().copied())
             .spawn()
             .expect("start the relay process");

@@ -1,5 +1,7 @@
 //! A relay process frozen (SIGSTOP) inside its claim, holding the claim lock: the other relays go on, on
-//! PostgreSQL and on MariaDB (whose server ends an idle transaction; MySQL's cannot).
+//! PostgreSQL and on MariaDB (whose server ends an idle transaction; MySQL's cannot). Under the commit-order
+//! cursor (`TEST_DELIVERY=cursor`) the transaction that holds locks is the one moving its cursors: the database
+//! ends it, and another relay takes the partitions over once their leases run out.
 
 use std::time::Duration;
 
@@ -64,12 +66,18 @@ async fn frozen_inside_its_claim(backend: Backend, url: &str, in_claim: &str, sc
         )
         .await
         .unwrap();
+    // Under the cursor the other relay takes the frozen one's partitions once their leases run out: short ones.
+    let cursor = t.outbox.config().delivery == outbox::Delivery::Cursor;
+    let lease = if cursor { "5s" } else { "30s" };
     let frozen = RelayProcess::spawn_with(
         url,
         &t,
         &sink,
         Faults::default(),
-        &[("OUTBOX_CLAIM_TIMEOUT", "2s")],
+        &[
+            ("OUTBOX_CLAIM_TIMEOUT", "2s"),
+            ("OUTBOX_LEASE_DURATION", lease),
+        ],
     );
     sink.wait_for(&t, 100, Duration::from_secs(60)).await;
 
@@ -89,6 +97,7 @@ async fn frozen_inside_its_claim(backend: Backend, url: &str, in_claim: &str, sc
 
     // Another relay, and events it alone can deliver.
     let mut config = OutboxConfig::default();
+    config.delivery = t.outbox.config().delivery;
     config.claim_timeout = Duration::from_secs(2);
     config.poll_interval = Duration::from_millis(50);
     let repository = OutboxRepository::builder()

@@ -118,8 +118,12 @@ impl Tally {
         } else {
             format!("**FAIL**: {}", problems.join("; "))
         };
+        let under = match outbox_tests::backend::suite_delivery() {
+            Some(outbox::Delivery::Cursor) => " (whole suite under `OUTBOX_DELIVERY=cursor`)",
+            _ => "",
+        };
         record(&format!(
-            "| {scenario} | {injected} | {} | {} | {} | {} | {} | {result} |",
+            "| {scenario}{under} | {injected} | {} | {} | {} | {} | {} | {result} |",
             self.written, self.rolled_back, self.delivered, self.duplicates, self.order_violations
         ));
         assert!(problems.is_empty(), "{scenario}: {}", problems.join("; "));

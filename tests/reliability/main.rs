@@ -17,3 +17,42 @@ mod frozen;
 mod ledger;
 mod load;
 mod writers;
+
+/// The whole suite again with every relay under the commit-order cursor (`OUTBOX_DELIVERY=cursor`, 8
+/// partitions): this binary run as a child with `TEST_DELIVERY=cursor`, while this test holds the suite's turn, so
+/// no scenario of this run shares the machine or a broker with it. Each scenario there keeps its own accounting
+/// and report row; a failure shows the child's output.
+#[tokio::test]
+async fn the_whole_suite_holds_under_the_commit_order_cursor() {
+    if outbox_tests::backend::suite_delivery().is_some() {
+        return; // the child run itself
+    }
+    let _serial = ledger::serial().await;
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(std::env::current_exe().expect("this test binary"))
+            .env("TEST_DELIVERY", "cursor")
+            .args([
+                "--skip",
+                "the_whole_suite_holds_under_the_commit_order_cursor",
+            ])
+            .output()
+    })
+    .await
+    .expect("the child run's task")
+    .expect("run the suite under the cursor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let summary = stdout
+        .lines()
+        .find(|line| line.starts_with("test result:"))
+        .unwrap_or("no summary");
+    eprintln!("under the cursor: {summary}");
+    assert!(
+        output.status.success() && summary.contains(" 0 failed"),
+        "the suite failed under the commit-order cursor: {summary}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !summary.contains(" 0 passed"),
+        "the child run ran no scenario: {summary}\n{stdout}"
+    );
+}

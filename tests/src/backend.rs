@@ -37,12 +37,28 @@ impl Drop for TempDir {
     }
 }
 
+/// The delivery design a whole test run is asked to use (`TEST_DELIVERY=rows|cursor`; unset: each test's own):
+/// the reliability suite runs once more under the commit-order cursor this way (see its `main.rs`).
+pub fn suite_delivery() -> Option<outbox::Delivery> {
+    match std::env::var("TEST_DELIVERY").ok()?.as_str() {
+        "rows" => Some(outbox::Delivery::Rows),
+        "cursor" => Some(outbox::Delivery::Cursor),
+        other => panic!("TEST_DELIVERY={other}: expected rows or cursor"),
+    }
+}
+
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
         Self::with_config(backend, OutboxConfig::default()).await
     }
 
-    pub async fn with_config(backend: Backend, config: OutboxConfig) -> Self {
+    /// Under [`suite_delivery`], with that delivery design unless `config` asks for the cursor itself.
+    pub async fn with_config(backend: Backend, mut config: OutboxConfig) -> Self {
+        if let Some(delivery) = suite_delivery()
+            && config.delivery == outbox::Delivery::Rows
+        {
+            config.delivery = delivery;
+        }
         let suffix = format!("{:016x}", fastrand::u64(..));
         let mut dir = None;
         let (url, max_connections) = match backend {

@@ -101,14 +101,41 @@ impl OutboxStats {
 impl OutboxRepository {
     /// Pending events in write order (python-outbox-core's `get_unpublished`). Use [`StoredEvent::decode`] to get the
     /// typed events; a row that no longer decodes is still listed, so nothing is hidden.
+    ///
+    /// Under [`Delivery::Cursor`](crate::Delivery::Cursor), where published rows stay pending in place, these are
+    /// the events no cursor has passed yet, the parked ones, and those not adopted yet (every pending row before
+    /// the first cursor relay started).
     pub async fn get_unpublished<C: ConnectionTrait>(
         &self,
         db: &C,
         limit: u64,
         offset: u64,
     ) -> Result<Vec<StoredEvent>> {
-        self.list(db, "listing pending events", sql::PENDING, limit, offset)
-            .await
+        if !self.under_cursor() {
+            return self
+                .list(db, "listing pending events", sql::PENDING, limit, offset)
+                .await;
+        }
+        // An event without a place in commit order makes `ahead` NULL: it is not adopted yet, so pending.
+        let query = format!(
+            "SELECT {columns} FROM {{t}} WHERE id IN ( \
+               SELECT o.id FROM {{t}}_cursors c JOIN {{t}} o \
+                 ON o.partition_no = c.partition_no AND o.status = {pending} AND COALESCE({ahead}, TRUE) \
+               UNION SELECT p.id FROM {{t}}_parked p \
+               UNION SELECT o.id FROM {{t}} o WHERE o.status = {pending} \
+                 AND (o.partition_no IS NULL OR NOT EXISTS (SELECT 1 FROM {{t}}_cursors))) \
+             ORDER BY id LIMIT ? OFFSET ?",
+            columns = sql::COLUMNS,
+            pending = sql::PENDING,
+            ahead = Dialect::of(db).cursor.ahead
+        );
+        self.select(
+            db,
+            "listing pending events",
+            &query,
+            vec![limit.into(), offset.into()],
+        )
+        .await
     }
 
     /// How many events are pending (python-outbox-core's `count_unpublished`), including those being published now.

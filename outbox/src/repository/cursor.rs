@@ -52,15 +52,25 @@ pub(crate) struct CursorSql {
     /// relays' first starts do not interleave: MySQL's first adoption places rows below every sequence number,
     /// which is safe only while no relay reads.
     pub(crate) first_start_lock: Option<&'static str>,
-    /// Run first in the transaction of a batch's reads: makes the database plan each of them for its values. A
-    /// plan made for any values (what a prepared statement gets after a few runs) walked a whole partition and
-    /// sorted it for every batch (105 ms instead of 1.5 ms per 1,000 events, `EXPLAIN ANALYZE`).
-    pub(crate) plan: Option<&'static str>,
-    /// Run first in the transactions that record a batch's outcome (the cursor moved, events parked, failures):
-    /// their commit does not wait for the disk. Losing such a commit in a crash of the database only moves the
-    /// cursor back, so its events are published again (at-least-once allows it; order is kept), while waiting
-    /// for the disk held each partition 3.5-4 ms per batch on this machine (PostgreSQL `synchronous_commit`).
-    pub(crate) lazy_commit: Option<&'static str>,
+    /// Run first in the transaction of a batch's reads, with the claim timeout (see [`Bounds`]) for each `?`:
+    /// makes the database plan each read for its values, and ends the session of a relay frozen inside the
+    /// transaction (it pins the oldest snapshot the database keeps rows for). A plan made for any values (what a
+    /// prepared statement gets after a few runs) walked a whole partition and sorted it for every batch (105 ms
+    /// instead of 1.5 ms per 1,000 events, `EXPLAIN ANALYZE`).
+    pub(crate) bound_read: Option<&'static str>,
+    /// Run first in the transactions that record a batch's outcome (the cursor moved, events parked, failures),
+    /// with the claim timeout for each `?`. They lock cursor rows, so the database must end the session of a
+    /// relay frozen inside one, or no other relay could take its partitions over. On PostgreSQL their commit also
+    /// does not wait for the disk (`synchronous_commit`): losing such a commit in a crash of the database only
+    /// moves the cursor back, so its events are published again (at-least-once allows it; order is kept), while
+    /// waiting for the disk held each partition 3.5-4 ms per batch on this machine.
+    pub(crate) bound_settle: Option<&'static str>,
+    /// Run last in those transactions, before the commit or the rollback: puts the session's own settings back
+    /// where [`bound_settle`](Self::bound_settle) changed them for the session (MariaDB), before the connection
+    /// returns to the pool.
+    pub(crate) unbound_settle: Option<&'static str>,
+    /// How the claim timeout is given to the bounds.
+    pub(crate) bounds: Bounds,
     /// Pending rows stored before the cursor's columns existed (or by an older writer): `(id, aggregate_type,
     /// aggregate_id)`, at most `?`.
     pub(crate) legacy: &'static str,
@@ -103,6 +113,15 @@ pub(crate) struct CursorSql {
     /// Up to `?` events every relay is done with, that occurred before `?`: below their partition's cursor (the
     /// snapshot it has read to, not the window it reads now) and not parked. Retention deletes them.
     pub(crate) delivered: &'static str,
+}
+
+/// How a backend's bounding statements take the claim timeout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bounds {
+    /// Milliseconds, as text (PostgreSQL's `set_config`).
+    MillisText,
+    /// Whole seconds, at least one, rounded up (MariaDB's session variables).
+    Seconds,
 }
 
 /// The start of a backend's window read: every column of a stored event (as `sql::COLUMNS`) and `behind`, whether
@@ -219,6 +238,15 @@ impl CursorSql {
             texts(&to),
             self.array(&fresh),
         ]
+    }
+
+    /// The values of a bounding statement: the claim timeout for each `?`.
+    fn bounds(&self, statement: &str, timeout: Duration) -> Vec<Value> {
+        let value: Value = match self.bounds {
+            Bounds::MillisText => timeout.as_millis().to_string().into(),
+            Bounds::Seconds => (timeout.as_millis().div_ceil(1000).max(1) as u64).into(),
+        };
+        vec![value; statement.matches('?').count()]
     }
 
     /// Numbers as one array parameter, in this backend's form.
@@ -452,8 +480,9 @@ impl Cursors {
         limit: u32,
     ) -> std::result::Result<(Vec<Part>, Vec<QueryResult>, bool), (RepositoryError, Vec<i16>)> {
         let (mut parts, mut rows, mut more) = (Vec::new(), Vec::new(), false);
-        if let Some(plan) = sql.plan {
-            repo.query(txn, "planning the reads", plan, Vec::new())
+        if let Some(bound) = sql.bound_read {
+            let values = sql.bounds(bound, repo.inner.config.claim_timeout);
+            repo.query(txn, "bounding the reads", bound, values)
                 .await
                 .map_err(|e| (e, Vec::new()))?;
         }
@@ -1049,64 +1078,9 @@ impl Cursors {
             return Ok(0);
         };
         let done: std::collections::HashSet<i64> = published.iter().copied().collect();
-        let lease = micros(repo.inner.config.lease_duration);
         let txn = self.begin_settling(db, repo, sql).await?;
-        let (mut kept, mut lost, mut counted) = (Vec::new(), Vec::new(), 0u64);
-        for part in parts {
-            let moved = repo
-                .execute(
-                    &txn,
-                    "moving the cursor",
-                    &sql.shared(ADVANCE),
-                    vec![
-                        part.to.snap_from.clone().into(),
-                        part.to.snap_to.clone().into(),
-                        part.to.after_id.into(),
-                        lease.into(),
-                        part.partition.into(),
-                        self.owner.clone().into(),
-                        part.epoch.into(),
-                    ],
-                )
-                .await?;
-            if moved == 0 {
-                lost.push(part);
-                continue;
-            }
-            let unpublished: Vec<i64> = part
-                .window
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| !done.contains(id))
-                .collect();
-            let unparked: Vec<i64> = part
-                .parked
-                .iter()
-                .copied()
-                .filter(|id| done.contains(id))
-                .collect();
-            if !unpublished.is_empty() {
-                repo.execute(
-                    &txn,
-                    "parking events",
-                    sql.park,
-                    vec![sql.array(&unpublished)],
-                )
-                .await?;
-            }
-            if !unparked.is_empty() {
-                repo.execute(
-                    &txn,
-                    "unparking events",
-                    sql.unpark,
-                    vec![sql.array(&unparked)],
-                )
-                .await?;
-            }
-            counted += (part.window.len() - unpublished.len() + unparked.len()) as u64;
-            kept.push(part);
-        }
-        repo.commit(txn).await?;
+        let settled = self.settle_parts(&txn, repo, sql, parts, &done).await;
+        let (kept, lost, counted) = self.end_settling(txn, repo, sql, settled).await?;
         let mut state = self.state();
         state.reading.remove(&token.0);
         for part in &lost {
@@ -1153,8 +1127,78 @@ impl Cursors {
         Ok(counted)
     }
 
-    /// A transaction that records a batch's outcome, committed without waiting for the disk where the backend
-    /// allows it (see [`CursorSql::lazy_commit`]).
+    /// [`acknowledge`](Self::acknowledge)'s writes, in its transaction: each part's cursor moved (fenced), its
+    /// unpublished events parked, its published parked ones ended. Returns the parts kept, those lost to another
+    /// relay, and how many events count as published.
+    async fn settle_parts(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        parts: Vec<Part>,
+        done: &std::collections::HashSet<i64>,
+    ) -> Result<(Vec<Part>, Vec<Part>, u64)> {
+        let lease = micros(repo.inner.config.lease_duration);
+        let (mut kept, mut lost, mut counted) = (Vec::new(), Vec::new(), 0u64);
+        for part in parts {
+            let moved = repo
+                .execute(
+                    txn,
+                    "moving the cursor",
+                    &sql.shared(ADVANCE),
+                    vec![
+                        part.to.snap_from.clone().into(),
+                        part.to.snap_to.clone().into(),
+                        part.to.after_id.into(),
+                        lease.into(),
+                        part.partition.into(),
+                        self.owner.clone().into(),
+                        part.epoch.into(),
+                    ],
+                )
+                .await?;
+            if moved == 0 {
+                lost.push(part);
+                continue;
+            }
+            let unpublished: Vec<i64> = part
+                .window
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !done.contains(id))
+                .collect();
+            let unparked: Vec<i64> = part
+                .parked
+                .iter()
+                .copied()
+                .filter(|id| done.contains(id))
+                .collect();
+            if !unpublished.is_empty() {
+                repo.execute(
+                    txn,
+                    "parking events",
+                    sql.park,
+                    vec![sql.array(&unpublished)],
+                )
+                .await?;
+            }
+            if !unparked.is_empty() {
+                repo.execute(
+                    txn,
+                    "unparking events",
+                    sql.unpark,
+                    vec![sql.array(&unparked)],
+                )
+                .await?;
+            }
+            counted += (part.window.len() - unpublished.len() + unparked.len()) as u64;
+            kept.push(part);
+        }
+        Ok((kept, lost, counted))
+    }
+
+    /// A transaction that records a batch's outcome, bounded (see [`CursorSql::bound_settle`]); it ends with
+    /// [`end_settling`](Self::end_settling).
     async fn begin_settling(
         &self,
         db: &DatabaseConnection,
@@ -1162,11 +1206,34 @@ impl Cursors {
         sql: &CursorSql,
     ) -> Result<sea_orm::DatabaseTransaction> {
         let txn = repo.begin(db).await?;
-        if let Some(lazy) = sql.lazy_commit {
-            repo.query(&txn, "recording a batch's outcome", lazy, Vec::new())
+        if let Some(bound) = sql.bound_settle {
+            let values = sql.bounds(bound, repo.inner.config.claim_timeout);
+            repo.query(&txn, "bounding a batch's outcome", bound, values)
                 .await?;
         }
         Ok(txn)
+    }
+
+    /// Ends a transaction of [`begin_settling`](Self::begin_settling): the session's settings put back, on
+    /// success or not, then the commit if `outcome` is one.
+    async fn end_settling<T>(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        let restored = match sql.unbound_settle {
+            Some(unbound) => repo
+                .execute(&txn, "ending a batch's bounds", unbound, Vec::new())
+                .await
+                .map(drop),
+            None => Ok(()),
+        };
+        let value = outcome?;
+        restored?;
+        repo.commit(txn).await?;
+        Ok(value)
     }
 
     /// Failures of an acknowledged batch, whose events are parked by now: each is scheduled again or becomes a
@@ -1179,7 +1246,6 @@ impl Cursors {
         failures: &[Failure],
     ) -> Result<FailureOutcome> {
         let sql = Dialect::of(db).cursor;
-        let mut outcome = FailureOutcome::default();
         let parts = self
             .state()
             .settled
@@ -1187,8 +1253,24 @@ impl Cursors {
             .find(|(t, _)| *t == token.0)
             .map(|(_, parts)| parts.clone())
             .unwrap_or_default();
-        let config = &repo.inner.config;
         let txn = self.begin_settling(db, repo, sql).await?;
+        let recorded = self
+            .record_failures(&txn, repo, sql, &parts, failures)
+            .await;
+        self.end_settling(txn, repo, sql, recorded).await
+    }
+
+    /// [`fail`](Self::fail)'s writes, in its transaction.
+    async fn record_failures(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        repo: &OutboxRepository,
+        sql: &CursorSql,
+        parts: &[Settled],
+        failures: &[Failure],
+    ) -> Result<FailureOutcome> {
+        let config = &repo.inner.config;
+        let mut outcome = FailureOutcome::default();
         // The partitions of the failures that are still this relay's, each checked once.
         let mut owned: HashMap<i16, bool> = HashMap::new();
         for failure in failures {
@@ -1204,7 +1286,7 @@ impl Cursors {
                 None => {
                     let fenced = repo
                         .execute(
-                            &txn,
+                            txn,
                             "recording failures",
                             &sql.shared(FENCE),
                             vec![
@@ -1223,9 +1305,8 @@ impl Cursors {
                 outcome.fenced_out += 1;
                 continue;
             }
-            self.record(&txn, repo, sql, failure, &mut outcome).await?;
+            self.record(txn, repo, sql, failure, &mut outcome).await?;
         }
-        repo.commit(txn).await?;
         Ok(outcome)
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::claim::Lease;
-use super::cursor::{CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
 use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, RepositoryError, Result, sql};
 
@@ -302,8 +302,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     sequenced: true,
     adopts_late: true,
     first_start_lock: Some(LOCK_FIRST_START),
-    plan: None,
-    lazy_commit: None,
+    bound_read: None,
+    bound_settle: Some(BOUND_MARIADB),
+    unbound_settle: Some(RESTORE_MARIADB),
+    bounds: Bounds::Seconds,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} WHERE status = 0 AND seq IS NULL \
         AND (partition_no IS NULL OR partition_no IN ({partitions})) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} o JOIN (SELECT i.id, q.p, s.seq \

@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
-use super::cursor::{CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
 use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
@@ -349,10 +349,16 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     sequenced: false,
     adopts_late: true,
     first_start_lock: None,
-    plan: Some(
-        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)",
+    bound_read: Some(
+        "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true), \
+         set_config('statement_timeout', ?, true), set_config('idle_in_transaction_session_timeout', ?, true)",
     ),
-    lazy_commit: Some("SELECT set_config('synchronous_commit', 'off', true)"),
+    bound_settle: Some(
+        "SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', ?, true), \
+         set_config('statement_timeout', ?, true), set_config('idle_in_transaction_session_timeout', ?, true)",
+    ),
+    unbound_settle: None,
+    bounds: Bounds::MillisText,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = v.p, txid = pg_current_xact_id() \

@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::claim::Lease;
-use super::cursor::{CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
 use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, Result, sql};
 
@@ -77,8 +77,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     sequenced: false,
     adopts_late: false,
     first_start_lock: None,
-    plan: None,
-    lazy_commit: None,
+    bound_read: None,
+    bound_settle: None,
+    unbound_settle: None,
+    bounds: Bounds::Seconds,
     legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} \
         WHERE status = 0 AND partition_no IS NULL ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} SET partition_no = (SELECT p.value FROM json_each(?1) i JOIN json_each(?2) p \
