@@ -11,13 +11,6 @@ use crate::writers::{Plan, Writers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_speed_writers_keep_the_relay_memory_flat() {
-    if outbox_tests::backend::suite_delivery() == Some(outbox::Delivery::Cursor) {
-        // Open: on this table, written at full speed and never analyzed, opening the cursor's windows walks whole
-        // partitions (60-130 ms a batch) and the drain outlasts the allowance. Left out of the cursor run until
-        // fixed (issue 20's note).
-        eprintln!("7 is not run under the commit-order cursor yet");
-        return;
-    }
     let _serial = serial().await;
     let run = if soak() {
         Duration::from_secs(30 * 60)
