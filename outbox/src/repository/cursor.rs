@@ -65,9 +65,9 @@ pub(crate) struct CursorSql {
     /// moves the cursor back, so its events are published again (at-least-once allows it; order is kept), while
     /// waiting for the disk held each partition 3.5-4 ms per batch on this machine.
     pub(crate) bound_settle: Option<&'static str>,
-    /// Run last in those transactions, before the commit or the rollback: puts the session's own settings back
-    /// where [`bound_settle`](Self::bound_settle) changed them for the session (MariaDB), before the connection
-    /// returns to the pool.
+    /// Run once those transactions ended, on their connection: puts the session's own settings back where
+    /// [`bound_settle`](Self::bound_settle) changed them for the session (MariaDB), before the connection returns
+    /// to the pool (see `mysql.rs`'s `end_bounded`).
     pub(crate) unbound_settle: Option<&'static str>,
     /// How the claim timeout is given to the bounds.
     pub(crate) bounds: Bounds,
@@ -1214,8 +1214,8 @@ impl Cursors {
         Ok(txn)
     }
 
-    /// Ends a transaction of [`begin_settling`](Self::begin_settling): the session's settings put back, on
-    /// success or not, then the commit if `outcome` is one.
+    /// Ends a transaction of [`begin_settling`](Self::begin_settling): committed if `outcome` is a success,
+    /// then the session's settings put back, on success or not.
     async fn end_settling<T>(
         &self,
         txn: sea_orm::DatabaseTransaction,
@@ -1223,17 +1223,12 @@ impl Cursors {
         sql: &CursorSql,
         outcome: Result<T>,
     ) -> Result<T> {
-        let restored = match sql.unbound_settle {
-            Some(unbound) => repo
-                .execute(&txn, "ending a batch's bounds", unbound, Vec::new())
-                .await
-                .map(drop),
-            None => Ok(()),
-        };
-        let value = outcome?;
-        restored?;
-        repo.commit(txn).await?;
-        Ok(value)
+        match sql.unbound_settle {
+            Some(unbound) => repo.end_bounded(txn, unbound, outcome.is_ok()).await?,
+            None if outcome.is_ok() => repo.commit(txn).await?,
+            None => {}
+        }
+        outcome
     }
 
     /// Failures of an acknowledged batch, whose events are parked by now: each is scheduled again or becomes a

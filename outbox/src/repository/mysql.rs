@@ -126,14 +126,40 @@ impl OutboxRepository {
         self.execute(&txn, "bounding the claim", bound, values)
             .await?;
         let claimed = self.claim_mysql_bounded(&txn, lease, limit).await;
-        // The session's own timeouts come back before the connection returns to the pool, on success or not.
+        self.end_bounded(txn, restore, claimed.is_ok()).await?;
+        claimed
+    }
+
+    /// Ends a transaction whose session timeouts were changed for it ([`BOUND_MYSQL`]): the transaction ends
+    /// first (`COMMIT`, or `ROLLBACK` when `commit` is false), as a statement on its connection, then `restore`
+    /// puts the session's own timeouts back on that same connection, outside any transaction, before it returns
+    /// to the pool. Restoring before the end left a window in which a relay frozen between the two statements held
+    /// its locks with no idle timeout in force, for good (found by the reliability suite's scenario 4d run under
+    /// the cursor: one run in three).
+    pub(super) async fn end_bounded<T: sea_orm::TransactionSession + ConnectionTrait>(
+        &self,
+        txn: T,
+        restore: &str,
+        commit: bool,
+    ) -> Result<()> {
+        let backend = txn.get_database_backend();
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        let ended = txn
+            .execute_unprepared(end)
+            .await
+            .map_err(|e| self.db_error("ending a bounded transaction", backend, e));
         let restored = self
-            .execute(&txn, "ending the claim's bounds", restore, Vec::new())
+            .execute(
+                &txn,
+                "restoring the session's timeouts",
+                restore,
+                Vec::new(),
+            )
             .await;
-        let rows = claimed?;
+        ended?;
         restored?;
-        self.commit(txn).await?;
-        Ok(rows)
+        // Nothing is left to commit: this only hands the connection back.
+        self.commit(txn).await
     }
 
     /// [`claim_mysql`](Self::claim_mysql)'s work, inside the bounds it set on `txn`.
