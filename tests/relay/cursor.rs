@@ -650,3 +650,42 @@ async fn a_dead_owners_partitions_are_taken_over_within_the_lease(backend: Backe
     assert_eq!(totals.duplicates, 0);
     t.drop_tables().await;
 }
+
+/// An event stored while its partition was out in a batch in flight goes out once that batch is settled, not at
+/// the next poll: the claim its wake-up started found the partition out and nothing else to read.
+#[tokio::test]
+async fn an_event_behind_a_batch_in_flight_goes_out_when_it_settles() {
+    let mut config = cursor_config(2);
+    config.poll_interval = Duration::from_secs(10);
+    let t = TestDb::with_config(Backend::Postgres, config).await;
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone())
+        .listen(false)
+        .build();
+    let handle = relay.handle();
+    let running = Running::start(relay);
+    // Two aggregates of one partition, so the second event is not held behind the first's aggregate.
+    let partition = partition_of_account("first", 2);
+    let second = (0..)
+        .map(|i| format!("second-{i}"))
+        .find(|id| partition_of_account(id, 2) == partition)
+        .unwrap();
+    // The relay's first claim makes the cursors; it is idle after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.set_delay(Duration::from_millis(500));
+    add(&t, opened("first", 1)).await;
+    handle.wake();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let id = add(&t, opened(&second, 1)).await;
+    handle.wake();
+    let started = tokio::time::Instant::now();
+    while !broker.messages().iter().any(|m| m.message.id == id) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the event waited for the 10 s poll behind the batch in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    t.drop_tables().await;
+}

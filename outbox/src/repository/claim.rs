@@ -29,6 +29,9 @@ pub(crate) struct Leased {
     pub(crate) rows: Vec<LeasedRow>,
     /// Whether more may be waiting though the batch is not full: under a cursor, other partitions were not read.
     pub(crate) more: bool,
+    /// Under a cursor, whether partitions of this relay's were out in batches in flight, so not read: events may
+    /// wait there, and the next claim should come as soon as a batch is settled rather than after an idle wait.
+    pub(crate) busy: bool,
 }
 
 /// One leased row: its id and aggregate, read at once for the ordering, and the row to decode later.
@@ -125,6 +128,7 @@ impl OutboxRepository {
             token: lease.token,
             rows,
             more: false,
+            busy: false,
         })
     }
 

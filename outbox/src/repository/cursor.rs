@@ -388,7 +388,7 @@ impl Cursors {
         let sql = Dialect::of(db).cursor;
         self.ready(db, repo).await?;
         self.refresh(db, repo, sql).await?;
-        let candidates: Vec<(i16, Owned)> = {
+        let (candidates, busy): (Vec<(i16, Owned)>, bool) = {
             let mut state = self.state();
             let abandoned = repo.inner.config.lease_duration;
             // A batch whose outcome never came (its task failed before marking) frees its partition after a
@@ -410,12 +410,13 @@ impl Cursors {
                 .filter(|(_, o)| o.busy.is_none())
                 .map(|(p, o)| (*p, o.clone()))
                 .collect();
+            let busy = free.len() < state.owned.len();
             let turn = state.turn;
             state.turn = state.turn.wrapping_add(1);
             let n = free.len().max(1);
             let mut free = free;
             free.rotate_left(turn % n);
-            free
+            (free, busy)
         };
         // Up to half the partitions per batch, so the next batch in flight has its own to read.
         let most_parts = self.state().owned.len().div_ceil(2).max(1);
@@ -442,6 +443,7 @@ impl Cursors {
             token: ClaimToken(0),
             rows: Vec::new(),
             more,
+            busy,
         };
         if parts.is_empty() {
             return Ok(none);
@@ -462,11 +464,12 @@ impl Cursors {
             token: ClaimToken(token),
             rows: rows.into_iter().map(LeasedRow::new).collect(),
             more,
+            busy,
         })
     }
 
     /// Opens every candidate's window in one statement, then reads the partitions that have events in turn, in
-    /// one transaction (only so that its statements are planned for their values, see [`CursorSql::plan`]; each
+    /// one transaction (only so that its statements are planned for their values, see [`CursorSql::bound_read`]; each
     /// still sees what committed before it), until the batch is full or `most` partitions gave events. Returns
     /// the parts, their rows, and whether partitions with events were left unread. On an error, the partitions it
     /// had taken, to put back.
