@@ -80,6 +80,15 @@ where
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The library's warnings and errors (a failed batch, a timed-out claim) on stderr: a figure measured
+    // through one of them says so. `RUST_LOG` overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| "all".into());
     if scenario != "all" && !SCENARIOS.contains(&scenario.as_str()) {

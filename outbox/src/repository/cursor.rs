@@ -84,6 +84,10 @@ pub(crate) struct CursorSql {
     /// Takes free or expired partitions for owner `?`, leased for `?` µs, up to `?`. MySQL returns nothing from
     /// an UPDATE: the relay reads its partitions back ([`MINE`]).
     pub(crate) acquire: &'static str,
+    /// Extends the lease (`?` µs) of owner `?`'s partitions, locking their rows in ascending partition order, the
+    /// order in which a batch's settle moves its cursors ([`Cursors::settle_parts`]): in any other order the
+    /// two waited for each other, which PostgreSQL finds only after `deadlock_timeout` (1 s without a publish).
+    pub(crate) renew: &'static str,
     /// Opens the windows of several partitions in one statement: for each, the snapshot to read to (the one
     /// given, or the current one when it is empty), the lowest and highest event in the window after the snapshot
     /// read to, and whether the partition has parked events. The values are lists, in the form
@@ -165,9 +169,7 @@ pub(super) use {parked_heads, window_read};
 /// How many cursor rows there are, and the lowest and highest partition count they were made for.
 const PARTITIONS: &str =
     "SELECT COUNT(*) AS n, MIN(partitions) AS low, MAX(partitions) AS high FROM {t}_cursors";
-/// Extends the lease (`?` µs) of owner `?`'s partitions.
-const RENEW: &str = "UPDATE {t}_cursors SET lease_until = {now} + ? WHERE owner = ?";
-/// Owner `?`'s partitions, with their epochs and positions: read after [`RENEW`] and a backend's `acquire` (an
+/// Owner `?`'s partitions, with their epochs and positions: read after a backend's `renew` and `acquire` (an
 /// UPDATE that returns nothing on MySQL). Nobody else writes `owner` to this one, so it reads no stale row.
 const MINE: &str =
     "SELECT partition_no, epoch, snap_from, snap_to, after_id FROM {t}_cursors WHERE owner = ?";
@@ -908,7 +910,7 @@ impl Cursors {
         repo.execute(
             db,
             "renewing partition leases",
-            &sql.shared(RENEW),
+            sql.renew,
             vec![lease.into(), self.owner.clone().into()],
         )
         .await?;
@@ -1138,11 +1140,13 @@ impl Cursors {
         txn: &sea_orm::DatabaseTransaction,
         repo: &OutboxRepository,
         sql: &CursorSql,
-        parts: Vec<Part>,
+        mut parts: Vec<Part>,
         done: &std::collections::HashSet<i64>,
     ) -> Result<(Vec<Part>, Vec<Part>, u64)> {
         let lease = micros(repo.inner.config.lease_duration);
         let (mut kept, mut lost, mut counted) = (Vec::new(), Vec::new(), 0u64);
+        // In ascending partition order, as every statement that locks several cursor rows (see `CursorSql::renew`).
+        parts.sort_by_key(|part| part.partition);
         for part in parts {
             let moved = repo
                 .execute(
@@ -1269,36 +1273,39 @@ impl Cursors {
     ) -> Result<FailureOutcome> {
         let config = &repo.inner.config;
         let mut outcome = FailureOutcome::default();
-        // The partitions of the failures that are still this relay's, each checked once.
-        let mut owned: HashMap<i16, bool> = HashMap::new();
+        let part_of = |failure: &Failure| {
+            parts
+                .iter()
+                .find(|part| part.ids.contains(&failure.id))
+                .map(|part| (part.partition, part.epoch))
+        };
+        // The partitions of the failures that are still this relay's, each fenced once, in ascending order (see
+        // `CursorSql::renew`).
+        let mut owned: BTreeMap<i16, (i64, bool)> = failures
+            .iter()
+            .filter_map(part_of)
+            .map(|(partition, epoch)| (partition, (epoch, false)))
+            .collect();
+        for (partition, (epoch, still)) in &mut owned {
+            let fenced = repo
+                .execute(
+                    txn,
+                    "recording failures",
+                    &sql.shared(FENCE),
+                    vec![
+                        micros(config.lease_duration).into(),
+                        (*partition).into(),
+                        self.owner.clone().into(),
+                        (*epoch).into(),
+                    ],
+                )
+                .await?;
+            *still = fenced > 0;
+        }
         for failure in failures {
-            let Some(Settled {
-                partition, epoch, ..
-            }) = parts.iter().find(|part| part.ids.contains(&failure.id))
-            else {
-                outcome.fenced_out += 1;
-                continue;
-            };
-            let still = match owned.get(partition) {
-                Some(still) => *still,
-                None => {
-                    let fenced = repo
-                        .execute(
-                            txn,
-                            "recording failures",
-                            &sql.shared(FENCE),
-                            vec![
-                                micros(config.lease_duration).into(),
-                                (*partition).into(),
-                                self.owner.clone().into(),
-                                (*epoch).into(),
-                            ],
-                        )
-                        .await?;
-                    owned.insert(*partition, fenced > 0);
-                    fenced > 0
-                }
-            };
+            let still = part_of(failure)
+                .and_then(|(partition, _)| owned.get(&partition))
+                .is_some_and(|(_, still)| *still);
             if !still {
                 outcome.fenced_out += 1;
                 continue;

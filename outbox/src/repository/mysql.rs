@@ -355,6 +355,11 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!(),
         " ORDER BY partition_no LIMIT ?"
     ),
+    renew: concat!(
+        "UPDATE {t}_cursors SET lease_until = ",
+        db_now!(),
+        " + ? WHERE owner = ? ORDER BY partition_no"
+    ),
     // The ends are the window's numbers whatever their status, read from the index alone: asking for pending ones
     // made MariaDB read every row of the window to open it (12.5k rows per batch, 2.5 of the 4 s of a 100k
     // drain); the reads skip the rest.

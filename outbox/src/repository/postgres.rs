@@ -384,6 +384,12 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!(),
         " + $2 FROM free WHERE c.partition_no = free.partition_no"
     ),
+    renew: concat!(
+        "WITH mine AS (SELECT partition_no FROM {t}_cursors WHERE owner = $2 ORDER BY partition_no FOR UPDATE) \
+        UPDATE {t}_cursors c SET lease_until = ",
+        db_now!(),
+        " + $1 FROM mine WHERE c.partition_no = mine.partition_no"
+    ),
     // The window's ends, found through the transaction-id index: its two parts are planned on their own
     // (`OFFSET 0`), or the planner takes MIN and MAX by walking the id index from either end and filtering, which
     // reads every event ever stored once the table keeps its history. Each part is

@@ -100,6 +100,12 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         db_now!(),
         " ORDER BY partition_no LIMIT ?3)"
     ),
+    // One writer at a time: no order to keep.
+    renew: concat!(
+        "UPDATE {t}_cursors SET lease_until = ",
+        db_now!(),
+        " + ?1 WHERE owner = ?2"
+    ),
     open: "SELECT v.part AS partition_no, CAST(v.cur AS TEXT) AS snapshot, \
           (SELECT MIN(id) FROM {t} WHERE v.fresh AND status = 0 AND partition_no = v.part \
             AND id > v.snap_from AND id <= v.cur) AS low, \
