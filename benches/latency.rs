@@ -11,7 +11,7 @@ use outbox::OutboxConfig;
 use outbox::publisher::InMemoryPublisher;
 use outbox::sea_orm::DatabaseConnection;
 
-use crate::load::Load;
+use crate::load::{Load, Record};
 use crate::report::Row;
 use crate::service::InService;
 use crate::{Result, Settings};
@@ -96,7 +96,7 @@ async fn measure(
     broker.clear(); // the table's history
     let in_process = (wake == Wake::InProcess).then(|| service.handle.clone());
     let commits: HashMap<_, _> = load
-        .start(db, &service.outbox, duration, true, in_process)
+        .start(db, &service.outbox, duration, Record::All, in_process)
         .finish()
         .await?
         .into_iter()

@@ -26,6 +26,21 @@ pub struct Load {
 /// An event's id and the moment its transaction's commit returned.
 pub type Commit = (Uuid, Instant);
 
+/// Which events' commits the writers keep.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Record {
+    None,
+    All,
+    /// About one event in a hundred, chosen by its id ([`sampled`]), so that a publisher can pick the same ones
+    /// without being told: a long run at a high rate keeps a few thousand times, not millions.
+    Sample,
+}
+
+/// Whether the event `id` is one of the sampled ones (its id's random bits are uniform).
+pub fn sampled(id: &Uuid) -> bool {
+    id.as_u128().is_multiple_of(100)
+}
+
 /// The writers of a running load.
 pub struct Writers {
     started: Instant,
@@ -38,6 +53,8 @@ pub struct Sample {
     pub at: Duration,
     pub written: u64,
     pub pending: u64,
+    /// This process's resident memory (writers, relay and all), in bytes.
+    pub rss: u64,
 }
 
 impl Sample {
@@ -55,7 +72,7 @@ impl Sample {
 }
 
 impl Load {
-    /// Starts the writers for `duration`; with `record`, they keep every event's commit time (for latency); with
+    /// Starts the writers for `duration`; they keep the commit times `record` asks for (for latency); with
     /// `wake`, they wake that relay in-process after each commit, as a service whose writers and relay share a
     /// process would.
     pub fn start(
@@ -63,7 +80,7 @@ impl Load {
         db: &DatabaseConnection,
         outbox: &OutboxRepository,
         duration: Duration,
-        record: bool,
+        record: Record,
         wake: Option<RelayHandle>,
     ) -> Writers {
         let started = Instant::now();
@@ -95,8 +112,12 @@ impl Load {
                             relay.wake();
                         }
                         written.fetch_add(txn_size as u64, Ordering::Relaxed);
-                        if record {
-                            commits.extend(ids.into_iter().map(|id| (id, at)));
+                        match record {
+                            Record::None => {}
+                            Record::All => commits.extend(ids.into_iter().map(|id| (id, at))),
+                            Record::Sample => {
+                                commits.extend(ids.into_iter().filter(sampled).map(|id| (id, at)))
+                            }
                         }
                     }
                     Ok(commits)
@@ -111,27 +132,30 @@ impl Load {
     }
 
     /// Runs the load for `duration`, sampling at its start and at the end of each of `slices` equal slices,
-    /// and calling `after_sample` after each (the last sample is taken once the writers have stopped).
+    /// and calling `after_sample` after each (the last sample is taken once the writers have stopped). Returns
+    /// the samples and the commits `record` asked for.
     pub async fn sampled(
         &self,
         db: &DatabaseConnection,
         outbox: &OutboxRepository,
         duration: Duration,
         slices: u32,
+        record: Record,
         mut after_sample: impl FnMut(),
-    ) -> Result<Vec<Sample>> {
-        let mut writers = self.start(db, outbox, duration, false, None);
+    ) -> Result<(Vec<Sample>, Vec<Commit>)> {
+        let mut writers = self.start(db, outbox, duration, record, None);
         let mut samples = vec![writers.sample(db, outbox).await?];
+        let mut commits = Vec::new();
         for k in 1..=slices {
             if k < slices {
                 tokio::time::sleep_until((writers.started + duration * k / slices).into()).await;
             } else {
-                writers.finish().await?;
+                commits = writers.finish().await?;
             }
             samples.push(writers.sample(db, outbox).await?);
             after_sample();
         }
-        Ok(samples)
+        Ok((samples, commits))
     }
 }
 
@@ -142,6 +166,7 @@ impl Writers {
             at: self.started.elapsed(),
             written: self.written.load(Ordering::Relaxed),
             pending: outbox.count_unpublished(db).await?,
+            rss: rss(),
         })
     }
 
@@ -153,4 +178,12 @@ impl Writers {
         }
         Ok(commits)
     }
+}
+
+/// This process's resident memory in bytes (Linux; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }

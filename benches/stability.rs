@@ -16,7 +16,7 @@ use std::time::Duration;
 use outbox::publisher::InMemoryPublisher;
 use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
-use crate::load::Load;
+use crate::load::{Load, Record};
 use crate::report::Table;
 use crate::service::InService;
 use crate::sustained::{SLICES, config};
@@ -38,7 +38,12 @@ pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Table> 
         ],
         rows: Vec::new(),
     };
+    // `BENCH_PINNED_ONLY=1`: only the run with the idle transaction (for a long run, the one that matters).
+    let pinned_only = crate::env::<u8>("BENCH_PINNED_ONLY")?.is_some_and(|v| v > 0);
     for idle in [false, true] {
+        if pinned_only && !idle {
+            continue;
+        }
         let broker = InMemoryPublisher::new();
         let service = InService::start(db, config(), true, Arc::new(broker.clone())).await?;
         let table_name = service.outbox.table().to_owned();
@@ -55,8 +60,10 @@ pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Table> 
             txn_size: 100,
             writers: 4,
         };
-        let samples = load
-            .sampled(db, &service.outbox, duration, SLICES, || broker.clear())
+        let (samples, _) = load
+            .sampled(db, &service.outbox, duration, SLICES, Record::None, || {
+                broker.clear()
+            })
             .await?;
         let after = dead_tuples(db, &table_name).await?;
         if let Some(txn) = pin {
