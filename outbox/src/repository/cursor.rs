@@ -1296,18 +1296,22 @@ impl Cursors {
     ) -> Result<FailureOutcome> {
         let config = &repo.inner.config;
         let mut outcome = FailureOutcome::default();
-        let part_of = |failure: &Failure| {
-            parts
-                .iter()
-                .find(|part| part.ids.contains(&failure.id))
-                .map(|part| (part.partition, part.epoch))
-        };
+        // Each failure's partition and the epoch it was read under.
+        let located: Vec<Option<(i16, i64)>> = failures
+            .iter()
+            .map(|failure| {
+                parts
+                    .iter()
+                    .find(|part| part.ids.contains(&failure.id))
+                    .map(|part| (part.partition, part.epoch))
+            })
+            .collect();
         // The partitions of the failures that are still this relay's, each fenced once, in ascending order (see
         // `CursorSql::renew`).
-        let mut owned: BTreeMap<i16, (i64, bool)> = failures
+        let mut owned: BTreeMap<i16, (i64, bool)> = located
             .iter()
-            .filter_map(part_of)
-            .map(|(partition, epoch)| (partition, (epoch, false)))
+            .flatten()
+            .map(|&(partition, epoch)| (partition, (epoch, false)))
             .collect();
         for (partition, (epoch, still)) in &mut owned {
             let fenced = repo
@@ -1325,8 +1329,8 @@ impl Cursors {
                 .await?;
             *still = fenced > 0;
         }
-        for failure in failures {
-            let still = part_of(failure)
+        for (failure, located) in failures.iter().zip(&located) {
+            let still = located
                 .and_then(|(partition, _)| owned.get(&partition))
                 .is_some_and(|(_, still)| *still);
             if !still {
