@@ -12,7 +12,7 @@ use outbox::publisher::InMemoryPublisher;
 use outbox::sea_orm::DatabaseConnection;
 
 use crate::load::{Load, Record};
-use crate::report::Row;
+use crate::report::{Row, percentile};
 use crate::service::InService;
 use crate::{Result, Settings};
 
@@ -67,8 +67,8 @@ pub async fn run(db: &DatabaseConnection, settings: &Settings) -> Result<Vec<Row
             for _ in 0..settings.runs {
                 let mut latencies = measure(db, &load, wake, duration).await?;
                 latencies.sort_by(f64::total_cmp);
-                p50.values.push(latencies[latencies.len() / 2]);
-                p99.values.push(latencies[latencies.len() * 99 / 100]);
+                p50.values.push(percentile(&latencies, 50));
+                p99.values.push(percentile(&latencies, 99));
             }
             rows.extend([p50, p99]);
         }

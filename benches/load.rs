@@ -31,13 +31,13 @@ pub type Commit = (Uuid, Instant);
 pub enum Record {
     None,
     All,
-    /// About one event in a hundred, chosen by its id ([`sampled`]), so that a publisher can pick the same ones
+    /// About one event in a hundred, chosen by its id ([`in_sample`]), so that a publisher can pick the same ones
     /// without being told: a long run at a high rate keeps a few thousand times, not millions.
     Sample,
 }
 
 /// Whether the event `id` is one of the sampled ones (its id's random bits are uniform).
-pub fn sampled(id: &Uuid) -> bool {
+pub fn in_sample(id: &Uuid) -> bool {
     id.as_u128().is_multiple_of(100)
 }
 
@@ -116,7 +116,7 @@ impl Load {
                             Record::None => {}
                             Record::All => commits.extend(ids.into_iter().map(|id| (id, at))),
                             Record::Sample => {
-                                commits.extend(ids.into_iter().filter(sampled).map(|id| (id, at)))
+                                commits.extend(ids.into_iter().filter(in_sample).map(|id| (id, at)))
                             }
                         }
                     }

@@ -12,8 +12,8 @@
 //! Environment (see BENCHMARKS.md): `BENCH_SECONDS` (length of each timed load: sustained rate, stability run,
 //! latency measurement; default 60, 60 and 10), `BENCH_DELIVERY=cursor` (scenarios that do not compare the two
 //! designs themselves run under the commit-order cursor), `BENCH_RATES` (the sustained ladder, events/s, default
-//! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_PINNED_ONLY=1` (stability: only the run with a transaction
-//! pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`.
+//! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_PINNED_ONLY=1` (stability: only
+//! the run with a transaction pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`.
 
 mod baseline;
 mod brokers;

@@ -33,6 +33,11 @@ impl Row {
     }
 }
 
+/// The `p`-th percentile (0-100) of `sorted`, which is sorted and not empty: the value at that rank.
+pub fn percentile(sorted: &[f64], p: usize) -> f64 {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
 /// A markdown table.
 pub struct Table {
     pub header: Vec<&'static str>,

@@ -15,8 +15,8 @@ use outbox::sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::brokers::{NATS, prepare};
-use crate::load::{Commit, Load, Record, Sample, sampled};
-use crate::report::Table;
+use crate::load::{Commit, Load, Record, Sample, in_sample};
+use crate::report::{Table, percentile};
 use crate::service::InService;
 use crate::{Result, Settings};
 
@@ -116,9 +116,9 @@ fn row(rate: f64, samples: &[Sample], lags: &[f64]) -> Vec<String> {
             [] => "none acknowledged".to_owned(),
             _ => format!(
                 "{:.1} / {:.1} / {:.1} ({} events)",
-                lags[lags.len() / 2],
-                lags[lags.len() * 99 / 100],
-                lags[lags.len() - 1],
+                percentile(lags, 50),
+                percentile(lags, 99),
+                percentile(lags, 100),
                 lags.len()
             ),
         },
@@ -139,7 +139,7 @@ struct Timed {
 
 impl Timed {
     fn note(acked: &Mutex<Vec<(Uuid, Instant)>>, id: Uuid) {
-        if sampled(&id) {
+        if in_sample(&id) {
             let at = Instant::now();
             acked
                 .lock()
