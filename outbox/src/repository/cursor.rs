@@ -53,10 +53,9 @@ pub(crate) struct CursorSql {
     /// which is safe only while no relay reads.
     pub(crate) first_start_lock: Option<&'static str>,
     /// Run first in the transaction of a batch's reads, with the claim timeout (see [`Bounds`]) for each `?`:
-    /// makes the database plan each read for its values, and ends the session of a relay frozen inside the
-    /// transaction (it pins the oldest snapshot the database keeps rows for). A plan made for any values (what a
-    /// prepared statement gets after a few runs) walked a whole partition and sorted it for every batch (105 ms
-    /// instead of 1.5 ms per 1,000 events, `EXPLAIN ANALYZE`).
+    /// sets how the database plans the reads (PostgreSQL: no sorts, so each read walks the one index that gives
+    /// its order, and then one plan per connection; see `postgres.rs`), and ends the session of a relay frozen
+    /// inside the transaction (it pins the oldest snapshot the database keeps rows for).
     pub(crate) bound_read: Option<&'static str>,
     /// Run first in the transactions that record a batch's outcome (the cursor moved, events parked, failures),
     /// with the claim timeout for each `?`. They lock cursor rows, so the database must end the session of a
@@ -479,8 +478,8 @@ impl Cursors {
     }
 
     /// Opens every candidate's window in one statement, then reads the partitions that have events in turn, in
-    /// one transaction (only so that its statements are planned for their values, see [`CursorSql::bound_read`]; each
-    /// still sees what committed before it), until the batch is full or `most` partitions gave events. Returns
+    /// one transaction (only so that its statements are planned as [`CursorSql::bound_read`] sets; each still sees
+    /// what committed before it), until the batch is full or `most` partitions gave events. Returns
     /// the parts, their rows, and whether partitions with events were left unread. On an error, the partitions it
     /// had taken, to put back.
     async fn read_parts<C: sea_orm::ConnectionTrait>(
