@@ -91,6 +91,9 @@ impl Relay {
         let mut pause: Option<(Instant, bool)> = None;
         let mut trouble_streak: u32 = 0;
         let mut last_stats: Option<Instant> = None;
+        // The lag gauges are read beside the batches, never between them: under a cursor the counts walk the
+        // backlog (0.2 s for 100k events), which held every claim up each 10 s.
+        let mut gauges = tokio::task::JoinSet::new();
         let mut stopping = false;
         // Set when a batch gave events back (after a failure, an outage): the next claim waits until no batch is
         // in flight. Otherwise it would queue the same aggregate's events behind runs that are being given back,
@@ -107,21 +110,13 @@ impl Relay {
             let depth = self
                 .max_batches_in_flight
                 .unwrap_or_else(|| self.store.batches_in_flight());
+            while gauges.try_join_next().is_some() {}
             if config.enable_metrics
+                && gauges.is_empty()
                 && last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
             {
-                match self.store.stats().await {
-                    Ok(stats) => observe::lag(&stats),
-                    Err(error) => {
-                        tracing::warn!(target: "outbox", %error, "cannot read outbox lag")
-                    }
-                }
-                match self.store.partitions().await {
-                    Ok(partitions) => observe::partition_lag(&partitions),
-                    Err(error) => {
-                        tracing::warn!(target: "outbox", %error, "cannot read the partitions' lag")
-                    }
-                }
+                let relay = self.clone();
+                gauges.spawn(async move { relay.read_gauges().await });
                 last_stats = Some(Instant::now());
             }
 
@@ -231,6 +226,20 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Reads the lag gauges: the backlog, and under a cursor each partition's.
+    async fn read_gauges(&self) {
+        match self.store.stats().await {
+            Ok(stats) => observe::lag(&stats),
+            Err(error) => tracing::warn!(target: "outbox", %error, "cannot read outbox lag"),
+        }
+        match self.store.partitions().await {
+            Ok(partitions) => observe::partition_lag(&partitions),
+            Err(error) => {
+                tracing::warn!(target: "outbox", %error, "cannot read the partitions' lag")
+            }
+        }
     }
 
     /// Shutdown was requested: no more claims, and the batches in flight give back what they have not published.
