@@ -55,8 +55,8 @@ impl Shape {
 }
 
 /// PostgreSQL: 1 and 4 relays, batches of 1000, 100 and 4000, with and without table statistics, one batch in
-/// flight instead of two (claim, publish and mark one after another), and published rows deleted instead of
-/// marked.
+/// flight instead of two (claim, publish and mark one after another), published rows deleted instead of
+/// marked, and the commit-order cursor.
 /// `BENCH_DRAIN_ONLY` keeps the rows whose label contains it, for A/B runs and profiles of one shape.
 pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let one = Shape::one()?;
@@ -111,6 +111,14 @@ pub async fn postgres(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> 
                 ..one
             },
             "analyzed, delete on publish",
+        ),
+        (
+            Shape {
+                batch: 4000,
+                delivery: Delivery::Cursor,
+                ..one
+            },
+            "analyzed, commit-order cursor",
         ),
     ] {
         let label = format!(
