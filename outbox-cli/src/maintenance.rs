@@ -142,7 +142,13 @@ pub(crate) fn print_schema(backend: Backend, table: &str) -> Result<(), CliError
         Backend::Sqlite => sea_orm::DbBackend::Sqlite,
     };
     for statement in outbox::migration::schema(backend, table)? {
-        println!("{statement};\n");
+        // The mysql client ends a statement at its first `;`: a trigger's body has its own, so it goes between
+        // another delimiter.
+        if backend == sea_orm::DbBackend::MySql && statement.contains(';') {
+            println!("DELIMITER //\n{statement} //\nDELIMITER ;\n");
+        } else {
+            println!("{statement};\n");
+        }
     }
     Ok(())
 }

@@ -503,6 +503,58 @@ fn the_schema_prints_without_a_database() {
     );
 }
 
+/// What `migrate --print` gives a MariaDB DBA runs as it is in the `mariadb` client, the sequence trigger (whose body
+/// has semicolons of its own) included.
+#[test]
+fn the_mysql_schema_runs_in_the_mysql_client() {
+    let table = format!("print_{}", std::process::id());
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args([
+            "migrate",
+            "--print",
+            "--backend",
+            "mysql",
+            "--table",
+            &table,
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let client = |input: &[u8], query: &[&str]| {
+        let mut child = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-N", "test"])
+            .args(query)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the mariadb client (.ci/run installs MariaDB)");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let done = child.wait_with_output().unwrap();
+        assert!(done.status.success(), "{}", stderr(&done));
+        stdout(&done)
+    };
+    client(&output.stdout, &[]);
+    let triggers = client(
+        b"",
+        &[
+            "-e",
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+                 AND trigger_name = '{table}_seq'"
+            ),
+        ],
+    );
+    let drop: String = ["", "_lock", "_relays", "_sequences", "_cursors", "_parked"]
+        .iter()
+        .map(|suffix| format!("DROP TABLE IF EXISTS {table}{suffix};"))
+        .collect();
+    client(drop.as_bytes(), &[]);
+    assert_eq!(triggers.trim(), "1");
+}
+
 #[test]
 fn usage_errors_say_what_is_missing() {
     let run = |args: &[&str]| {

@@ -42,16 +42,21 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
 -- cursor"). MySQL has no ADD COLUMN IF NOT EXISTS: the migration asks the catalog first.
 ALTER TABLE outbox_events ADD COLUMN partition_no SMALLINT NULL;
 -- The commit-order cursor (docs/design.md, "The commit-order cursor"). MySQL has no snapshot a reader can take,
--- so commit order comes from the writer: under OUTBOX_DELIVERY=cursor, add_event takes the next numbers of its
--- partition's counter row in the caller's transaction and stores them in `seq`. The counter row stays locked until
--- that transaction ends, so a partition's numbers are handed out, and made visible, in commit order; a rollback
--- takes its numbers back with it.
+-- so commit order comes from the writer: under OUTBOX_DELIVERY=cursor, each event stored takes the next number of
+-- its partition's counter row in the writer's transaction (the trigger below) and keeps it in `seq`. The counter
+-- row stays locked until that transaction ends, so a partition's numbers are handed out, and made visible, in
+-- commit order; a rollback takes its numbers back with it.
 ALTER TABLE outbox_events ADD COLUMN seq BIGINT NULL;
 ALTER TABLE outbox_events ADD INDEX outbox_events_log_idx (partition_no, seq);
 CREATE TABLE IF NOT EXISTS outbox_events_sequences (
     partition_no SMALLINT NOT NULL PRIMARY KEY,
     next_seq     BIGINT   NOT NULL
 ) ENGINE = InnoDB;
+-- Numbers the events add_event stores with `seq = 0` (under the cursor) from their partitions' counter rows, as
+-- they are inserted: in the INSERT itself the numbers cost the writer no round trip of their own, and they
+-- commit with their events even outside a transaction. Rows stored with a number (adoption) or none (`rows`
+-- writers) are left alone.
+CREATE TRIGGER IF NOT EXISTS outbox_events_seq BEFORE INSERT ON outbox_events FOR EACH ROW IF NEW.seq = 0 THEN INSERT INTO outbox_events_sequences (partition_no, next_seq) VALUES (NEW.partition_no, LAST_INSERT_ID(1)) ON DUPLICATE KEY UPDATE next_seq = LAST_INSERT_ID(next_seq + 1); SET NEW.seq = LAST_INSERT_ID(); END IF;
 CREATE TABLE IF NOT EXISTS outbox_events_cursors (
     partition_no SMALLINT NOT NULL PRIMARY KEY,
     partitions   SMALLINT NOT NULL,

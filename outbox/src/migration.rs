@@ -177,6 +177,7 @@ async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<boo
         ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Table, *name),
         ["CREATE", "INDEX", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Index, *name),
         ["CREATE", "OR", "REPLACE", "TRIGGER", name, ..] => (SchemaObject::Trigger, *name),
+        ["CREATE", "TRIGGER", "IF", "NOT", "EXISTS", name, ..] => (SchemaObject::Trigger, *name),
         // MySQL's form: it has no `CREATE INDEX IF NOT EXISTS`.
         ["ALTER", "TABLE", _, "ADD", "INDEX", name, ..] => (SchemaObject::Index, *name),
         ["ALTER", "TABLE", name, "SET", "(fillfactor", "=", "50)"] => {

@@ -42,12 +42,15 @@ pub enum RepositoryError {
         "the claim lock row of `{0}_lock` is missing and could not be recreated: run the outbox migration again"
     )]
     MissingLockRow(String),
-    /// `add_event` outside a transaction under `OUTBOX_DELIVERY=cursor` on MySQL or MariaDB, where an event's
-    /// place in its partition's commit order is taken in the writer's transaction; nothing was stored.
+    /// `add_event` outside a transaction under `OUTBOX_DELIVERY=cursor` on a MariaDB table migrated before its
+    /// sequence trigger existed: the writer takes the event's place in its partition's commit order with a
+    /// statement of its own, which must commit with the event; nothing was stored. Running the migration again
+    /// adds the trigger, which numbers events as they are inserted, in a transaction or not.
     #[error(
-        "outbox table `{table}`: under OUTBOX_DELIVERY=cursor, MySQL and MariaDB need add_event inside a \
-         transaction (the event and its place in its partition's commit order are stored together): pass a \
-         transaction (`db.begin()`), not the connection"
+        "outbox table `{table}`: under OUTBOX_DELIVERY=cursor, this MariaDB table (migrated before its `_seq` \
+         trigger existed) needs add_event inside a transaction (the event and its place in its partition's \
+         commit order are stored together): run the outbox migration again, or pass a transaction \
+         (`db.begin()`), not the connection"
     )]
     CursorNeedsTransaction {
         /// The outbox table.

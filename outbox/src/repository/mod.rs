@@ -93,6 +93,9 @@ struct Inner {
     scan: ScanStart,
     /// Whether the MySQL-family server is MariaDB (it can end idle transactions), learnt at the first claim.
     mariadb: std::sync::OnceLock<bool>,
+    /// Whether the MySQL-family table numbers events as they are inserted (its `_seq` trigger), learnt at the
+    /// first `add_event` under the cursor.
+    sequence_trigger: std::sync::OnceLock<bool>,
 }
 
 impl Default for OutboxRepository {
@@ -144,6 +147,7 @@ impl RepositoryBuilder {
                 registry: self.registry.unwrap_or_else(Registry::global),
                 scan: ScanStart::default(),
                 mariadb: std::sync::OnceLock::new(),
+                sequence_trigger: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -171,6 +175,7 @@ impl OutboxRepository {
                 registry: Registry::global(),
                 scan: ScanStart::default(),
                 mariadb: std::sync::OnceLock::new(),
+                sequence_trigger: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -260,25 +265,23 @@ impl OutboxRepository {
                 i16::try_from(partition).unwrap_or_default()
             })
             .collect();
-        // Where commit order is the writer's to keep (MySQL under the cursor), each event's place in it, taken
-        // last before the INSERTs: the counter rows stay locked until the caller's transaction ends.
+        // Where commit order is the writer's to keep (MySQL under the cursor), each event's place in it, taken at
+        // the INSERTs: the counter rows stay locked until the caller's transaction ends. The events go in partition
+        // order, so that a writer of several partitions takes their counters in one direction.
         let sequenced =
             self.inner.config.delivery == crate::Delivery::Cursor && dialect.cursor.sequenced;
+        let mut order: Vec<usize> = (0..envelopes.len()).collect();
         let places = if sequenced {
-            Some(self.sequence(db, &partitions).await?)
+            order.sort_by_key(|&at| partitions[at]);
+            Some(self.places(db, &partitions).await?)
         } else {
             None
         };
         let columns = if sequenced { 13 } else { 12 };
-        let mut ids = Vec::with_capacity(envelopes.len());
-        for (n, (chunk, payloads)) in envelopes
-            .chunks(sql::CHUNK)
-            .zip(payloads.chunks(sql::CHUNK))
-            .enumerate()
-        {
+        for chunk in order.chunks(sql::CHUNK) {
             let mut values = Vec::with_capacity(chunk.len() * columns);
-            for (i, (envelope, payload)) in chunk.iter().zip(payloads).enumerate() {
-                let at = n * sql::CHUNK + i;
+            for &at in chunk {
+                let (envelope, payload) = (&envelopes[at], &payloads[at]);
                 let event = envelope.event().as_dyn();
                 let meta = event.meta();
                 let aggregate_id = event.aggregate_id();
@@ -300,7 +303,6 @@ impl OutboxRepository {
                 if let Some(places) = &places {
                     values.push(places[at].into());
                 }
-                ids.push(envelope.event_id());
             }
             let rows = vec![format!("({})", sql::placeholders(columns)); chunk.len()].join(", ");
             let insert = format!(
@@ -310,7 +312,7 @@ impl OutboxRepository {
             );
             self.execute(db, "storing events", &insert, values).await?;
         }
-        Ok(ids)
+        Ok(envelopes.iter().map(EventEnvelope::event_id).collect())
     }
 
     fn statement(&self, backend: DbBackend, query: &str, values: Vec<Value>) -> Statement {

@@ -57,6 +57,10 @@ fn catalog(object: SchemaObject) -> &'static str {
             "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
              AND index_name = ?"
         }
+        SchemaObject::Trigger => {
+            "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE() \
+             AND trigger_name = ?"
+        }
         _ => {
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
         }
@@ -257,6 +261,43 @@ impl OutboxRepository {
         }
     }
 
+    /// What `add_event` stores in `seq` for events of the partitions `partitions` (one per event, in order), to
+    /// place them in commit order: `0` for each where the table's trigger numbers them as they are inserted (the
+    /// migration creates it), else their numbers, taken here (see [`sequence`](Self::sequence)).
+    pub(super) async fn places<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        partitions: &[i16],
+    ) -> Result<Vec<i64>> {
+        self.check_sequenced(db).await?;
+        if self.has_sequence_trigger(db).await? {
+            Ok(vec![0; partitions.len()])
+        } else {
+            self.sequence(db, partitions).await
+        }
+    }
+
+    /// Whether the table has the trigger that numbers events as they are inserted, asked once. A table migrated
+    /// by an older version lacks it until the migration runs again; its writers take their numbers themselves.
+    async fn has_sequence_trigger<C: ConnectionTrait>(&self, db: &C) -> Result<bool> {
+        if let Some(&present) = self.inner.sequence_trigger.get() {
+            return Ok(present);
+        }
+        let count = self
+            .query(
+                db,
+                "looking for the sequence trigger",
+                catalog(SchemaObject::Trigger),
+                vec![format!("{}_seq", self.table()).into()],
+            )
+            .await?;
+        let present = count
+            .first()
+            .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+            .is_some_and(|n| n > 0);
+        Ok(*self.inner.sequence_trigger.get_or_init(|| present))
+    }
+
     /// Places in commit order for events of the partitions `partitions` (one per event, in order), each partition's
     /// numbers taken at once from its sequence in the caller's transaction `db`. Partitions are taken in
     /// ascending order, so two writers of several partitions wait for each other's counters in one direction.
@@ -318,6 +359,9 @@ const LOCK_FIRST_START: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE"
 /// (MariaDB 10.6; MySQL 8 has `JSON_TABLE` too, but not the `@@in_transaction` the sequence relies on, so the
 /// cursor is refused there: [`RepositoryError::CursorUnsupported`]).
 ///
+/// A `seq` of `0` is an event the table's trigger should have numbered but did not (it was dropped after a writer
+/// saw it): it is adopted like an event stored without a number, rather than left below every window.
+///
 /// Events adopted before a partition's cursor exists (stored before the upgrade, see `cursor.rs`) are placed
 /// below every number a counter hands out (their id minus 2^62), so they go first, in id order, as on the other
 /// backends; no relay reads yet, and the first start is serialized by the claim lock row. Events adopted later
@@ -332,7 +376,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     bound_settle: Some(BOUND_MARIADB),
     unbound_settle: Some(RESTORE_MARIADB),
     bounds: Bounds::Seconds,
-    legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} WHERE status = 0 AND seq IS NULL \
+    legacy: "SELECT id, aggregate_type, aggregate_id FROM {t} WHERE status = 0 AND (seq IS NULL OR seq = 0) \
         AND (partition_no IS NULL OR partition_no IN ({partitions})) ORDER BY id LIMIT ?",
     adopt: "UPDATE {t} o JOIN (SELECT i.id, q.p, s.seq \
           FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id BIGINT PATH '$')) i \
@@ -341,10 +385,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ON o.id = v.id SET o.partition_no = v.p, o.seq = CASE \
           WHEN EXISTS (SELECT 1 FROM {t}_cursors c WHERE c.partition_no = v.p) THEN v.seq \
           ELSE o.id - 4611686018427387904 END \
-        WHERE o.seq IS NULL",
+        WHERE o.seq IS NULL OR o.seq = 0",
     create: "INSERT IGNORE INTO {t}_cursors (partition_no, partitions, snap_from) \
         SELECT g.n, ?, CAST(COALESCE( \
-          (SELECT MIN(o.seq) - 1 FROM {t} o WHERE o.status = 0 AND o.partition_no = g.n AND o.seq IS NOT NULL), \
+          (SELECT MIN(o.seq) - 1 FROM {t} o WHERE o.status = 0 AND o.partition_no = g.n AND o.seq <> 0), \
           (SELECT s.next_seq FROM {t}_sequences s WHERE s.partition_no = g.n), 0) AS CHAR) \
         FROM JSON_TABLE('[{partitions}]', '$[*]' COLUMNS (n INT PATH '$')) g WHERE g.n < ?",
     analyze: "ANALYZE TABLE {t}_cursors",
@@ -402,10 +446,10 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
             WHERE o.status = 0) \
           + (SELECT COUNT(*) FROM {t}_parked) \
-          + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND seq IS NULL \
+          + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (seq IS NULL OR seq = 0) \
             AND (partition_no IS NULL OR partition_no IN ({partitions}))) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
-            WHERE status = 0 AND seq IS NOT NULL) END AS SIGNED), \
+            WHERE status = 0 AND seq <> 0) END AS SIGNED), \
         (SELECT MIN(o.occurred_at) FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
             AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
             WHERE o.status = 0)",
