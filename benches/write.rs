@@ -1,9 +1,12 @@
-//! Write overhead: single-row transactions with and without `add_event`, and 100-event transactions.
+//! Write overhead: single-row transactions with and without `add_event`, and 100-event transactions, on the
+//! database of `BENCH_DATABASE_URL` (PostgreSQL, MySQL/MariaDB or SQLite).
 
 use std::time::Instant;
 
 use outbox::OutboxConfig;
-use outbox::sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use outbox::sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value,
+};
 use uuid::Uuid;
 
 use crate::Result;
@@ -16,18 +19,32 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let mut with = Row::new("1-row txn + add_event", "txn/s");
     let mut quiet = Row::new("1-row txn + add_event, NOTIFY trigger dropped", "txn/s");
     let mut batch = Row::new("add_events, 100 per txn", "events/s");
+    let backend = db.get_database_backend();
+    let (id_type, insert_user) = match backend {
+        DbBackend::Postgres => ("UUID", "INSERT INTO {t}_users (id, email) VALUES ($1, $2)"),
+        DbBackend::MySql => ("CHAR(36)", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
+        _ => ("TEXT", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
+    };
+    // Only PostgreSQL has a wake-up trigger to drop.
+    let designs: &[(bool, bool)] = if backend == DbBackend::Postgres {
+        &[(false, true), (true, true), (true, false)]
+    } else {
+        &[(false, true), (true, true)]
+    };
     for _ in 0..runs {
         let outbox = fresh(db, OutboxConfig::default()).await?;
         let table = outbox.table().to_owned();
         db.execute_unprepared(&format!(
-            "CREATE TABLE {table}_users (id UUID PRIMARY KEY, email TEXT NOT NULL)"
+            "CREATE TABLE {table}_users (id {id_type} PRIMARY KEY, email TEXT NOT NULL)"
         ))
         .await?;
-        for (row, use_outbox, notify) in [
-            (&mut plain, false, true),
-            (&mut with, true, true),
-            (&mut quiet, true, false),
-        ] {
+        let insert_user = insert_user.replace("{t}", &table);
+        for &(use_outbox, notify) in designs {
+            let row = match (use_outbox, notify) {
+                (false, _) => &mut plain,
+                (true, true) => &mut with,
+                (true, false) => &mut quiet,
+            };
             if !notify {
                 // How much of the overhead is the wake-up signal (relays then poll).
                 db.execute_unprepared(&format!("DROP TRIGGER {table}_notify ON {table}"))
@@ -37,10 +54,15 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
             for i in 0..n {
                 let txn = db.begin().await?;
                 let id = Uuid::now_v7();
+                let id: Value = if backend == DbBackend::Postgres {
+                    id.into()
+                } else {
+                    id.to_string().into()
+                };
                 txn.execute_raw(Statement::from_sql_and_values(
-                    txn.get_database_backend(),
-                    format!("INSERT INTO {table}_users (id, email) VALUES ($1, $2)"),
-                    [id.into(), format!("u{i}@example.com").into()],
+                    backend,
+                    insert_user.as_str(),
+                    [id, format!("u{i}@example.com").into()],
                 ))
                 .await?;
                 if use_outbox {
@@ -61,5 +83,10 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         batch.values.push(20_000.0 / start.elapsed().as_secs_f64());
         drop_tables(db, &outbox).await?;
     }
-    Ok(vec![plain, with, quiet, batch])
+    let rows = if backend == DbBackend::Postgres {
+        vec![plain, with, quiet, batch]
+    } else {
+        vec![plain, with, batch]
+    };
+    Ok(rows)
 }
