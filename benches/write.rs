@@ -1,9 +1,10 @@
 //! Write overhead: single-row transactions with and without `add_event`, and 100-event transactions, on the
 //! database of `BENCH_DATABASE_URL` (PostgreSQL, MySQL/MariaDB or SQLite).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outbox::OutboxConfig;
+use outbox::repository::OutboxRepository;
 use outbox::sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value,
 };
@@ -13,23 +14,22 @@ use crate::Result;
 use crate::report::Row;
 use crate::workload::{drop_tables, event, fresh};
 
+/// Transactions per design and run, written in rounds that take turns, so that a machine whose disk or CPU
+/// drifts during the run (commits here vary twofold from minute to minute) weighs on every design alike.
+const PER_DESIGN: usize = 2000;
+const ROUNDS: usize = 20;
+
 pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
-    let n = 2000;
+    let backend = db.get_database_backend();
     let mut plain = Row::new("1-row txn, no outbox", "txn/s");
     let mut with = Row::new("1-row txn + add_event", "txn/s");
     let mut quiet = Row::new("1-row txn + add_event, NOTIFY trigger dropped", "txn/s");
+    let mut overhead = Row::new("add_event's overhead on a 1-row txn", "%");
     let mut batch = Row::new("add_events, 100 per txn", "events/s");
-    let backend = db.get_database_backend();
     let (id_type, insert_user) = match backend {
         DbBackend::Postgres => ("UUID", "INSERT INTO {t}_users (id, email) VALUES ($1, $2)"),
         DbBackend::MySql => ("CHAR(36)", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
         _ => ("TEXT", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
-    };
-    // Only PostgreSQL has a wake-up trigger to drop.
-    let designs: &[(bool, bool)] = if backend == DbBackend::Postgres {
-        &[(false, true), (true, true), (true, false)]
-    } else {
-        &[(false, true), (true, true)]
     };
     for _ in 0..runs {
         let outbox = fresh(db, OutboxConfig::default()).await?;
@@ -39,38 +39,41 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         ))
         .await?;
         let insert_user = insert_user.replace("{t}", &table);
-        for &(use_outbox, notify) in designs {
-            let row = match (use_outbox, notify) {
-                (false, _) => &mut plain,
-                (true, true) => &mut with,
-                (true, false) => &mut quiet,
-            };
-            if !notify {
-                // How much of the overhead is the wake-up signal (relays then poll).
-                db.execute_unprepared(&format!("DROP TRIGGER {table}_notify ON {table}"))
-                    .await?;
-            }
-            let start = Instant::now();
-            for i in 0..n {
-                let txn = db.begin().await?;
-                let id = Uuid::now_v7();
-                let id: Value = if backend == DbBackend::Postgres {
-                    id.into()
-                } else {
-                    id.to_string().into()
-                };
-                txn.execute_raw(Statement::from_sql_and_values(
-                    backend,
-                    insert_user.as_str(),
-                    [id, format!("u{i}@example.com").into()],
-                ))
+        // How much of the overhead is the wake-up signal (relays then poll): a second table without it, on
+        // PostgreSQL, the one database with a wake-up trigger.
+        let silent = if backend == DbBackend::Postgres {
+            let silent = fresh(db, outbox.config().clone()).await?;
+            let name = silent.table();
+            db.execute_unprepared(&format!("DROP TRIGGER {name}_notify ON {name}"))
                 .await?;
-                if use_outbox {
-                    outbox.add_event(&txn, event(i)).await?;
+            Some(silent)
+        } else {
+            None
+        };
+        let designs: Vec<Option<&OutboxRepository>> = [None, Some(&outbox)]
+            .into_iter()
+            .chain(silent.as_ref().map(Some))
+            .collect();
+        let mut elapsed = vec![Duration::ZERO; designs.len()];
+        let mut i = 0;
+        for _ in 0..ROUNDS {
+            for (design, took) in designs.iter().zip(&mut elapsed) {
+                let start = Instant::now();
+                for _ in 0..PER_DESIGN / ROUNDS {
+                    one_row_txn(db, &insert_user, *design, i).await?;
+                    i += 1;
                 }
-                txn.commit().await?;
+                *took += start.elapsed();
             }
-            row.values.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        let rate = |took: Duration| PER_DESIGN as f64 / took.as_secs_f64();
+        plain.values.push(rate(elapsed[0]));
+        with.values.push(rate(elapsed[1]));
+        overhead
+            .values
+            .push((elapsed[1].as_secs_f64() / elapsed[0].as_secs_f64() - 1.0) * 100.0);
+        if let Some(&took) = elapsed.get(2) {
+            quiet.values.push(rate(took));
         }
         let start = Instant::now();
         for chunk in 0..200 {
@@ -82,11 +85,42 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         }
         batch.values.push(20_000.0 / start.elapsed().as_secs_f64());
         drop_tables(db, &outbox).await?;
+        if let Some(silent) = &silent {
+            drop_tables(db, silent).await?;
+        }
     }
-    let rows = if backend == DbBackend::Postgres {
-        vec![plain, with, quiet, batch]
-    } else {
-        vec![plain, with, batch]
-    };
+    let mut rows = vec![plain, with, overhead];
+    if !quiet.values.is_empty() {
+        rows.push(quiet);
+    }
+    rows.push(batch);
     Ok(rows)
+}
+
+/// One transaction: a `users` row and, given a repository, its event.
+async fn one_row_txn(
+    db: &DatabaseConnection,
+    insert_user: &str,
+    outbox: Option<&OutboxRepository>,
+    i: usize,
+) -> Result<()> {
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    let id = Uuid::now_v7();
+    let id: Value = if backend == DbBackend::Postgres {
+        id.into()
+    } else {
+        id.to_string().into()
+    };
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        insert_user,
+        [id, format!("u{i}@example.com").into()],
+    ))
+    .await?;
+    if let Some(outbox) = outbox {
+        outbox.add_event(&txn, event(i)).await?;
+    }
+    txn.commit().await?;
+    Ok(())
 }
