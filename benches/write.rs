@@ -28,7 +28,10 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     let mut batch = Row::new("add_events, 100 per txn", "events/s");
     let (id_type, insert_user) = match backend {
         DbBackend::Postgres => ("UUID", "INSERT INTO {t}_users (id, email) VALUES ($1, $2)"),
-        DbBackend::MySql => ("CHAR(36)", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
+        DbBackend::MySql => (
+            "CHAR(36)",
+            "INSERT INTO {t}_users (id, email) VALUES (?, ?)",
+        ),
         _ => ("TEXT", "INSERT INTO {t}_users (id, email) VALUES (?, ?)"),
     };
     for _ in 0..runs {

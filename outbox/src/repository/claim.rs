@@ -39,17 +39,22 @@ pub(crate) struct LeasedRow {
     pub(crate) id: i64,
     pub(crate) aggregate_type: String,
     pub(crate) aggregate_id: String,
+    /// Whether the aggregate could be read (else it is empty here, and decoding dead-letters the row).
+    keyed: bool,
     row: QueryResult,
 }
 
 impl LeasedRow {
     /// A row read with [`sql::COLUMNS`](super::sql::COLUMNS) first, keyed by its id and aggregate.
     pub(crate) fn new(row: QueryResult) -> Self {
-        let (id, aggregate_type, aggregate_id) = row::lease_key(&row);
+        let (id, aggregate) = row::lease_key(&row);
+        let keyed = aggregate.is_some();
+        let (aggregate_type, aggregate_id) = aggregate.unwrap_or_default();
         Self {
             id,
             aggregate_type,
             aggregate_id,
+            keyed,
             row,
         }
     }
@@ -163,11 +168,11 @@ impl OutboxRepository {
             events: Vec::with_capacity(rows.len()),
             dead_lettered: Vec::new(),
         };
-        for row in &rows {
+        for row in rows {
             // Decoding a batch takes milliseconds: yield to the runtime's other tasks (the relay's next claim, the
             // service) when tokio's budget says so.
             tokio::task::consume_budget().await;
-            match self.decode_claimed(&row.row) {
+            match self.decode_claimed(row) {
                 Ok(event) => claim.events.push(event),
                 Err(dead) => claim.dead_lettered.push(dead),
             }
@@ -209,13 +214,21 @@ impl OutboxRepository {
         ))
     }
 
-    fn decode_claimed(&self, row: &QueryResult) -> std::result::Result<ClaimedEvent, DeadLettered> {
-        let id: i64 = row.try_get_by_index(0).unwrap_or_default();
-        let stored = StoredEvent::from_row(row).map_err(|e| DeadLettered {
+    fn decode_claimed(&self, leased: LeasedRow) -> std::result::Result<ClaimedEvent, DeadLettered> {
+        let LeasedRow {
             id,
-            event_type: row.try_get_by_index::<String>(2).unwrap_or_default(),
-            reason: format!("unreadable row: {e}"),
-        })?;
+            aggregate_type,
+            aggregate_id,
+            keyed,
+            row,
+        } = leased;
+        let stored =
+            StoredEvent::from_row_with(&row, keyed.then_some((aggregate_type, aggregate_id)))
+                .map_err(|e| DeadLettered {
+                    id,
+                    event_type: row.try_get_by_index::<String>(2).unwrap_or_default(),
+                    reason: format!("unreadable row: {e}"),
+                })?;
         match stored.decode_with(self.inner.registry) {
             Ok(envelope) => Ok(ClaimedEvent {
                 id: stored.id,

@@ -75,17 +75,22 @@ pub struct StoredEvent {
 }
 
 /// A [`StoredEvent`] from the columns of [`sql::COLUMNS`], read with `$row.$get(index)` (sea-orm's getter, or
-/// sqlx's on PostgreSQL), given the event id and the status, whose reading differs between the two.
+/// sqlx's on PostgreSQL), given the event id and the status, whose reading differs between the two, and the
+/// aggregate (columns 4 and 5) where it was read already.
 macro_rules! stored_event {
-    ($row:ident . $get:ident, $event_id:expr, $status:expr) => {{
+    ($row:ident . $get:ident, $event_id:expr, $status:expr, $aggregate:expr) => {{
         let attempts: i32 = $row.$get(13)?;
+        let (aggregate_type, aggregate_id) = match $aggregate {
+            Some(aggregate) => aggregate,
+            None => ($row.$get(4)?, $row.$get(5)?),
+        };
         StoredEvent {
             id: $row.$get(0)?,
             event_id: $event_id,
             event_type: $row.$get(2)?,
             data_version: $row.$get(3)?,
-            aggregate_type: $row.$get(4)?,
-            aggregate_id: $row.$get(5)?,
+            aggregate_type,
+            aggregate_id,
             payload: $row.$get(6)?,
             correlation_id: $row.$get(7)?,
             causation_id: $row.$get(8)?,
@@ -103,9 +108,18 @@ macro_rules! stored_event {
 impl StoredEvent {
     /// Reads a row selected with [`sql::COLUMNS`].
     pub(crate) fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
+        Self::from_row_with(row, None)
+    }
+
+    /// [`from_row`](Self::from_row) for a row whose aggregate (type, id) was read already, as a claim reads it
+    /// to order the batch before decoding: not decoded twice.
+    pub(crate) fn from_row_with(
+        row: &QueryResult,
+        aggregate: Option<(String, String)>,
+    ) -> Result<Self, DbErr> {
         #[cfg(feature = "postgres")]
         if let Some(row) = row.try_as_pg_row() {
-            return Self::from_pg_row(row).map_err(|e| DbErr::Type(e.to_string()));
+            return Self::from_pg_row(row, aggregate).map_err(|e| DbErr::Type(e.to_string()));
         }
         // MySQL and SQLite store the event id as text.
         let text: String = row.try_get_by_index(1)?;
@@ -115,7 +129,8 @@ impl StoredEvent {
         Ok(stored_event!(
             row.try_get_by_index,
             event_id,
-            EventStatus::from_code(status).map_err(DbErr::Type)?
+            EventStatus::from_code(status).map_err(DbErr::Type)?,
+            aggregate
         ))
     }
 
@@ -123,13 +138,17 @@ impl StoredEvent {
     /// every NULL they read, and reading a row through them was 10.5k instructions, a quarter of the relay's work
     /// per event in a drain; 6.1k this way (callgrind).
     #[cfg(feature = "postgres")]
-    fn from_pg_row(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Self, sea_orm::sqlx::Error> {
+    fn from_pg_row(
+        row: &sea_orm::sqlx::postgres::PgRow,
+        aggregate: Option<(String, String)>,
+    ) -> Result<Self, sea_orm::sqlx::Error> {
         use sea_orm::sqlx::Row;
         let status: i16 = row.try_get(12)?;
         Ok(stored_event!(
             row.try_get,
             row.try_get(1)?,
-            EventStatus::from_code(status).map_err(|e| sea_orm::sqlx::Error::Decode(e.into()))?
+            EventStatus::from_code(status).map_err(|e| sea_orm::sqlx::Error::Decode(e.into()))?,
+            aggregate
         ))
     }
 
@@ -166,9 +185,7 @@ impl StoredEvent {
     }
 
     fn envelope<E>(&self, event: E) -> EventEnvelope<E> {
-        let mut envelope = EventEnvelope::new(event)
-            .with_event_id(self.event_id)
-            .with_occurred_at(self.occurred_at);
+        let mut envelope = EventEnvelope::stored(event, self.event_id, self.occurred_at);
         if let Some(correlation) = &self.correlation_id {
             envelope = envelope.with_correlation_id(correlation.clone());
         }
@@ -189,20 +206,20 @@ impl StoredEvent {
 }
 
 /// The id and aggregate of a claimed row (columns 0, 4 and 5 of [`sql::COLUMNS`]), read before the row is decoded.
-/// What cannot be read comes back empty: the decoding dead-letters that row.
-pub(crate) fn lease_key(row: &QueryResult) -> (i64, String, String) {
+/// An id that cannot be read comes back 0, an aggregate `None`: the decoding dead-letters that row.
+pub(crate) fn lease_key(row: &QueryResult) -> (i64, Option<(String, String)>) {
     #[cfg(feature = "postgres")]
     if let Some(row) = row.try_as_pg_row() {
         use sea_orm::sqlx::Row;
         return (
             row.try_get(0).unwrap_or_default(),
-            row.try_get(4).unwrap_or_default(),
-            row.try_get(5).unwrap_or_default(),
+            row.try_get(4).ok().zip(row.try_get(5).ok()),
         );
     }
     (
         row.try_get_by_index(0).unwrap_or_default(),
-        row.try_get_by_index(4).unwrap_or_default(),
-        row.try_get_by_index(5).unwrap_or_default(),
+        row.try_get_by_index(4)
+            .ok()
+            .zip(row.try_get_by_index(5).ok()),
     )
 }
