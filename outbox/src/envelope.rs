@@ -65,6 +65,7 @@ impl<E> EventEnvelope<E> {
     /// An event read back from the outbox table, with the id and time it was recorded with. Not `new` and then
     /// the builders: `new` draws a v7 id (a `getrandom` call) and reads the clock, 6% of a relay's CPU in a drain
     /// for values thrown away at once (`perf`).
+    #[cfg(feature = "sea-orm")]
     pub(crate) fn stored(event: E, event_id: Uuid, occurred_at: DateTime<Utc>) -> Self {
         Self {
             event_id,
