@@ -231,22 +231,33 @@ const TAKE_SEQUENCE: &str = "INSERT INTO {t}_sequences (partition_no, next_seq) 
 impl OutboxRepository {
     /// Whether the server is MariaDB rather than MySQL, asked once.
     pub(super) async fn is_mariadb<C: ConnectionTrait>(&self, db: &C) -> Result<bool> {
-        if let Some(&mariadb) = self.inner.mariadb.get() {
-            return Ok(mariadb);
+        self.asked_once(
+            db,
+            &self.inner.mariadb,
+            ("reading the server version", "SELECT VERSION()", Vec::new()),
+            |row| {
+                row.try_get_by_index::<String>(0)
+                    .is_ok_and(|v| is_mariadb(&v))
+            },
+        )
+        .await
+    }
+
+    /// `cell`'s answer, asked of the server the first time with `(operation, query, values)`; `judge` reads the
+    /// first row (no row: no).
+    async fn asked_once<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        cell: &std::sync::OnceLock<bool>,
+        (operation, query, values): (&'static str, &str, Vec<Value>),
+        judge: impl FnOnce(&QueryResult) -> bool,
+    ) -> Result<bool> {
+        if let Some(&answer) = cell.get() {
+            return Ok(answer);
         }
-        let version = self
-            .query(
-                db,
-                "reading the server version",
-                "SELECT VERSION()",
-                Vec::new(),
-            )
-            .await?;
-        let mariadb = version
-            .first()
-            .and_then(|row| row.try_get_by_index::<String>(0).ok())
-            .is_some_and(|v| is_mariadb(&v));
-        Ok(*self.inner.mariadb.get_or_init(|| mariadb))
+        let rows = self.query(db, operation, query, values).await?;
+        let answer = rows.first().is_some_and(judge);
+        Ok(*cell.get_or_init(|| answer))
     }
 
     /// The cursor's sequence tells a transaction from autocommit by MariaDB's `@@in_transaction`, which MySQL
@@ -280,22 +291,18 @@ impl OutboxRepository {
     /// Whether the table has the trigger that numbers events as they are inserted, asked once. A table migrated
     /// by an older version lacks it until the migration runs again; its writers take their numbers themselves.
     async fn has_sequence_trigger<C: ConnectionTrait>(&self, db: &C) -> Result<bool> {
-        if let Some(&present) = self.inner.sequence_trigger.get() {
-            return Ok(present);
-        }
-        let count = self
-            .query(
-                db,
+        let name = format!("{}_seq", self.table());
+        self.asked_once(
+            db,
+            &self.inner.sequence_trigger,
+            (
                 "looking for the sequence trigger",
                 catalog(SchemaObject::Trigger),
-                vec![format!("{}_seq", self.table()).into()],
-            )
-            .await?;
-        let present = count
-            .first()
-            .and_then(|row| row.try_get_by_index::<i64>(0).ok())
-            .is_some_and(|n| n > 0);
-        Ok(*self.inner.sequence_trigger.get_or_init(|| present))
+                vec![name.into()],
+            ),
+            |row| row.try_get_by_index::<i64>(0).is_ok_and(|n| n > 0),
+        )
+        .await
     }
 
     /// Places in commit order for events of the partitions `partitions` (one per event, in order), each partition's
