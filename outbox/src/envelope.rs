@@ -52,20 +52,12 @@ impl<E> EventEnvelope<E> {
     /// Times are kept to the microsecond, the precision databases store, so an event reads back from the outbox
     /// table with exactly the time it was recorded with.
     pub fn new(event: E) -> Self {
-        Self {
-            event_id: Uuid::now_v7(),
-            occurred_at: Utc::now().trunc_subsecs(6),
-            correlation_id: None,
-            causation_id: None,
-            trace_context: None,
-            event,
-        }
+        Self::stored(event, Uuid::now_v7(), Utc::now())
     }
 
-    /// An event read back from the outbox table, with the id and time it was recorded with. Not `new` and then
-    /// the builders: `new` draws a v7 id (a `getrandom` call) and reads the clock, 6% of a relay's CPU in a drain
-    /// for values thrown away at once (`perf`).
-    #[cfg(feature = "sea-orm")]
+    /// `event` with the id and time given, as an event read back from the outbox table has them. The repository
+    /// does not go through `new` and the builders: `new` draws a v7 id (a `getrandom` call) and reads the clock,
+    /// 6% of a relay's CPU in a drain for values thrown away at once (`perf`).
     pub(crate) fn stored(event: E, event_id: Uuid, occurred_at: DateTime<Utc>) -> Self {
         Self {
             event_id,

@@ -308,12 +308,13 @@ impl OutboxRepository {
     /// Places in commit order for events of the partitions `partitions` (one per event, in order), each partition's
     /// numbers taken at once from its sequence in the caller's transaction `db`. Partitions are taken in
     /// ascending order, so two writers of several partitions wait for each other's counters in one direction.
+    /// The caller has run [`check_sequenced`](Self::check_sequenced) (`places`, or the relay's start before it
+    /// adopts).
     pub(super) async fn sequence<C: ConnectionTrait>(
         &self,
         db: &C,
         partitions: &[i16],
     ) -> Result<Vec<i64>> {
-        self.check_sequenced(db).await?;
         let mut counts: BTreeMap<i16, i64> = BTreeMap::new();
         for partition in partitions {
             *counts.entry(*partition).or_default() += 1;
