@@ -458,3 +458,131 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND NOT (c.snap_to IS NOT NULL AND o.id <= c.after_id \
               AND pg_visible_in_snapshot(o.txid, CAST(c.snap_to AS pg_snapshot)))) w",
 };
+
+/// The plans the cursor's reads run with: generic plans (`bound_read`), on a table never analyzed and on one
+/// analyzed, must walk the partition's indexes and never sort or scan the events table. A plan that does reads
+/// every event the table keeps for each batch: it is right and fast on a small table, so only its shape shows it.
+#[cfg(all(test, feature = "postgres"))]
+mod plans {
+    use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+
+    use super::CURSOR;
+
+    const EVENTS: u32 = 20_000;
+    const PARTITIONS: i16 = 8;
+
+    async fn connect() -> DatabaseConnection {
+        let url = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        Database::connect(&url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {url} is not reachable ({e}); .ci/run starts it")
+        })
+    }
+
+    /// The generic plan of `statement` run with `arguments`, as the relay runs it: prepared, in a transaction
+    /// under the settings of `bound_read`.
+    async fn generic_plan(db: &DatabaseConnection, statement: &str, arguments: &str) -> String {
+        let txn = db.begin().await.unwrap();
+        let bound = CURSOR.bound_read.unwrap().replace('?', "'5000'");
+        txn.execute_unprepared(&bound).await.unwrap();
+        txn.execute_unprepared(&format!("PREPARE plan_shape AS {statement}"))
+            .await
+            .unwrap();
+        let rows = txn
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("EXPLAIN (COSTS OFF) EXECUTE plan_shape({arguments})"),
+            ))
+            .await
+            .unwrap();
+        // A prepared statement outlives the transaction.
+        txn.execute_unprepared("DEALLOCATE plan_shape")
+            .await
+            .unwrap();
+        txn.rollback().await.unwrap();
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect();
+        lines.join("\n")
+    }
+
+    /// Asserts that the events table `t` is read only through `index`, with no sort anywhere.
+    fn assert_walks(plan: &str, t: &str, index: &str, what: &str) {
+        assert!(
+            plan.lines()
+                .any(|line| line.contains(&format!("using {t}_{index} on {t}"))),
+            "{what} does not walk {t}_{index}:\n{plan}"
+        );
+        for line in plan.lines() {
+            let scans_events = line
+                .split(" on ")
+                .skip(1)
+                .any(|after| after.split(' ').next() == Some(t));
+            let through_an_index = line.contains(&format!("Index Scan using {t}_"))
+                || line.contains(&format!("Index Only Scan using {t}_"));
+            assert!(
+                !scans_events || through_an_index,
+                "{what} reads the events table other than through an index:\n{plan}"
+            );
+            assert!(!line.contains("Sort"), "{what} sorts:\n{plan}");
+        }
+    }
+
+    async fn assert_cursor_plans(db: &DatabaseConnection, t: &str, state: &str) {
+        let snapshot: String = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT CAST(pg_current_snapshot() AS TEXT)",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap();
+        let open = CURSOR.open.replace("{t}", t);
+        let plan = generic_plan(
+            db,
+            &open,
+            &format!(
+                "ARRAY[0, 1], ARRAY['1:1:', '1:1:'], ARRAY['{snapshot}', ''], ARRAY[true, true]"
+            ),
+        )
+        .await;
+        assert_walks(&plan, t, "txid_idx", &format!("opening a window ({state})"));
+        let read = CURSOR.read.replace("{t}", t);
+        let plan = generic_plan(
+            db,
+            &read,
+            &format!("0, 0, {EVENTS}, '{snapshot}', '1:1:', 1000"),
+        )
+        .await;
+        assert_walks(&plan, t, "log_idx", &format!("reading a window ({state})"));
+    }
+
+    #[tokio::test]
+    async fn the_cursor_walks_its_indexes_under_generic_plans() {
+        let db = connect().await;
+        let t = format!("plans_{:016x}", fastrand::u64(..));
+        crate::migration::create_table(&db, &t).await.unwrap();
+        assert_cursor_plans(&db, &t, "empty").await;
+        db.execute_unprepared(&format!(
+            "INSERT INTO {t} (event_id, event_type, data_version, aggregate_type, aggregate_id, payload, \
+               occurred_at, partition_no) \
+             SELECT gen_random_uuid(), 'user.registered', '1', 'user', 'u' || (g % 500), '{{}}', now(), \
+               g % {PARTITIONS} FROM generate_series(1, {EVENTS}) g"
+        ))
+        .await
+        .unwrap();
+        assert_cursor_plans(&db, &t, "never analyzed").await;
+        db.execute_unprepared(&format!("ANALYZE {t}"))
+            .await
+            .unwrap();
+        assert_cursor_plans(&db, &t, "analyzed").await;
+        db.execute_unprepared(&format!(
+            "DROP TABLE {t}, {t}_lock, {t}_relays, {t}_cursors, {t}_parked; DROP FUNCTION {t}_notify()"
+        ))
+        .await
+        .unwrap();
+    }
+}
