@@ -282,7 +282,7 @@ impl Lease {
         }
     }
 
-    /// The values of [`sql::CLAIMABLE`].
+    /// The values of [`sql::CLAIMABLE`](super::sql::CLAIMABLE).
     pub(super) fn claimable_values(&self, limit: u32) -> Vec<Value> {
         let (now, (mine_from, mine_to)) = (self.now, self.owner);
         vec![

@@ -370,7 +370,7 @@ const LOCK_FIRST_START: &str = "SELECT id FROM {t}_lock WHERE id = 1 FOR UPDATE"
 /// A `seq` of `0` is an event the table's trigger should have numbered but did not (it was dropped after a writer
 /// saw it): it is adopted like an event stored without a number, rather than left below every window.
 ///
-/// Events adopted before a partition's cursor exists (stored before the upgrade, see `cursor.rs`) are placed
+/// Events adopted before a partition's cursor exists (stored before the upgrade, see `cursor/partitions.rs`) are placed
 /// below every number a counter hands out (their id minus 2^62), so they go first, in id order, as on the other
 /// backends; no relay reads yet, and the first start is serialized by the claim lock row. Events adopted later
 /// take counter numbers like any writer's.

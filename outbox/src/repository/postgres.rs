@@ -341,7 +341,7 @@ macro_rules! db_now {
     };
 }
 
-/// PostgreSQL's commit-order cursor (see `cursor.rs`): a window is the events whose transactions became visible
+/// PostgreSQL's commit-order cursor (see `cursor/mod.rs`): a window is the events whose transactions became visible
 /// between two snapshots of `pg_current_snapshot()`.
 pub(super) const CURSOR: CursorSql = CursorSql {
     now: db_now!(),
