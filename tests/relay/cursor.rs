@@ -50,6 +50,7 @@ on_cursor_backends!(
     a_replayed_dead_letter_goes_out_again,
     retention_deletes_what_every_cursor_passed_and_nothing_else,
     lag_is_counted_behind_each_cursor,
+    the_oldest_pending_event_is_dated_wherever_it_waits,
     a_dead_owners_partitions_are_taken_over_within_the_lease,
 );
 
@@ -660,6 +661,54 @@ async fn retention_deletes_what_every_cursor_passed_and_nothing_else(backend: Ba
 
 /// Under the cursor rows stay pending in place: the lag figures (per partition, per aggregate type) count what
 /// waits behind the cursors and in the parked table, not every row ever stored.
+/// The lag's age (health checks, the gauges, `outbox status`) counts every pending event: those stored before any
+/// relay made the cursors (relays that never started are when the age matters most), and parked ones (an event
+/// retried for hours, with nothing behind any cursor).
+async fn the_oldest_pending_event_is_dated_wherever_it_waits(backend: Backend) {
+    let mut config = cursor_config(2);
+    config.retry_initial_delay = Duration::from_secs(60);
+    config.retry_max_delay = Duration::from_secs(60);
+    let t = TestDb::with_config(backend, config).await;
+    add(&t, opened("early", 1)).await;
+    add(&t, opened("early", 2)).await;
+    let stats = t.outbox.stats(&t.db).await.unwrap();
+    assert_eq!(stats.pending, 2, "{stats:?}");
+    assert!(
+        stats.oldest_pending.is_some(),
+        "events stored before any relay ran are dated: {stats:?}"
+    );
+    let backlog = t.outbox.backlog(&t.db).await.unwrap();
+    assert_eq!(backlog.len(), 1, "{backlog:?}");
+    assert_eq!(backlog[0].pending, 2, "{backlog:?}");
+    assert!(backlog[0].oldest_pending.is_some(), "{backlog:?}");
+
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    assert_eq!(broker.messages().len(), 2);
+    let stats = t.outbox.stats(&t.db).await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.oldest_pending),
+        (0, None),
+        "{stats:?}"
+    );
+
+    broker.fail_next(1);
+    add(&t, opened("held", 1)).await;
+    add(&t, opened("held", 2)).await;
+    relay.publish_batch(100).await.unwrap();
+    let stats = t.outbox.stats(&t.db).await.unwrap();
+    assert_eq!(stats.pending, 2, "the held events are parked: {stats:?}");
+    let parked = t.outbox.get_unpublished(&t.db, 100, 0).await.unwrap();
+    let first = parked.iter().map(|e| e.occurred_at).min();
+    assert!(first.is_some(), "{parked:?}");
+    assert_eq!(
+        stats.oldest_pending, first,
+        "a parked event's age is the lag's: {stats:?}"
+    );
+    t.drop_tables().await;
+}
+
 async fn lag_is_counted_behind_each_cursor(backend: Backend) {
     let mut config = cursor_config(2);
     config.retry_initial_delay = Duration::from_secs(60);

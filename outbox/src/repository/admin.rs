@@ -292,17 +292,24 @@ impl OutboxRepository {
     pub async fn backlog<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<Backlog>> {
         const OPERATION: &str = "reading the backlog";
         let query = if self.under_cursor() {
-            // After their partition's cursor, or parked: rows stay pending in place under the cursor.
-            format!(
+            // After their partition's cursor, or parked (rows stay pending in place under the cursor); or not
+            // adopted yet, and every pending row before a relay made the cursors.
+            let cursor = Dialect::of(db).cursor;
+            let query = format!(
                 "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM ( \
                    SELECT o.aggregate_type, o.occurred_at FROM {{t}}_cursors c JOIN {{t}} o \
                      ON o.partition_no = c.partition_no AND o.status = {pending} AND {ahead} \
                    UNION ALL \
                    SELECT o.aggregate_type, o.occurred_at FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id \
+                   UNION ALL \
+                   SELECT o.aggregate_type, o.occurred_at FROM {{t}} o WHERE o.status = {pending} \
+                     AND ({unplaced} OR NOT EXISTS (SELECT 1 FROM {{t}}_cursors)) \
                  ) x GROUP BY aggregate_type ORDER BY COUNT(*) DESC, aggregate_type",
                 pending = sql::PENDING,
-                ahead = Dialect::of(db).cursor.ahead
-            )
+                ahead = cursor.ahead,
+                unplaced = cursor.unplaced,
+            );
+            cursor.statement(&query, self.inner.config.partitions)
         } else {
             format!(
                 "SELECT aggregate_type, COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {} \

@@ -446,6 +446,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     ),
     unpark: "DELETE p FROM {t}_parked p \
         JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) j ON p.id = j.id",
+    unplaced: "(o.seq IS NULL OR o.seq = 0) AND (o.partition_no IS NULL OR o.partition_no IN ({partitions}))",
     ahead: "o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END",
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
           AND o.seq <= CAST(c.snap_from AS SIGNED) \
@@ -458,9 +459,15 @@ pub(super) const CURSOR: CursorSql = CursorSql {
             AND (partition_no IS NULL OR partition_no IN ({partitions}))) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
             WHERE status = 0 AND seq <> 0) END AS SIGNED), \
-        (SELECT MIN(o.occurred_at) FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
+        (SELECT MIN(m.oldest) FROM ( \
+          SELECT MIN(o.occurred_at) AS oldest FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
             AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
-            WHERE o.status = 0)",
+            WHERE o.status = 0 \
+          UNION ALL SELECT MIN(o.occurred_at) FROM {t}_parked p JOIN {t} o ON o.id = p.id \
+          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND (seq IS NULL OR seq = 0) \
+            AND (partition_no IS NULL OR partition_no IN ({partitions})) \
+          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND seq <> 0 \
+            AND NOT EXISTS (SELECT 1 FROM {t}_cursors)) m)",
 };
 
 #[cfg(test)]

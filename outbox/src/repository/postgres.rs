@@ -438,6 +438,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ORDER BY u.n ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id = ANY(CAST(? AS BIGINT[]))",
+    unplaced: "(o.partition_no IS NULL OR o.txid IS NULL)",
     ahead: "o.txid >= pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \
         AND NOT pg_visible_in_snapshot(o.txid, CAST(c.snap_from AS pg_snapshot)) \
         AND NOT (c.snap_to IS NOT NULL AND o.id <= c.after_id \
@@ -450,7 +451,12 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + (SELECT COUNT(*) FROM {t}_parked) \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
-            WHERE status = 0 AND partition_no IS NOT NULL AND txid IS NOT NULL) END AS BIGINT), MIN(w.oldest) \
+            WHERE status = 0 AND partition_no IS NOT NULL AND txid IS NOT NULL) END AS BIGINT), \
+          LEAST(MIN(w.oldest), \
+            (SELECT MIN(o.occurred_at) FROM {t}_parked p JOIN {t} o ON o.id = p.id), \
+            (SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)), \
+            CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN NULL ELSE (SELECT MIN(occurred_at) FROM {t} \
+              WHERE status = 0 AND partition_no IS NOT NULL AND txid IS NOT NULL) END) \
         FROM {t}_cursors c, LATERAL (SELECT COUNT(*) AS n, MIN(o.occurred_at) AS oldest FROM {t} o \
           WHERE o.partition_no = c.partition_no AND o.status = 0 \
             AND o.txid >= pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \

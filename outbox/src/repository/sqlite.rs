@@ -134,6 +134,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         ON CONFLICT (id) DO NOTHING"
     ),
     unpark: "DELETE FROM {t}_parked WHERE id IN (SELECT value FROM json_each(?))",
+    unplaced: "o.partition_no IS NULL",
     ahead: "o.id > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS INTEGER) ELSE c.after_id END",
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
           AND o.id <= CAST(c.snap_from AS INTEGER) \
@@ -145,7 +146,12 @@ pub(super) const CURSOR: CursorSql = CursorSql {
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND partition_no IS NULL) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
             WHERE status = 0 AND partition_no IS NOT NULL) END, \
-        (SELECT MIN(o.occurred_at) FROM {t} o JOIN {t}_cursors c ON c.partition_no = o.partition_no \
+        (SELECT MIN(m.oldest) FROM ( \
+          SELECT MIN(o.occurred_at) AS oldest FROM {t} o JOIN {t}_cursors c ON c.partition_no = o.partition_no \
             WHERE o.status = 0 AND o.id > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS INTEGER) \
-              ELSE c.after_id END)",
+              ELSE c.after_id END \
+          UNION ALL SELECT MIN(o.occurred_at) FROM {t}_parked p JOIN {t} o ON o.id = p.id \
+          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND partition_no IS NULL \
+          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND partition_no IS NOT NULL \
+            AND NOT EXISTS (SELECT 1 FROM {t}_cursors)) m)",
 };

@@ -84,8 +84,11 @@ pub(crate) struct CursorSql {
     /// Ends parked events (ids).
     pub(crate) unpark: &'static str,
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
-    /// cursor exists), and when the oldest behind a cursor occurred.
+    /// cursor exists), and when the oldest of them occurred.
     pub(crate) pending: &'static str,
+    /// The condition that pending event `o` has no place in commit order yet (stored before the upgrade, or by
+    /// an older writer): what the next adoption takes.
+    pub(crate) unplaced: &'static str,
     /// The condition that event `o` of cursor `c`'s partition is not yet published by it: after the window's
     /// events read so far, or after the snapshot it has read to. What lag figures count.
     pub(crate) ahead: &'static str,
