@@ -47,6 +47,7 @@ on_cursor_backends!(
     a_relay_that_lost_its_partition_cannot_move_the_cursor,
     events_pending_from_before_the_upgrade_are_delivered_first_in_order,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
+    a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does,
     a_replayed_dead_letter_goes_out_again,
     retention_deletes_what_every_cursor_passed_and_nothing_else,
     lag_is_counted_behind_each_cursor,
@@ -322,6 +323,35 @@ async fn a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it(back
     relay.stop().await;
     assert_eq!(broker.messages()[0].message.id, id);
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+/// Once a held aggregate's head goes out, the events parked behind it follow in the same batch, in order: not one
+/// per batch, which left an aggregate held for a while draining at a batch per event.
+async fn a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does(backend: Backend) {
+    let mut config = cursor_config(2);
+    config.retry_initial_delay = Duration::from_millis(100);
+    config.retry_max_delay = Duration::from_millis(100);
+    let t = TestDb::with_config(backend, config).await;
+    let mut written = Vec::new();
+    for seq in 1..=30 {
+        written.push(add(&t, opened("held", seq)).await);
+    }
+    let broker = InMemoryPublisher::new();
+    broker.fail_next(1);
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    let first = relay.publish_batch(100).await.unwrap();
+    assert_eq!(
+        first.published, 0,
+        "the head failed, the rest wait: {first:?}"
+    );
+    assert_eq!(t.outbox.stats(&t.db).await.unwrap().pending, 30);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = relay.publish_batch(100).await.unwrap();
+    assert_eq!(again.published, 30, "{again:?}");
+    let delivered: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(delivered, written, "in order");
+    assert_eq!(t.outbox.stats(&t.db).await.unwrap().pending, 0);
     t.drop_tables().await;
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::claim::Lease;
-use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
 use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, RepositoryError, Result, sql};
 
@@ -431,7 +431,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         "o.partition_no = ? AND o.seq > ? AND o.seq <= ? AND o.seq <= CAST(? AS SIGNED) \
           AND o.seq > CAST(? AS SIGNED) ORDER BY o.seq LIMIT ?"
     ),
-    parked: parked_heads!(db_now!()),
+    parked: parked_runs!(db_now!()),
     repartition: "UPDATE {t} o JOIN (SELECT i.id, q.p \
           FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id BIGINT PATH '$')) i \
           JOIN JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, p SMALLINT PATH '$')) q ON q.n = i.n) v \

@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
-use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
 use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
@@ -426,7 +426,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
           AND NOT pg_visible_in_snapshot(txid, CAST($5 AS pg_snapshot)) \
         ORDER BY partition_no, id LIMIT $6"
     ),
-    parked: parked_heads!(db_now!()),
+    parked: parked_runs!(db_now!()),
     repartition: "UPDATE {t} SET partition_no = v.p \
         FROM (SELECT unnest(CAST(? AS BIGINT[])) AS id, unnest(CAST(? AS SMALLINT[])) AS p) v \
         WHERE {t}.id = v.id AND {t}.partition_no IS NULL",

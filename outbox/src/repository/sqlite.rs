@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::claim::Lease;
-use super::cursor::{Bounds, CursorSql, parked_heads, window_read};
+use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
 use super::dialect::{Dialect, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, Result, sql};
 
@@ -122,7 +122,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
         "partition_no = ?1 AND id > ?2 AND id <= ?3 AND id <= CAST(?4 AS INTEGER) AND id > CAST(?5 AS INTEGER) \
         ORDER BY id LIMIT ?6"
     ),
-    parked: parked_heads!(db_now!()),
+    parked: parked_runs!(db_now!()),
     repartition: "UPDATE {t} SET partition_no = (SELECT p.value FROM json_each(?1) i JOIN json_each(?2) p \
           ON p.key = i.key WHERE i.value = {t}.id) \
         WHERE id IN (SELECT value FROM json_each(?1)) AND partition_no IS NULL",

@@ -32,7 +32,7 @@ mod settle;
 mod sql;
 
 pub(crate) use sql::{Bounds, CursorSql};
-pub(super) use sql::{parked_heads, window_read};
+pub(super) use sql::{parked_runs, window_read};
 
 /// How many parked or legacy rows one statement handles.
 const CHUNK: u32 = 10_000;

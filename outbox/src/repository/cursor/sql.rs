@@ -74,7 +74,7 @@ pub(crate) struct CursorSql {
     /// Up to `?` events of a window: partition, after, up to, S2, S1, limit; with `behind` (its aggregate has
     /// parked events) and `pos`, the event's place in the window (its id, or its sequence number on MySQL).
     pub(crate) read: &'static str,
-    /// Parked events whose turn has come, the oldest of each aggregate: partition, limit.
+    /// Parked events whose turn has come: each aggregate's whose oldest is due, in order: partition, limit.
     pub(crate) parked: &'static str,
     /// Gives rows (ids) that have no partition theirs (partitions), leaving their transaction id alone: dead
     /// letters stored before the upgrade, when they are replayed.
@@ -122,25 +122,28 @@ macro_rules! window_read {
     };
 }
 
-/// A backend's read of parked events whose turn has come on its clock `now` (an SQL expression), the oldest of
-/// each aggregate, with the attempts and error the parked row keeps: partition, limit.
-macro_rules! parked_heads {
+/// A backend's read of parked events whose turn has come on its clock `now` (an SQL expression): every parked
+/// event of each aggregate whose oldest one is due, in the order they were parked, with the attempts and error
+/// each parked row keeps: partition, limit. The rest of an aggregate follows its head in the same batch, as
+/// window events do (a failure gives back what is behind it): reading only heads let an aggregate held for a
+/// while drain at one event per batch.
+macro_rules! parked_runs {
     ($($now:tt)*) => {
         concat!(
             "SELECT o.id, o.event_id, o.event_type, o.data_version, o.aggregate_type, o.aggregate_id, o.payload, \
                o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.occurred_at, o.status, p.attempts, \
                p.last_error, o.published_at \
              FROM {t}_parked p JOIN {t} o ON o.id = p.id \
-             WHERE p.partition_no = ? AND p.next_attempt_at <= ",
+             WHERE p.partition_no = ? AND (SELECT h.next_attempt_at FROM {t}_parked h \
+               WHERE h.partition_no = p.partition_no AND h.aggregate_type = p.aggregate_type \
+                 AND h.aggregate_id = p.aggregate_id ORDER BY h.seq LIMIT 1) <= ",
             $($now)*,
-            " AND p.seq = (SELECT MIN(q.seq) FROM {t}_parked q WHERE q.partition_no = p.partition_no \
-               AND q.aggregate_type = p.aggregate_type AND q.aggregate_id = p.aggregate_id) \
-             ORDER BY p.seq LIMIT ?"
+            " ORDER BY p.seq LIMIT ?"
         )
     };
 }
 
-pub(crate) use {parked_heads, window_read};
+pub(crate) use {parked_runs, window_read};
 
 // The statements every backend shares, with `{now}` for the backend's clock.
 
