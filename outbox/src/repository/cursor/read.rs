@@ -370,7 +370,7 @@ impl Cursors {
             }
             return Ok(None);
         }
-        // Parked heads, then the window in commit order: an aggregate is in one or the other, never both (its
+        // Parked runs, then the window in commit order: an aggregate is in one or the other, never both (its
         // window events are behind its parked ones and wait in the parked table). A part with nothing to publish
         // (only events behind parked aggregates) still moves its cursor and parks them with the batch.
         let part = Part {
