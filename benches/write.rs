@@ -39,9 +39,11 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         ),
     ]
     .map(|(what, strip)| {
-        let rate = Row::new(format!("1-row txn + add_event, {what}"), "txn/s");
-        let overhead = Row::new(format!("add_event's overhead, {what}"), "%");
-        (rate, overhead, strip)
+        (
+            Row::new(format!("1-row txn + add_event, {what}"), "txn/s"),
+            Row::new(format!("add_event's overhead, {what}"), "%"),
+            strip,
+        )
     });
     let mut overhead = Row::new("add_event's overhead on a 1-row txn", "%");
     let mut batch = Row::new("add_events, 100 per txn", "events/s");
