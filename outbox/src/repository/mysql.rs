@@ -466,8 +466,8 @@ pub(super) const CURSOR: CursorSql = CursorSql {
           UNION ALL SELECT MIN(o.occurred_at) FROM {t}_parked p JOIN {t} o ON o.id = p.id \
           UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND (seq IS NULL OR seq = 0) \
             AND (partition_no IS NULL OR partition_no IN ({partitions})) \
-          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND seq <> 0 \
-            AND NOT EXISTS (SELECT 1 FROM {t}_cursors)) m)",
+          UNION ALL SELECT CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN NULL ELSE (SELECT MIN(occurred_at) \
+            FROM {t} WHERE status = 0 AND seq <> 0) END) m)",
 };
 
 #[cfg(test)]

@@ -152,6 +152,6 @@ pub(super) const CURSOR: CursorSql = CursorSql {
               ELSE c.after_id END \
           UNION ALL SELECT MIN(o.occurred_at) FROM {t}_parked p JOIN {t} o ON o.id = p.id \
           UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND partition_no IS NULL \
-          UNION ALL SELECT MIN(occurred_at) FROM {t} WHERE status = 0 AND partition_no IS NOT NULL \
-            AND NOT EXISTS (SELECT 1 FROM {t}_cursors)) m)",
+          UNION ALL SELECT CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN NULL ELSE (SELECT MIN(occurred_at) \
+            FROM {t} WHERE status = 0 AND partition_no IS NOT NULL) END) m)",
 };
