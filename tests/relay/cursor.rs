@@ -255,7 +255,7 @@ async fn a_relay_that_lost_its_partition_cannot_move_the_cursor(backend: Backend
 }
 
 async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order(backend: Backend) {
-    let t = TestDb::new(backend).await;
+    let t = TestDb::with_design(backend, OutboxConfig::default()).await;
     // Under the row design: 30 events, the first 10 published; then the rows lose what the cursor adds, as rows
     // stored before the upgrade have none of it.
     let written = write(&t, 3, 30).await;

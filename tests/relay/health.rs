@@ -143,7 +143,8 @@ fn metrics_count_what_the_relay_did() {
         runtime.block_on(async {
             let mut config = outbox::OutboxConfig::default();
             config.max_retry_count = 0;
-            let t = TestDb::with_config(Backend::SqliteMemory, config).await;
+            // One batch of the rows design holds all six; a cursor batch reads some partitions at a time.
+            let t = TestDb::with_design(Backend::SqliteMemory, config).await;
             t.outbox
                 .add_events(&t.db, (1..=6).map(|seq| opened(&format!("m{seq}"), seq)))
                 .await

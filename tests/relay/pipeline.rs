@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox::Message;
 use outbox::publisher::{InMemoryPublisher, PublishError, Publisher, Reason};
 use outbox::relay::Relay;
+use outbox::{Message, OutboxConfig};
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::AccountOpened;
 use outbox_tests::on_every_backend;
@@ -23,10 +23,14 @@ on_every_backend!(
 
 const BATCH: u32 = 10;
 
-async fn test_db(backend: Backend) -> TestDb {
+fn config() -> OutboxConfig {
     let mut config = fast_config();
     config.batch_size = BATCH;
-    TestDb::with_config(backend, config).await
+    config
+}
+
+async fn test_db(backend: Backend) -> TestDb {
+    TestDb::with_config(backend, config()).await
 }
 
 /// Two batches in flight on every backend (the default on PostgreSQL only), so the mechanism is tested on all.
@@ -37,7 +41,8 @@ fn relay(t: &TestDb, publisher: impl Publisher) -> Relay {
 }
 
 async fn the_next_batch_is_claimed_behind_the_relays_own_leases(backend: Backend) {
-    let t = test_db(backend).await;
+    // Leases are the rows design's own: the cursor claims nothing row by row.
+    let t = TestDb::with_design(backend, config()).await;
     let written = write(&t, 1, 3 * BATCH).await;
     let broker = InMemoryPublisher::new();
     broker.set_delay(Duration::from_millis(50)); // the first batch takes half a second

@@ -38,7 +38,8 @@ impl Drop for TempDir {
 }
 
 /// The delivery design a whole test run is asked to use (`TEST_DELIVERY=rows|cursor`; unset: each test's own):
-/// the reliability suite runs once more under the commit-order cursor this way (see its `main.rs`).
+/// the reliability suite runs once more under the commit-order cursor this way (see its `main.rs`), and the relay
+/// suite passes under either. The repository suite does not: its contract tests call the rows design's claim API.
 pub fn suite_delivery() -> Option<outbox::Delivery> {
     match std::env::var("TEST_DELIVERY").ok()?.as_str() {
         "rows" => Some(outbox::Delivery::Rows),
@@ -59,6 +60,12 @@ impl TestDb {
         {
             config.delivery = delivery;
         }
+        Self::with_design(backend, config).await
+    }
+
+    /// With the delivery design `config` names, whatever [`suite_delivery`] asks: for a test of one design's own
+    /// mechanics (the rows design's leases, what one of its batches holds, an upgrade from it).
+    pub async fn with_design(backend: Backend, config: OutboxConfig) -> Self {
         let suffix = format!("{:016x}", fastrand::u64(..));
         let mut dir = None;
         let (url, max_connections) = match backend {
