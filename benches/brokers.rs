@@ -17,6 +17,17 @@ use crate::workload::{drop_tables, fresh, prefill_over};
 
 /// The NATS JetStream publisher, creating the stream `OUTBOXBENCH` for the workload's subject.
 pub const NATS: &str = "nats://127.0.0.1:4222?stream=OUTBOXBENCH&subjects=com.example.user";
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const KAFKA: &str = "kafka://127.0.0.1:9092?partitions=1";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Each broker's name in the tables and its publisher's URL.
+pub const BROKERS: [(&str, &str); 4] = [
+    ("NATS JetStream", NATS),
+    ("RabbitMQ (confirms)", RABBITMQ),
+    ("Redis Streams", REDIS),
+    ("Kafka (tansu)", KAFKA),
+];
 
 /// How many events and aggregates a drain has: the workload's 100k over 100, or few aggregates, where each
 /// aggregate's wait for acknowledgements is what limits the relay.
@@ -24,10 +35,7 @@ const WORKLOAD: (usize, usize) = (100_000, 100);
 const FEW_AGGREGATES: (usize, usize) = (20_000, 4);
 
 pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
-    const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    const KAFKA: &str = "kafka://127.0.0.1:9092?partitions=1";
     let ahead: usize = crate::env("BENCH_UNACKNOWLEDGED")?.unwrap_or(4);
-    const REDIS: &str = "redis://127.0.0.1:6379";
     let (rows_, cursor) = (Delivery::Rows, Delivery::Cursor);
     let mut drains = vec![
         ("NATS JetStream", NATS, WORKLOAD, 1, rows_),
@@ -117,12 +125,13 @@ pub async fn prepare(url: &str) -> Result<()> {
         let _ = channel
             .queue_delete("com.example.user".into(), Default::default())
             .await;
+        // BENCH_QUEUE_VERSION=2: a classic queue of RabbitMQ 3.10's second index and store format.
+        let mut arguments = lapin::types::FieldTable::default();
+        if let Some(version) = crate::env::<i64>("BENCH_QUEUE_VERSION")? {
+            arguments.insert("x-queue-version".into(), version.into());
+        }
         channel
-            .queue_declare(
-                "com.example.user".into(),
-                Default::default(),
-                Default::default(),
-            )
+            .queue_declare("com.example.user".into(), Default::default(), arguments)
             .await?;
     } else if url.starts_with("redis") {
         let mut connection = redis::Client::open(url)?

@@ -1,5 +1,5 @@
 //! The benchmark harness: `cargo run --release -p outbox-bench -- [scenario] [runs]`, where scenario is one of
-//! write, drain, baseline, brokers, latency, sustained, stability, sqlite, mariadb, writers, consume, scaleout, or
+//! write, drain, baseline, brokers, publish, latency, sustained, stability, sqlite, mariadb, writers, consume, scaleout, or
 //! all (the default).
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
@@ -13,7 +13,8 @@
 //! latency measurement; default 60, 60 and 10), `BENCH_DELIVERY=cursor` (scenarios that do not compare the two
 //! designs themselves run under the commit-order cursor), `BENCH_RATES` (the sustained ladder, events/s, default
 //! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_PINNED_ONLY=1` (stability: only
-//! the run with a transaction pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`.
+//! the run with a transaction pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`,
+//! `BENCH_IN_FLIGHT` (publish), `BENCH_QUEUE_VERSION` (RabbitMQ's bench queue: `x-queue-version`).
 
 mod baseline;
 mod brokers;
@@ -21,6 +22,7 @@ mod consume;
 mod drain;
 mod latency;
 mod load;
+mod publish;
 mod report;
 mod scaleout;
 mod service;
@@ -39,11 +41,12 @@ use report::{Row, Table};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "write",
     "drain",
     "baseline",
     "brokers",
+    "publish",
     "latency",
     "sustained",
     "stability",
@@ -136,6 +139,7 @@ async fn main() -> Result<()> {
             "drain" => rows.extend(drain::postgres(&db, runs).await?),
             "baseline" => rows.extend(baseline::run(&db, runs).await?),
             "brokers" => rows.extend(brokers::run(&db, runs).await?),
+            "publish" => rows.extend(publish::run(runs).await?),
             "latency" => rows.extend(latency::run(&db, &settings).await?),
             "sustained" => tables.push(sustained::run(&db, &settings).await?),
             "stability" => tables.push(stability::run(&db, &settings).await?),
