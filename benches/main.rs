@@ -1,6 +1,6 @@
 //! The benchmark harness: `cargo run --release -p outbox-bench -- [scenario] [runs]`, where scenario is one of
-//! write, drain, baseline, brokers, publish, latency, sustained, stability, sqlite, mariadb, writers, consume, scaleout, or
-//! all (the default).
+//! write, drain, baseline, brokers, publish, latency, sustained, stability, sqlite, mariadb, writers, consume,
+//! scaleout, or all (the default).
 //!
 //! Workload (fixed so results compare across projects): ~200-byte JSON events
 //! (`{"user_id": <uuid>, "email": ..., "name": ...}`), type `com.example.user.created`, 100 aggregates, the
@@ -14,7 +14,7 @@
 //! designs themselves run under the commit-order cursor), `BENCH_RATES` (the sustained ladder, events/s, default
 //! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_PINNED_ONLY=1` (stability: only
 //! the run with a transaction pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`,
-//! `BENCH_IN_FLIGHT` (publish), `BENCH_QUEUE_VERSION` (RabbitMQ's bench queue: `x-queue-version`).
+//! `BENCH_UNACKNOWLEDGED` (brokers, publish; default 4), `BENCH_QUEUE_VERSION` (RabbitMQ's bench queue: `x-queue-version`).
 
 mod baseline;
 mod brokers;
