@@ -118,6 +118,137 @@ async fn relay_to_rabbitmq_then_read_back_with_lapin_and_faststream() {
         .unwrap();
 }
 
+/// A RabbitMQ stream (a durable, replicated, append-only queue: RabbitMQ's fastest destination for confirmed
+/// publishes) takes the relay's messages unchanged: they are read back from its first offset in order per
+/// aggregate, and FastStream reads them as CloudEvents.
+#[tokio::test]
+async fn relay_to_a_rabbitmq_stream_then_read_it_from_the_first_offset() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+
+    let s = suffix();
+    let prefix = format!("s{s}.");
+    let stream = format!("{prefix}com.example.account");
+    let ch = channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    ch.queue_declare(
+        stream.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        arguments,
+    )
+    .await
+    .unwrap();
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: rabbit,
+            prefix,
+        },
+        12,
+    )
+    .await;
+
+    // A stream is consumed with acknowledgements, a prefetch, and the offset to start from.
+    ch.basic_qos(64, BasicQosOptions::default()).await.unwrap();
+    let mut from_first = FieldTable::default();
+    from_first.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            stream.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            from_first,
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    while received.len() < written.ids.len() {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+            .await
+            .expect("the stream delivers every written event")
+            .expect("the consumer is open")
+            .unwrap();
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("message_id property")
+            .to_string();
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+        let aggregate = body["account"].as_str().unwrap().to_owned();
+        received.push((uuid::Uuid::parse_str(&id).unwrap(), aggregate));
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_arrived_in_order(&written, &received);
+    assert_faststream_reads_everything(&written, "rabbit", URL, &stream, Some("stream"));
+
+    ch.queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// The consumer does not read a stream (it could neither give a message back nor resume where it stopped): it
+/// says so, naming the queue, at the first delivery and at every receive after it, and acknowledges nothing.
+#[tokio::test]
+async fn a_queue_consumer_refuses_a_stream_by_name() {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+    use outbox::consumer::{RabbitMqSubscriber, Subscriber};
+
+    let stream = format!("refused{}", suffix());
+    let ch = channel().await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    ch.queue_declare(
+        stream.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        arguments,
+    )
+    .await
+    .unwrap();
+    let mut subscriber = RabbitMqSubscriber::connect(URL, &stream, 16).await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        stream.as_str().into(),
+        BasicPublishOptions::default(),
+        b"{}",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    for attempt in ["first", "second"] {
+        let error = tokio::time::timeout(std::time::Duration::from_secs(10), subscriber.receive())
+            .await
+            .unwrap_or_else(|_| panic!("the {attempt} receive answers"))
+            .err()
+            .unwrap_or_else(|| panic!("the {attempt} receive refuses the stream"));
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("queue `{stream}` is a RabbitMQ stream")),
+            "{text}"
+        );
+    }
+    ch.queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_unroutable_message_is_a_permanent_failure_not_a_silent_drop() {
     let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();

@@ -2,6 +2,8 @@
 
 Usage: faststream_consume.py <nats|rabbit|kafka|redis> <url> <destination> <count> [stream]
 
+`stream` names the JetStream stream for nats; for rabbit, `stream` says the queue is a RabbitMQ stream.
+
 Subscribes the way a FastStream service would, with handlers typed by Pydantic models of the events, collects
 `count` messages (or times out), validates each raw message as a CloudEvent with the Python CloudEvents SDK for the
 broker's binding, and prints one JSON document: {"received": [...]} with, per message, what the handler saw.
@@ -75,7 +77,17 @@ async def main():
         from faststream.rabbit import RabbitBroker, RabbitQueue
 
         broker = RabbitBroker(url)
-        subscriber = broker.subscriber(RabbitQueue(destination, declare=False))
+        if stream == "stream":
+            # A RabbitMQ stream is read from an offset, with a prefetch the broker insists on.
+            from faststream.rabbit import Channel, QueueType
+
+            subscriber = broker.subscriber(
+                RabbitQueue(destination, queue_type=QueueType.STREAM, durable=True, declare=False),
+                consume_args={"x-stream-offset": "first"},
+                channel=Channel(prefetch_count=64),
+            )
+        else:
+            subscriber = broker.subscriber(RabbitQueue(destination, declare=False))
     elif kind == "kafka":
         from faststream.kafka import KafkaBroker
 

@@ -16,8 +16,16 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 ///
 /// A message given back is requeued; one left unacknowledged when the connection drops is redelivered by the
 /// broker, and the inbox makes that a duplicate.
+///
+/// A RabbitMQ stream is not read: it cannot take a message back (`basic.nack` closes the connection) and a new
+/// consumer starts after what was published while it was away. Its first delivery is refused with an error
+/// that names the queue, and so is every `receive` after it; read a stream with a stream client or FastStream,
+/// or bind a classic or quorum queue beside it.
 pub struct RabbitMqSubscriber {
     consumer: lapin::Consumer,
+    queue: String,
+    // Set once a delivery showed the queue is a stream.
+    refused: Option<SubscribeError>,
     // Held so the channel stays open as long as the subscriber.
     _channel: Channel,
 }
@@ -49,6 +57,8 @@ impl RabbitMqSubscriber {
             .map_err(|e| error(&format!("cannot consume queue `{queue}`"), e))?;
         Ok(Self {
             consumer,
+            queue: queue.to_owned(),
+            refused: None,
             _channel: channel,
         })
     }
@@ -57,12 +67,30 @@ impl RabbitMqSubscriber {
 #[async_trait::async_trait]
 impl Subscriber for RabbitMqSubscriber {
     async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
         let Some(delivery) = self.consumer.next().await else {
             return Ok(None);
         };
         let delivery =
             delivery.map_err(|e| SubscribeError(format!("consuming from RabbitMQ: {e}")))?;
         let properties = &delivery.properties;
+        // Every delivery from a stream carries its offset; no other queue type sets this header.
+        let from_stream = properties
+            .headers()
+            .as_ref()
+            .is_some_and(|table| table.inner().contains_key("x-stream-offset"));
+        if from_stream {
+            let refused = SubscribeError(format!(
+                "queue `{}` is a RabbitMQ stream, which RabbitMqSubscriber does not read (a stream cannot take a \
+                 message back): bind a classic or quorum queue for this consumer, or read the stream with a stream \
+                 client",
+                self.queue
+            ));
+            self.refused = Some(refused.clone());
+            return Err(refused);
+        }
         let mut headers: Vec<(String, String)> = properties
             .headers()
             .as_ref()

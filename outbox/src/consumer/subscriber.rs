@@ -52,7 +52,7 @@ impl Subscriber for Box<dyn Subscriber> {
 }
 
 /// A subscription failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("subscription error: {0}")]
 pub struct SubscribeError(pub String);
 
