@@ -196,25 +196,7 @@ impl Ledger {
         total: u64,
         configure: impl FnOnce(outbox::consumer::ConsumerBuilder) -> outbox::consumer::ConsumerBuilder,
     ) -> outbox::consumer::Consumer {
-        use outbox::consumer::{Consumer, Context, HandlerError};
-        use outbox_tests::events::AccountOpened;
-        let note = |applied: &std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>,
-                    ctx: &Context,
-                    account: String| {
-            let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
-            applied.lock().unwrap().push((id, account));
-        };
-        let (opened_log, closed_log) = (self.applied.clone(), self.applied.clone());
-        let builder = Consumer::builder(self.t.db.clone(), self.inbox.clone())
-            .handle(move |event: AccountOpened, ctx: Context| {
-                note(&opened_log, &ctx, event.account);
-                async { Ok::<_, HandlerError>(()) }
-            })
-            .handle(move |event: AccountClosed, ctx: Context| {
-                note(&closed_log, &ctx, event.account);
-                async { Ok::<_, HandlerError>(()) }
-            });
-        let consumer = configure(builder).build();
+        let consumer = configure(self.builder(std::time::Duration::ZERO, None)).build();
         let all_settled = async {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
             while consumer.counts().applied() + consumer.counts().duplicates() < total {
@@ -228,6 +210,58 @@ impl Ledger {
         };
         consumer.run(subscriber, all_settled).await;
         consumer
+    }
+
+    /// Runs a consumer whose handlers take `pause` each, and stops it as soon as the first one starts: what it
+    /// started is finished, and the messages waiting behind it go back to the broker.
+    pub async fn run_and_stop_at_once(
+        &self,
+        subscriber: impl outbox::consumer::Subscriber,
+        pause: std::time::Duration,
+    ) -> outbox::consumer::Consumer {
+        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let consumer = self.builder(pause, Some(started.clone())).build();
+        consumer.run(subscriber, started.notified()).await;
+        consumer
+    }
+
+    /// A consumer that notes what it applies, each handler first taking `pause` and telling `started`.
+    fn builder(
+        &self,
+        pause: std::time::Duration,
+        started: Option<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> outbox::consumer::ConsumerBuilder {
+        use outbox::consumer::{Consumer, Context, HandlerError};
+        use outbox_tests::events::AccountOpened;
+        type Log = std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>;
+        let note = move |applied: Log,
+                         started: Option<std::sync::Arc<tokio::sync::Notify>>,
+                         ctx: &Context,
+                         account: String| {
+            let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
+            async move {
+                if let Some(started) = started {
+                    started.notify_one();
+                }
+                tokio::time::sleep(pause).await;
+                applied.lock().unwrap().push((id, account));
+                Ok::<_, HandlerError>(())
+            }
+        };
+        let (opened_log, closed_log) = (self.applied.clone(), self.applied.clone());
+        let opened_started = started.clone();
+        Consumer::builder(self.t.db.clone(), self.inbox.clone())
+            .handle(move |event: AccountOpened, ctx: Context| {
+                note(
+                    opened_log.clone(),
+                    opened_started.clone(),
+                    &ctx,
+                    event.account,
+                )
+            })
+            .handle(move |event: AccountClosed, ctx: Context| {
+                note(closed_log.clone(), started.clone(), &ctx, event.account)
+            })
     }
 
     /// What the handlers applied, in order.

@@ -9,7 +9,8 @@ use outbox::publisher::{Publisher, RabbitMqPublisher};
 use outbox_tests::events::opened;
 
 use crate::common::{
-    Prefixed, assert_arrived_in_order, assert_faststream_reads_everything, suffix, write_and_relay,
+    Prefixed, Written, assert_arrived_in_order, assert_faststream_reads_everything, suffix,
+    write_and_relay,
 };
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -331,35 +332,75 @@ async fn values_amqp_cannot_carry_are_refused_not_a_panic() {
 /// behind the original is acked as a duplicate), in order per aggregate, and leaves the queue empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_consumer_applies_each_event_once_in_order() {
+    consume_once_in_order(None).await;
+}
+
+/// The same on a quorum queue, the replicated queue type: a message given back keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_consumer_applies_each_event_once_in_order() {
+    consume_once_in_order(Some("quorum")).await;
+}
+
+/// Declares `queue`, of `queue_type` (durable) or a transient classic queue, and relays 12 events of two
+/// aggregates to it.
+async fn relayed_to_a_queue(
+    ch: &Channel,
+    prefix: &str,
+    queue_type: Option<&str>,
+) -> (String, Written) {
+    let queue = format!("{prefix}com.example.account");
+    let (mut options, mut arguments) = (QueueDeclareOptions::default(), FieldTable::default());
+    if let Some(kind) = queue_type {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        options.durable = true;
+    }
+    ch.queue_declare(queue.as_str().into(), options, arguments)
+        .await
+        .unwrap();
+    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: rabbit,
+            prefix: prefix.to_owned(),
+        },
+        12,
+    )
+    .await;
+    (queue, written)
+}
+
+/// Asserts `queue` holds no message.
+async fn assert_empty(ch: &Channel, queue: &str) {
+    let left = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.message_count(), 0, "everything acknowledged");
+}
+
+async fn consume_once_in_order(queue_type: Option<&str>) {
     use lapin::BasicProperties;
-    use lapin::options::{BasicNackOptions, BasicPublishOptions};
+    use lapin::options::BasicPublishOptions;
     use outbox::consumer::RabbitMqSubscriber;
 
     use crate::common::Ledger;
 
     let s = suffix();
-    let prefix = format!("c{s}.");
-    let queue = format!("{prefix}com.example.account");
     let ch = channel().await;
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
-    let written = write_and_relay(
-        Prefixed {
-            inner: rabbit,
-            prefix,
-        },
-        12,
-    )
-    .await;
+    let (queue, written) = relayed_to_a_queue(&ch, &format!("c{s}."), queue_type).await;
 
-    // A copy of the first message at the end of the queue, as a producer that retried would leave it.
-    let first = ch
+    // A copy of the first message at the end of the queue, as a producer that retried would leave it. The
+    // original goes back to its place when the channel that took it closes (a quorum queue would put one taken
+    // back with `basic.nack` behind the others).
+    let taker = channel().await;
+    let first = taker
         .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
         .await
         .unwrap()
@@ -376,33 +417,110 @@ async fn a_queue_consumer_applies_each_event_once_in_order() {
         copy,
     )
     .await
+    .unwrap()
+    .await
     .unwrap();
-    first
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await
-        .unwrap();
+    taker.close(200, "OK".into()).await.unwrap();
 
     let ledger = Ledger::new(&s).await;
     let subscriber = RabbitMqSubscriber::connect(URL, &queue, 16).await.unwrap();
     let consumer = ledger.run(subscriber, written.ids.len() as u64 + 1).await;
     assert_eq!(consumer.counts().duplicates(), 1);
     assert_arrived_in_order(&written, &ledger.applied());
-    let left = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    assert_empty(&ch, &queue).await;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    assert_eq!(left.message_count(), 0, "everything acknowledged");
+    ledger.clean().await;
+}
+
+/// A message given back while the subscriber runs goes back to its place with every message not yet
+/// acknowledged, and the subscriber reads on from there in the queue's order, on a classic queue and on a
+/// quorum queue alike.
+#[tokio::test]
+async fn a_message_given_back_is_read_again_in_its_place() {
+    use outbox::consumer::{RabbitMqSubscriber, Subscriber};
+
+    for queue_type in [None, Some("quorum")] {
+        let s = suffix();
+        let ch = channel().await;
+        let (queue, written) = relayed_to_a_queue(&ch, &format!("b{s}."), queue_type).await;
+        let mut subscriber = RabbitMqSubscriber::connect(URL, &queue, 16).await.unwrap();
+        let n = written.ids.len();
+        let mut first = read(&mut subscriber, n).await;
+        let order: Vec<String> = first
+            .iter()
+            .map(|r| r.delivery.as_ref().unwrap().id.clone())
+            .collect();
+        first.remove(1).settle.give_back().await.unwrap();
+        drop(first);
+        let again: Vec<String> = read(&mut subscriber, n)
+            .await
+            .iter()
+            .map(|r| r.delivery.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(again, order, "{queue_type:?}");
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// The next `n` messages of `subscriber`, each within 5 s.
+async fn read(
+    subscriber: &mut impl outbox::consumer::Subscriber,
+    n: usize,
+) -> Vec<outbox::consumer::Received> {
+    let mut received = Vec::new();
+    for _ in 0..n {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.receive())
+            .await
+            .expect("every message is delivered")
+            .unwrap()
+            .expect("the subscription is open");
+        received.push(message);
+    }
+    received
+}
+
+/// A consumer stopped while messages wait behind one of their aggregate gives them back in their order, and the
+/// next consumer applies the rest once each, in order per aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_queue_consumer_gives_back_in_order() {
+    stop_then_resume(None).await;
+}
+
+/// The same on a quorum queue, which puts a message taken back with `basic.nack` behind all the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_quorum_queue_consumer_gives_back_in_order() {
+    stop_then_resume(Some("quorum")).await;
+}
+
+async fn stop_then_resume(queue_type: Option<&str>) {
+    use outbox::consumer::RabbitMqSubscriber;
+
+    use crate::common::Ledger;
+
+    let s = suffix();
+    let ch = channel().await;
+    let (queue, written) = relayed_to_a_queue(&ch, &format!("g{s}."), queue_type).await;
+    let ledger = Ledger::new(&s).await;
+    let subscriber = RabbitMqSubscriber::connect(URL, &queue, 16).await.unwrap();
+    let stopped = ledger
+        .run_and_stop_at_once(subscriber, std::time::Duration::from_millis(200))
+        .await;
+    let done = stopped.counts().applied();
+    let total = written.ids.len() as u64;
+    assert!(
+        (1..total).contains(&done),
+        "stopped with messages waiting: {:?}",
+        stopped.counts()
+    );
+    let subscriber = RabbitMqSubscriber::connect(URL, &queue, 16).await.unwrap();
+    let next = ledger.run(subscriber, total - done).await;
+    assert_eq!(next.counts().duplicates(), 0, "{:?}", next.counts());
+    assert_arrived_in_order(&written, &ledger.applied());
+    assert_empty(&ch, &queue).await;
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();

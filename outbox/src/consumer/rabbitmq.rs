@@ -1,8 +1,11 @@
 //! RabbitMQ: a queue consumed with manual acknowledgements and a prefetch limit.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures_util::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -14,67 +17,112 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 /// (`cloudEvents_` or `ce-` application properties, the `content_type` property, as
 /// [`RabbitMqPublisher`](crate::publisher::RabbitMqPublisher) sends them) or structured mode.
 ///
-/// A message given back is requeued; one left unacknowledged when the connection drops is redelivered by the
-/// broker, and the inbox makes that a duplicate.
+/// A message is given back by closing its channel, which returns every message not yet acknowledged on it to
+/// its place in the queue, and the next `receive` consumes on a new channel. `basic.nack` would not keep the
+/// order: a quorum queue puts what it takes back that way behind every other message. Messages of other
+/// aggregates then in the handlers are delivered again, and the inbox makes them duplicates. One left
+/// unacknowledged when the connection drops is redelivered by the broker the same way.
 ///
 /// A RabbitMQ stream is not read: it cannot take a message back (`basic.nack` closes the connection) and a new
 /// consumer starts after what was published while it was away. Its first delivery is refused with an error
 /// that names the queue, and so is every `receive` after it; read a stream with a stream client or FastStream,
 /// or bind a classic or quorum queue beside it.
 pub struct RabbitMqSubscriber {
-    consumer: lapin::Consumer,
+    connection: Connection,
     queue: String,
+    prefetch: u16,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    give_back: Arc<GiveBack>,
     // Set once a delivery showed the queue is a stream.
     refused: Option<SubscribeError>,
-    // Held so the channel stays open as long as the subscriber.
-    _channel: Channel,
+}
+
+/// Shared by the subscriber and its deliveries: a delivery given back closes the channel under `closing` and
+/// sets `reopen`, and the subscriber opens a new channel once the close is done.
+#[derive(Default)]
+struct GiveBack {
+    reopen: AtomicBool,
+    closing: tokio::sync::Mutex<()>,
 }
 
 impl RabbitMqSubscriber {
     /// Connects to `uri` and consumes `queue` with at most `prefetch` messages unacknowledged (the consumer's
     /// `max_in_flight` is a good value).
     pub async fn connect(uri: &str, queue: &str, prefetch: u16) -> Result<Self, SubscribeError> {
-        let error = |doing: &str, e: lapin::Error| SubscribeError(format!("{doing}: {e}"));
         let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
-            .map_err(|e| error("cannot connect to RabbitMQ", e))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| error("cannot open a channel", e))?;
-        channel
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await
-            .map_err(|e| error("cannot set the prefetch", e))?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| error(&format!("cannot consume queue `{queue}`"), e))?;
+            .map_err(|e| failed("cannot connect to RabbitMQ", e))?;
+        let prefetch = prefetch.max(1);
+        let (channel, consumer) = consume(&connection, queue, prefetch).await?;
         Ok(Self {
-            consumer,
+            connection,
             queue: queue.to_owned(),
+            prefetch,
+            channel,
+            consumer,
+            give_back: Arc::default(),
             refused: None,
-            _channel: channel,
         })
     }
+}
+
+fn failed(doing: &str, e: lapin::Error) -> SubscribeError {
+    SubscribeError(format!("{doing}: {e}"))
+}
+
+/// A channel with the prefetch set, consuming `queue`.
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(Channel, lapin::Consumer), SubscribeError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| failed("cannot open a channel", e))?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| failed("cannot set the prefetch", e))?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| failed(&format!("cannot consume queue `{queue}`"), e))?;
+    Ok((channel, consumer))
 }
 
 #[async_trait::async_trait]
 impl Subscriber for RabbitMqSubscriber {
     async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
-        if let Some(refused) = &self.refused {
-            return Err(refused.clone());
-        }
-        let Some(delivery) = self.consumer.next().await else {
-            return Ok(None);
+        let delivery = loop {
+            if let Some(refused) = &self.refused {
+                return Err(refused.clone());
+            }
+            // Cancellation-safe: `reopen` is cleared only once the new channel is in place, with no await
+            // between.
+            if self.give_back.reopen.load(Ordering::Acquire) {
+                let _closed = self.give_back.closing.lock().await;
+                let (channel, consumer) =
+                    consume(&self.connection, &self.queue, self.prefetch).await?;
+                (self.channel, self.consumer) = (channel, consumer);
+                self.give_back.reopen.store(false, Ordering::Release);
+            }
+            let next = self.consumer.next().await;
+            // What a channel being closed to give messages back delivered goes back to the broker with them.
+            if self.give_back.reopen.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(delivery) = next else {
+                return Ok(None);
+            };
+            break delivery.map_err(|e| SubscribeError(format!("consuming from RabbitMQ: {e}")))?;
         };
-        let delivery =
-            delivery.map_err(|e| SubscribeError(format!("consuming from RabbitMQ: {e}")))?;
         let properties = &delivery.properties;
         // Every delivery from a stream carries its offset; no other queue type sets this header.
         let from_stream = properties
@@ -116,17 +164,26 @@ impl Subscriber for RabbitMqSubscriber {
         Ok(Some(Received {
             delivery: parsed,
             raw: String::from_utf8_lossy(&delivery.data).into_owned(),
-            settle: Box::new(RabbitMqSettle(delivery)),
+            settle: Box::new(RabbitMqSettle {
+                delivery,
+                channel: self.channel.clone(),
+                give_back: self.give_back.clone(),
+            }),
         }))
     }
 }
 
-struct RabbitMqSettle(AmqpDelivery);
+struct RabbitMqSettle {
+    delivery: AmqpDelivery,
+    // The channel the message came on.
+    channel: Channel,
+    give_back: Arc<GiveBack>,
+}
 
 #[async_trait::async_trait]
 impl Settle for RabbitMqSettle {
     async fn ack(self: Box<Self>) -> Result<(), SubscribeError> {
-        self.0
+        self.delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
@@ -135,15 +192,16 @@ impl Settle for RabbitMqSettle {
     }
 
     async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
-        self.0
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
+        let _closing = self.give_back.closing.lock().await;
+        // A channel closed already gave its messages back.
+        if !self.channel.status().connected() {
+            return Ok(());
+        }
+        self.give_back.reopen.store(true, Ordering::Release);
+        self.channel
+            .close(200, "giving messages back in their order".into())
             .await
-            .map_err(|e| SubscribeError(format!("nack failed: {e}")))
-            .and_then(|sent| sent_or_refused(sent, "nack"))
+            .map_err(|e| failed("closing the channel to give messages back", e))
     }
 }
 
