@@ -130,8 +130,19 @@ pub async fn prepare(url: &str) -> Result<()> {
         if let Some(version) = crate::env::<i64>("BENCH_QUEUE_VERSION")? {
             arguments.insert("x-queue-version".into(), version.into());
         }
+        // BENCH_QUEUE_TYPE=stream or quorum: a replicated log instead of a classic queue; both must be durable.
+        let mut options = lapin::options::QueueDeclareOptions::default();
+        if let Some(kind) =
+            crate::env::<String>("BENCH_QUEUE_TYPE")?.filter(|kind| !kind.is_empty())
+        {
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString(kind.into()),
+            );
+            options.durable = true;
+        }
         channel
-            .queue_declare("com.example.user".into(), Default::default(), arguments)
+            .queue_declare("com.example.user".into(), options, arguments)
             .await?;
     } else if url.starts_with("redis") {
         let mut connection = redis::Client::open(url)?

@@ -27,19 +27,22 @@ pub async fn run(runs: usize) -> Result<Vec<Row>> {
         messages[i % SENDERS].push(EventEnvelope::new(event(i)).to_message()?);
     }
     let messages = Arc::new(messages);
+    // BENCH_BROKERS_ONLY keeps the rows whose label contains it, as in `brokers`.
+    let only = std::env::var("BENCH_BROKERS_ONLY").ok();
     let mut rows = Vec::new();
     for (name, url) in BROKERS {
         if url.starts_with("kafka") && std::env::var_os("BENCH_SKIP_KAFKA").is_some() {
             eprintln!("BENCH_SKIP_KAFKA is set: no Kafka publish");
             continue;
         }
-        let mut row = Row::new(
-            format!(
-                "publish {}k to {name}, no database, {SENDERS} senders, {ahead} unacknowledged each",
-                MESSAGES / 1000
-            ),
-            "messages/s",
+        let label = format!(
+            "publish {}k to {name}, no database, {SENDERS} senders, {ahead} unacknowledged each",
+            MESSAGES / 1000
         );
+        if only.as_deref().is_some_and(|only| !label.contains(only)) {
+            continue;
+        }
+        let mut row = Row::new(label, "messages/s");
         for _ in 0..runs {
             prepare(url).await?;
             let publisher: Arc<dyn Publisher> = Arc::from(from_url(url).await?);
