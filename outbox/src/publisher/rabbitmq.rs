@@ -26,6 +26,10 @@ use crate::message::Message;
 /// - Properties FastStream reads: `content_type`, `message_id` (event id), `correlation_id`. CloudEvents
 ///   attributes in the headers table with the `cloudEvents_` prefix, or `ce-` with [`prefix`](Self::prefix).
 /// - A lost connection is re-opened on the next publish.
+/// - The queue the destination routes to is the topology's choice, and it sets the confirm rate: a durable
+///   classic queue confirms about half as many messages per second as a quorum queue or a stream (BENCHMARKS.md,
+///   "The brokers' own ceiling"). A stream is the fastest durable destination; FastStream reads it with an
+///   `x-stream-offset`, while [`RabbitMqSubscriber`](crate::consumer::RabbitMqSubscriber) refuses one.
 pub struct RabbitMqPublisher {
     uri: String,
     channel: Mutex<Option<Channel>>,
