@@ -439,7 +439,7 @@ async fn consume_once_in_order(queue_type: Option<&str>) {
 /// quorum queue alike.
 #[tokio::test]
 async fn a_message_given_back_is_read_again_in_its_place() {
-    use outbox::consumer::{RabbitMqSubscriber, Subscriber};
+    use outbox::consumer::RabbitMqSubscriber;
 
     for queue_type in [None, Some("quorum")] {
         let s = suffix();
