@@ -127,34 +127,9 @@ async fn relay_to_a_rabbitmq_stream_then_read_it_from_the_first_offset() {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 
-    let s = suffix();
-    let prefix = format!("s{s}.");
-    let stream = format!("{prefix}com.example.account");
     let ch = channel().await;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("stream".into()),
-    );
-    ch.queue_declare(
-        stream.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        arguments,
-    )
-    .await
-    .unwrap();
-    let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
-    let written = write_and_relay(
-        Prefixed {
-            inner: rabbit,
-            prefix,
-        },
-        12,
-    )
-    .await;
+    let (stream, written) =
+        relayed_to_a_queue(&ch, &format!("s{}.", suffix()), Some("stream")).await;
 
     // A stream is consumed with acknowledgements, a prefetch, and the offset to start from.
     ch.basic_qos(64, BasicQosOptions::default()).await.unwrap();
@@ -208,21 +183,7 @@ async fn a_queue_consumer_refuses_a_stream_by_name() {
 
     let stream = format!("refused{}", suffix());
     let ch = channel().await;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("stream".into()),
-    );
-    ch.queue_declare(
-        stream.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        arguments,
-    )
-    .await
-    .unwrap();
+    declare(&ch, &stream, Some("stream")).await;
     let mut subscriber = RabbitMqSubscriber::connect(URL, &stream, 16).await.unwrap();
     ch.basic_publish(
         "".into(),
@@ -341,22 +302,26 @@ async fn a_quorum_queue_consumer_applies_each_event_once_in_order() {
     consume_once_in_order(Some("quorum")).await;
 }
 
-/// Declares `queue`, of `queue_type` (durable) or a transient classic queue, and relays 12 events of two
-/// aggregates to it.
+/// Declares `queue`: of `queue_type` (`quorum`, `stream`), durable, or a transient classic queue.
+async fn declare(ch: &Channel, queue: &str, queue_type: Option<&str>) {
+    let (mut options, mut arguments) = (QueueDeclareOptions::default(), FieldTable::default());
+    if let Some(kind) = queue_type {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        options.durable = true;
+    }
+    ch.queue_declare(queue.into(), options, arguments)
+        .await
+        .unwrap();
+}
+
+/// Declares `queue` of `queue_type` and relays 12 events of two aggregates to it.
 async fn relayed_to_a_queue(
     ch: &Channel,
     prefix: &str,
     queue_type: Option<&str>,
 ) -> (String, Written) {
     let queue = format!("{prefix}com.example.account");
-    let (mut options, mut arguments) = (QueueDeclareOptions::default(), FieldTable::default());
-    if let Some(kind) = queue_type {
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-        options.durable = true;
-    }
-    ch.queue_declare(queue.as_str().into(), options, arguments)
-        .await
-        .unwrap();
+    declare(ch, &queue, queue_type).await;
     let rabbit = RabbitMqPublisher::connect(URL).await.unwrap();
     let written = write_and_relay(
         Prefixed {
