@@ -196,7 +196,8 @@ impl Ledger {
         total: u64,
         configure: impl FnOnce(outbox::consumer::ConsumerBuilder) -> outbox::consumer::ConsumerBuilder,
     ) -> outbox::consumer::Consumer {
-        let consumer = configure(self.builder(std::time::Duration::ZERO, None)).build();
+        let consumer =
+            configure(self.builder(std::time::Duration::ZERO, Default::default())).build();
         let all_settled = async {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
             while consumer.counts().applied() + consumer.counts().duplicates() < total {
@@ -220,7 +221,7 @@ impl Ledger {
         pause: std::time::Duration,
     ) -> outbox::consumer::Consumer {
         let started = std::sync::Arc::new(tokio::sync::Notify::new());
-        let consumer = self.builder(pause, Some(started.clone())).build();
+        let consumer = self.builder(pause, started.clone()).build();
         consumer.run(subscriber, started.notified()).await;
         consumer
     }
@@ -229,20 +230,18 @@ impl Ledger {
     fn builder(
         &self,
         pause: std::time::Duration,
-        started: Option<std::sync::Arc<tokio::sync::Notify>>,
+        started: std::sync::Arc<tokio::sync::Notify>,
     ) -> outbox::consumer::ConsumerBuilder {
         use outbox::consumer::{Consumer, Context, HandlerError};
         use outbox_tests::events::AccountOpened;
         type Log = std::sync::Arc<std::sync::Mutex<Vec<(Uuid, String)>>>;
         let note = move |applied: Log,
-                         started: Option<std::sync::Arc<tokio::sync::Notify>>,
+                         started: std::sync::Arc<tokio::sync::Notify>,
                          ctx: &Context,
                          account: String| {
             let id = Uuid::parse_str(&ctx.delivery().id).expect("our ids are UUIDs");
             async move {
-                if let Some(started) = started {
-                    started.notify_one();
-                }
+                started.notify_one();
                 tokio::time::sleep(pause).await;
                 applied.lock().unwrap().push((id, account));
                 Ok::<_, HandlerError>(())
