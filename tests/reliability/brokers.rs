@@ -205,7 +205,7 @@ async fn kafka_stopped_and_restarted_under_the_relay() {
 }
 
 /// Starts the shared RabbitMQ's application again if a test stopped it and then failed.
-struct StartRabbitOnDrop;
+pub struct StartRabbitOnDrop;
 
 impl Drop for StartRabbitOnDrop {
     fn drop(&mut self) {
@@ -213,7 +213,7 @@ impl Drop for StartRabbitOnDrop {
     }
 }
 
-fn rabbitmqctl(command: &str) {
+pub fn rabbitmqctl(command: &str) {
     outbox_tests::run_command("rabbitmqctl", &["-q", command]);
 }
 

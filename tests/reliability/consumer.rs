@@ -1,6 +1,7 @@
 //! The consumer side under crashes, on every broker: a consumer process (`consumer_child`, subscribed by URL) is
-//! killed with SIGKILL twice under load and started again; every event is applied exactly once, in order per
-//! aggregate, and a final SIGTERM leaves nothing unacknowledged at the broker.
+//! killed with SIGKILL twice under load and started again, or (RabbitMQ) keeps running while the broker is
+//! stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
+//! nothing unacknowledged at the broker.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -70,6 +71,22 @@ impl Route {
             name,
             kafka,
         }
+    }
+
+    /// Stops the broker for 3 s and starts it again (RabbitMQ only: the others' restarts are the relay's
+    /// scenarios in `brokers.rs`).
+    async fn restart_broker(&self) {
+        use crate::brokers::{StartRabbitOnDrop, rabbitmqctl};
+        assert!(
+            matches!(self.broker, Broker::RabbitMq),
+            "a restart of {:?} under a consumer is not written",
+            self.broker
+        );
+        let _restart_guard = StartRabbitOnDrop;
+        tokio::task::spawn_blocking(|| rabbitmqctl("stop_app"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
     fn kafka_address(&self) -> String {
@@ -248,7 +265,16 @@ impl Drop for ConsumerProcess {
     }
 }
 
-async fn killed_under_load(broker: Broker) {
+/// What happens to the consumer mid-flow.
+#[derive(Clone, Copy, Debug)]
+enum Disruption {
+    /// SIGKILLed twice, each time started again.
+    Killed,
+    /// The broker stopped for 3 s under the running consumer, then started again.
+    BrokerRestarted,
+}
+
+async fn under_load(broker: Broker, disruption: Disruption) {
     // One scenario at a time, like the others: a scenario that restarts PostgreSQL would cut this one's
     // connections (it did, once two scenarios' timings overlapped).
     let _serial = serial().await;
@@ -284,9 +310,7 @@ async fn killed_under_load(broker: Broker) {
         async move { t.scalar(&sql).await }
     };
 
-    // Killed twice mid-flow, each time once it has applied some more.
-    for until in [EVENTS / 5, EVENTS / 2] {
-        let process = ConsumerProcess::spawn(&route, &inbox, &applied);
+    let applied_at_least = async |until: u32| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while count("SELECT COUNT(*) FROM {applied}").await < i64::from(until) {
             assert!(
@@ -295,9 +319,24 @@ async fn killed_under_load(broker: Broker) {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        process.kill();
-    }
-    let process = ConsumerProcess::spawn(&route, &inbox, &applied);
+    };
+    let process = match disruption {
+        // Killed twice mid-flow, each time once it has applied some more.
+        Disruption::Killed => {
+            for until in [EVENTS / 5, EVENTS / 2] {
+                let process = ConsumerProcess::spawn(&route, &inbox, &applied);
+                applied_at_least(until).await;
+                process.kill();
+            }
+            ConsumerProcess::spawn(&route, &inbox, &applied)
+        }
+        Disruption::BrokerRestarted => {
+            let process = ConsumerProcess::spawn(&route, &inbox, &applied);
+            applied_at_least(EVENTS / 5).await;
+            route.restart_broker().await;
+            process
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
     while count("SELECT COUNT(DISTINCT event_id) FROM {applied}").await < i64::from(EVENTS) {
         if Instant::now() > deadline {
@@ -336,20 +375,25 @@ async fn killed_under_load(broker: Broker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_under_load_on_redis_loses_nothing_and_applies_nothing_twice() {
-    killed_under_load(Broker::Redis).await;
+    under_load(Broker::Redis, Disruption::Killed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_under_load_on_nats_loses_nothing_and_applies_nothing_twice() {
-    killed_under_load(Broker::Nats).await;
+    under_load(Broker::Nats, Disruption::Killed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_under_load_on_rabbitmq_loses_nothing_and_applies_nothing_twice() {
-    killed_under_load(Broker::RabbitMq).await;
+    under_load(Broker::RabbitMq, Disruption::Killed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_under_load_on_kafka_loses_nothing_and_applies_nothing_twice() {
-    killed_under_load(Broker::Kafka).await;
+    under_load(Broker::Kafka, Disruption::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_rides_out_a_rabbitmq_restart_and_loses_nothing() {
+    under_load(Broker::RabbitMq, Disruption::BrokerRestarted).await;
 }

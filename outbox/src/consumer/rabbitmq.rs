@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
@@ -23,11 +24,16 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 /// aggregates then in the handlers are delivered again, and the inbox makes them duplicates. One left
 /// unacknowledged when the connection drops is redelivered by the broker the same way.
 ///
+/// A lost connection (a broker restarted, a network cut) is opened again by the next `receive`, and a consumer
+/// the broker ended is started again: until that succeeds, each `receive` fails with the cause, which the
+/// consumer reports and retries. The subscription never ends by itself.
+///
 /// A RabbitMQ stream is not read: it cannot take a message back (`basic.nack` closes the connection) and a new
 /// consumer starts after what was published while it was away. Its first delivery is refused with an error
 /// that names the queue, and so is every `receive` after it; read a stream with a stream client or FastStream,
 /// or bind a classic or quorum queue beside it.
 pub struct RabbitMqSubscriber {
+    uri: String,
     connection: Connection,
     queue: String,
     prefetch: u16,
@@ -50,12 +56,11 @@ impl RabbitMqSubscriber {
     /// Connects to `uri` and consumes `queue` with at most `prefetch` messages unacknowledged (the consumer's
     /// `max_in_flight` is a good value).
     pub async fn connect(uri: &str, queue: &str, prefetch: u16) -> Result<Self, SubscribeError> {
-        let connection = Connection::connect(uri, ConnectionProperties::default())
-            .await
-            .map_err(|e| failed("cannot connect to RabbitMQ", e))?;
+        let connection = open(uri).await?;
         let prefetch = prefetch.max(1);
         let (channel, consumer) = consume(&connection, queue, prefetch).await?;
         Ok(Self {
+            uri: uri.to_owned(),
             connection,
             queue: queue.to_owned(),
             prefetch,
@@ -71,8 +76,44 @@ fn failed(doing: &str, e: lapin::Error) -> SubscribeError {
     SubscribeError(format!("{doing}: {e}"))
 }
 
+/// How long an ack or a channel's close may take. One sent as the connection drops can otherwise wait forever
+/// for a socket that is gone, and hold its aggregate and a place in the consumer with it.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long opening a connection, or a channel and its consumer, may take: a broker that accepts the TCP connection and then stops mid-handshake
+/// (as `rabbitmqctl stop_app` can) would otherwise hold `receive` forever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn open(uri: &str) -> Result<Connection, SubscribeError> {
+    match tokio::time::timeout(
+        OPEN_TIMEOUT,
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(connection) => connection.map_err(|e| failed("cannot connect to RabbitMQ", e)),
+        Err(_) => Err(SubscribeError(format!(
+            "cannot connect to RabbitMQ: no AMQP handshake within {OPEN_TIMEOUT:?}"
+        ))),
+    }
+}
+
 /// A channel with the prefetch set, consuming `queue`.
 async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(Channel, lapin::Consumer), SubscribeError> {
+    tokio::time::timeout(OPEN_TIMEOUT, consume_now(connection, queue, prefetch))
+        .await
+        .unwrap_or_else(|_| {
+            Err(SubscribeError(format!(
+                "cannot consume queue `{queue}`: no answer within {OPEN_TIMEOUT:?}"
+            )))
+        })
+}
+
+async fn consume_now(
     connection: &Connection,
     queue: &str,
     prefetch: u16,
@@ -104,6 +145,11 @@ impl Subscriber for RabbitMqSubscriber {
             if let Some(refused) = &self.refused {
                 return Err(refused.clone());
             }
+            // The broker has taken back what the lost connection left unacknowledged, for the new one.
+            if !self.connection.status().connected() {
+                self.connection = open(&self.uri).await?;
+                self.give_back.reopen.store(true, Ordering::Release);
+            }
             // Cancellation-safe: `reopen` is cleared only once the new channel is in place, with no await
             // between.
             if self.give_back.reopen.load(Ordering::Acquire) {
@@ -118,10 +164,16 @@ impl Subscriber for RabbitMqSubscriber {
             if self.give_back.reopen.load(Ordering::Acquire) {
                 continue;
             }
-            let Some(delivery) = next else {
-                return Ok(None);
+            let ended = match next {
+                Some(Ok(delivery)) => break delivery,
+                Some(Err(e)) => format!("consuming from RabbitMQ: {e}"),
+                None => format!("RabbitMQ ended the consumer of queue `{}`", self.queue),
             };
-            break delivery.map_err(|e| SubscribeError(format!("consuming from RabbitMQ: {e}")))?;
+            // A queue has no end: a consumer that stops (its connection lost, its channel closed, the broker
+            // cancelling it while it restarts) consumes again on a new channel, and a new connection if need
+            // be, at the next receive, after the consumer's pause.
+            self.give_back.reopen.store(true, Ordering::Release);
+            return Err(SubscribeError(format!("{ended}; consuming again")));
         };
         let properties = &delivery.properties;
         // Every delivery from a stream carries its offset; no other queue type sets this header.
@@ -182,13 +234,25 @@ struct RabbitMqSettle {
 
 #[async_trait::async_trait]
 impl Settle for RabbitMqSettle {
+    /// An ack that cannot be sent leaves the message to the broker, which delivers it again (to this consumer's
+    /// next channel), and the inbox makes that a duplicate.
     async fn ack(self: Box<Self>) -> Result<(), SubscribeError> {
-        self.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| SubscribeError(format!("ack failed: {e}")))
-            .and_then(|sent| sent_or_refused(sent, "ack"))
+        let not_sent = |why: &str| SubscribeError(format!("ack not sent: {why}"));
+        if !self.channel.status().connected() {
+            return Err(not_sent("the channel is closed"));
+        }
+        let ack = self.delivery.acker.ack(BasicAckOptions::default());
+        match tokio::time::timeout(SETTLE_TIMEOUT, ack).await {
+            Ok(Ok(true)) => Ok(()),
+            // lapin answers `false` when the acker was already used or its channel is gone.
+            Ok(Ok(false)) => Err(not_sent(
+                "the channel is closed or the message was already settled",
+            )),
+            Ok(Err(e)) => Err(SubscribeError(format!("ack failed: {e}"))),
+            Err(_) => Err(not_sent(&format!(
+                "the connection did not take it within {SETTLE_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
@@ -198,21 +262,15 @@ impl Settle for RabbitMqSettle {
             return Ok(());
         }
         self.give_back.reopen.store(true, Ordering::Release);
-        self.channel
-            .close(200, "giving messages back in their order".into())
-            .await
-            .map_err(|e| failed("closing the channel to give messages back", e))
-    }
-}
-
-/// lapin answers `false` when the delivery's acker was already used or its channel is gone: the message is then
-/// the broker's to redeliver, which the caller should know.
-fn sent_or_refused(sent: bool, what: &str) -> Result<(), SubscribeError> {
-    if sent {
-        Ok(())
-    } else {
-        Err(SubscribeError(format!(
-            "{what} not sent: the channel is closed or the message was already settled"
-        )))
+        let close = self
+            .channel
+            .close(200, "giving messages back in their order".into());
+        match tokio::time::timeout(SETTLE_TIMEOUT, close).await {
+            Ok(closed) => {
+                closed.map_err(|e| failed("closing the channel to give messages back", e))
+            }
+            // The connection is going: it gives the messages back as it goes.
+            Err(_) => Ok(()),
+        }
     }
 }
