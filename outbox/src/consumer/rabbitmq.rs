@@ -44,8 +44,9 @@ pub struct RabbitMqSubscriber {
     refused: Option<SubscribeError>,
 }
 
-/// Shared by the subscriber and its deliveries: a delivery given back closes the channel under `closing` and
-/// sets `reopen`, and the subscriber opens a new channel once the close is done.
+/// Shared by the subscriber and its deliveries. `reopen` says the channel is gone or going: a delivery given
+/// back closes it (under `closing`), or the subscriber found its consumer ended or its connection lost; the next
+/// `receive` consumes on a new channel, once any close is done.
 #[derive(Default)]
 struct GiveBack {
     reopen: AtomicBool,
