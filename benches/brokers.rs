@@ -130,7 +130,7 @@ pub async fn prepare(url: &str) -> Result<()> {
         if let Some(version) = crate::env::<i64>("BENCH_QUEUE_VERSION")? {
             arguments.insert("x-queue-version".into(), version.into());
         }
-        // BENCH_QUEUE_TYPE=stream or quorum: a replicated log instead of a classic queue; both must be durable.
+        // BENCH_QUEUE_TYPE=classic, quorum or stream: that queue type, durable (quorum queues and streams must be).
         let mut options = lapin::options::QueueDeclareOptions::default();
         if let Some(kind) =
             crate::env::<String>("BENCH_QUEUE_TYPE")?.filter(|kind| !kind.is_empty())

@@ -1,6 +1,6 @@
 //! The consumer side under crashes, on every broker: a consumer process (`consumer_child`, subscribed by URL) is
-//! killed with SIGKILL twice under load and started again, or (RabbitMQ) keeps running while the broker is
-//! stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
+//! killed with SIGKILL twice under load and started again, or (RabbitMQ, Kafka) keeps running while the broker
+//! is stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
 //! nothing unacknowledged at the broker.
 
 use std::process::{Child, Command};

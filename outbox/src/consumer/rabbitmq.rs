@@ -12,6 +12,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::delivery::Delivery;
 use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
+use crate::publisher::rabbitmq::OPEN_TIMEOUT;
 
 /// Consumes a RabbitMQ queue (which must exist: declaring it is the topology's business) with manual
 /// acknowledgements and at most `prefetch` unacknowledged messages. Messages are CloudEvents in binary mode
@@ -39,17 +40,17 @@ pub struct RabbitMqSubscriber {
     prefetch: u16,
     channel: Channel,
     consumer: lapin::Consumer,
-    give_back: Arc<GiveBack>,
+    reopen: Arc<Reopen>,
     // Set once a delivery showed the queue is a stream.
     refused: Option<SubscribeError>,
 }
 
-/// Shared by the subscriber and its deliveries. `reopen` says the channel is gone or going: a delivery given
-/// back closes it (under `closing`), or the subscriber found its consumer ended or its connection lost; the next
+/// Shared by the subscriber and its deliveries. `due` says the channel is gone or going: a delivery given back
+/// closes it (under `closing`), or the subscriber found its consumer ended or its connection lost; the next
 /// `receive` consumes on a new channel, once any close is done.
 #[derive(Default)]
-struct GiveBack {
-    reopen: AtomicBool,
+struct Reopen {
+    due: AtomicBool,
     closing: tokio::sync::Mutex<()>,
 }
 
@@ -67,7 +68,7 @@ impl RabbitMqSubscriber {
             prefetch,
             channel,
             consumer,
-            give_back: Arc::default(),
+            reopen: Arc::default(),
             refused: None,
         })
     }
@@ -80,10 +81,6 @@ fn failed(doing: &str, e: lapin::Error) -> SubscribeError {
 /// How long an ack or a channel's close may take. One sent as the connection drops can otherwise wait forever
 /// for a socket that is gone, and hold its aggregate and a place in the consumer with it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long opening a connection, or a channel and its consumer, may take: a broker that accepts the TCP connection and then stops mid-handshake
-/// (as `rabbitmqctl stop_app` can) would otherwise hold `receive` forever.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn open(uri: &str) -> Result<Connection, SubscribeError> {
     match tokio::time::timeout(
@@ -149,20 +146,20 @@ impl Subscriber for RabbitMqSubscriber {
             // The broker has taken back what the lost connection left unacknowledged, for the new one.
             if !self.connection.status().connected() {
                 self.connection = open(&self.uri).await?;
-                self.give_back.reopen.store(true, Ordering::Release);
+                self.reopen.due.store(true, Ordering::Release);
             }
-            // Cancellation-safe: `reopen` is cleared only once the new channel is in place, with no await
+            // Cancellation-safe: `due` is cleared only once the new channel is in place, with no await
             // between.
-            if self.give_back.reopen.load(Ordering::Acquire) {
-                let _closed = self.give_back.closing.lock().await;
+            if self.reopen.due.load(Ordering::Acquire) {
+                let _closed = self.reopen.closing.lock().await;
                 let (channel, consumer) =
                     consume(&self.connection, &self.queue, self.prefetch).await?;
                 (self.channel, self.consumer) = (channel, consumer);
-                self.give_back.reopen.store(false, Ordering::Release);
+                self.reopen.due.store(false, Ordering::Release);
             }
             let next = self.consumer.next().await;
             // What a channel being closed to give messages back delivered goes back to the broker with them.
-            if self.give_back.reopen.load(Ordering::Acquire) {
+            if self.reopen.due.load(Ordering::Acquire) {
                 continue;
             }
             let ended = match next {
@@ -173,7 +170,7 @@ impl Subscriber for RabbitMqSubscriber {
             // A queue has no end: a consumer that stops (its connection lost, its channel closed, the broker
             // cancelling it while it restarts) consumes again on a new channel, and a new connection if need
             // be, at the next receive, after the consumer's pause.
-            self.give_back.reopen.store(true, Ordering::Release);
+            self.reopen.due.store(true, Ordering::Release);
             return Err(SubscribeError(format!("{ended}; consuming again")));
         };
         let properties = &delivery.properties;
@@ -220,7 +217,7 @@ impl Subscriber for RabbitMqSubscriber {
             settle: Box::new(RabbitMqSettle {
                 delivery,
                 channel: self.channel.clone(),
-                give_back: self.give_back.clone(),
+                reopen: self.reopen.clone(),
             }),
         }))
     }
@@ -230,7 +227,7 @@ struct RabbitMqSettle {
     delivery: AmqpDelivery,
     // The channel the message came on.
     channel: Channel,
-    give_back: Arc<GiveBack>,
+    reopen: Arc<Reopen>,
 }
 
 #[async_trait::async_trait]
@@ -257,12 +254,12 @@ impl Settle for RabbitMqSettle {
     }
 
     async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
-        let _closing = self.give_back.closing.lock().await;
+        let _closing = self.reopen.closing.lock().await;
         // A channel closed already gave its messages back.
         if !self.channel.status().connected() {
             return Ok(());
         }
-        self.give_back.reopen.store(true, Ordering::Release);
+        self.reopen.due.store(true, Ordering::Release);
         let close = self
             .channel
             .close(200, "giving messages back in their order".into());

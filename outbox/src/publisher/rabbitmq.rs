@@ -168,8 +168,8 @@ fn size_limit(text: &str) -> Option<usize> {
 
 /// How long opening a connection and channel may take. A broker that accepts the TCP connection and then stops
 /// (seen with `rabbitmqctl stop_app` mid-handshake) would otherwise leave the handshake, and every publish
-/// queued behind it, waiting forever.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// queued behind it (or the consumer's `receive`), waiting forever.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn open(uri: &str) -> Result<Channel, PublishError> {
     let open = async {
