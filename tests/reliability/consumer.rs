@@ -1,6 +1,6 @@
 //! The consumer side under crashes, on every broker: a consumer process (`consumer_child`, subscribed by URL) is
-//! killed with SIGKILL twice under load and started again, or (RabbitMQ, Kafka) keeps running while the broker
-//! is stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
+//! killed with SIGKILL twice under load and started again, or (NATS, RabbitMQ, Kafka) keeps running while the
+//! broker is stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
 //! nothing unacknowledged at the broker.
 
 use std::process::{Child, Command};
@@ -19,7 +19,6 @@ const EVENTS: u32 = 3000;
 const AGGREGATES: u32 = 30;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-const NATS: &str = "nats://127.0.0.1:4222";
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Clone, Copy, Debug)]
@@ -35,9 +34,9 @@ enum Broker {
 struct Route {
     broker: Broker,
     name: String,
-    /// A private server: tansu on SQLite storage for Kafka, since the shared one (memory storage) answers a
-    /// fetch from the middle of a multi-record batch with a later batch, skipping records (seen here as events
-    /// never delivered after a restart).
+    /// A private server, so it can be restarted: `nats-server -js` for NATS, and tansu on SQLite storage for
+    /// Kafka, since the shared one (memory storage) answers a fetch from the middle of a multi-record batch with a
+    /// later batch, skipping records (seen here as events never delivered after a restart).
     server: Option<outbox_tests::servers::Server>,
 }
 
@@ -63,6 +62,7 @@ impl Route {
                 .expect("declare the queue");
         }
         let server = match broker {
+            Broker::Nats => Some(outbox_tests::servers::Server::nats().await),
             Broker::Kafka => Some(outbox_tests::servers::Server::tansu().await),
             _ => None,
         };
@@ -73,8 +73,8 @@ impl Route {
         }
     }
 
-    /// Stops the broker for 3 s and starts it again: RabbitMQ's application, or the private tansu killed. (Redis
-    /// keeps nothing on disk here, so a restart would lose the stream; NATS: see RELIABILITY.md.)
+    /// Stops the broker for 3 s and starts it again: RabbitMQ's application, or the private NATS or tansu
+    /// killed. (Redis keeps nothing on disk here, so a restart would lose the stream.)
     async fn restart_broker(&mut self) {
         use crate::brokers::{StartRabbitOnDrop, rabbitmqctl};
         match (self.broker, self.server.as_mut()) {
@@ -85,7 +85,7 @@ impl Route {
                     .unwrap();
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            (Broker::Kafka, Some(server)) => {
+            (Broker::Nats | Broker::Kafka, Some(server)) => {
                 server.stop();
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 server.restart().await;
@@ -99,10 +99,15 @@ impl Route {
         format!("127.0.0.1:{port}")
     }
 
+    fn nats_url(&self) -> String {
+        let server = self.server.as_ref().expect("NATS runs a private server");
+        format!("nats://{}", server.address())
+    }
+
     fn publish_url(&self) -> String {
         match self.broker {
             Broker::Redis => REDIS.to_owned(),
-            Broker::Nats => format!("{NATS}?stream={0}&subjects={0}", self.name),
+            Broker::Nats => format!("{}?stream={1}&subjects={1}", self.nats_url(), self.name),
             Broker::RabbitMq => RABBITMQ.to_owned(),
             Broker::Kafka => format!("kafka://{}?partitions=3", self.kafka_address()),
         }
@@ -111,7 +116,7 @@ impl Route {
     fn subscribe_url(&self) -> String {
         match self.broker {
             Broker::Redis => format!("{REDIS}?streams={}", self.name),
-            Broker::Nats => format!("{NATS}?stream={}", self.name),
+            Broker::Nats => format!("{}?stream={}", self.nats_url(), self.name),
             Broker::RabbitMq => format!("{RABBITMQ}?queue={}&prefetch=64", self.name),
             // A member name, as on Redis: the restarted process takes its partitions back at once.
             Broker::Kafka => format!(
@@ -144,11 +149,12 @@ impl Route {
                 );
             }
             Broker::Nats => {
-                let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream()
-                    .await
-                    .get_consumer_from_stream(&self.name, &self.name)
-                    .await
-                    .expect("the durable consumer");
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                    jetstream(&self.nats_url())
+                        .await
+                        .get_consumer_from_stream(&self.name, &self.name)
+                        .await
+                        .expect("the durable consumer");
                 let info = consumer.info().await.expect("consumer info");
                 assert_eq!(
                     (info.num_ack_pending, info.num_pending),
@@ -191,17 +197,14 @@ impl Route {
                     .await
                     .unwrap();
             }
-            Broker::Nats => {
-                let _ = jetstream().await.delete_stream(&self.name).await;
-            }
             Broker::RabbitMq => {
                 let _ = rabbitmq_channel()
                     .await
                     .queue_delete(self.name.as_str().into(), Default::default())
                     .await;
             }
-            // tansu runs in memory, one broker per CI run; the topic goes with it.
-            Broker::Kafka => {}
+            // The private server goes with the route.
+            Broker::Nats | Broker::Kafka => {}
         }
     }
 }
@@ -214,11 +217,11 @@ async fn redis_connection() -> redis::aio::MultiplexedConnection {
         .expect("Redis on 127.0.0.1:6379")
 }
 
-async fn jetstream() -> async_nats::jetstream::Context {
+async fn jetstream(url: &str) -> async_nats::jetstream::Context {
     async_nats::jetstream::new(
-        async_nats::connect(NATS)
+        async_nats::connect(url)
             .await
-            .expect("NATS on 127.0.0.1:4222"),
+            .unwrap_or_else(|e| panic!("NATS at {url}: {e}")),
     )
 }
 
@@ -401,6 +404,11 @@ async fn a_consumer_killed_under_load_on_kafka_loses_nothing_and_applies_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_rides_out_a_rabbitmq_restart_and_loses_nothing() {
     under_load(Broker::RabbitMq, Disruption::BrokerRestarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_rides_out_a_nats_restart_and_loses_nothing() {
+    under_load(Broker::Nats, Disruption::BrokerRestarted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
