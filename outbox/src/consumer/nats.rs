@@ -1,5 +1,9 @@
 //! NATS JetStream: a durable pull consumer, acknowledged explicitly once a message is committed or kept.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::Statistics;
 use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
@@ -17,8 +21,24 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 /// again as duplicates, which the inbox acknowledges untouched. So one process reads a durable consumer at a time
 /// (two would also interleave an aggregate's messages); to spread the load, give each process a durable consumer
 /// of its own on a share of the subjects.
+///
+/// A lost connection (a server restarted, a network cut) is treated the same way once the client has connected
+/// again: what was on its way when the connection dropped, and acks sent then, are lost, and JetStream would
+/// redeliver those messages only after `ack_wait`. So the first `receive` after a reconnect drops what it read
+/// and resets the consumer to the first unacknowledged message. Until the server answers, each `receive` fails
+/// with the cause, which the consumer reports and retries; the subscription never ends by itself.
 pub struct NatsSubscriber {
-    messages: pull::Stream,
+    stream: jetstream::stream::Stream,
+    durable: String,
+    statistics: Arc<Statistics>,
+    /// The client's connection count when `messages` was opened: a higher one means the connection was lost in
+    /// between.
+    connects: u64,
+    messages: Option<pull::Stream>,
+    /// The configuration a reset under way recreates the consumer with. Kept here, so a `receive` cancelled
+    /// between the delete and the create does not leave the next one to create the consumer afresh (from the
+    /// stream's start).
+    resetting: Option<pull::Config>,
 }
 
 impl NatsSubscriber {
@@ -40,70 +60,133 @@ impl NatsSubscriber {
             .get_stream(stream)
             .await
             .map_err(|e| SubscribeError(format!("no JetStream stream `{stream}`: {e}")))?;
-        let cannot = |doing: &str, e: &dyn std::fmt::Display| {
-            SubscribeError(format!(
-                "cannot {doing} consumer `{durable}` on `{stream}`: {e}"
-            ))
+        let mut subscriber = Self {
+            stream: stream_handle,
+            durable: durable.to_owned(),
+            statistics: context.client().statistics(),
+            connects: 0,
+            messages: None,
+            resetting: None,
         };
-        let mut consumer = stream_handle
-            .get_or_create_consumer(
-                durable,
-                pull::Config {
-                    durable_name: Some(durable.to_owned()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| cannot("create", &e))?;
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| cannot("read", &e))?
-            .clone();
-        if info.num_ack_pending > 0 {
-            // A previous run left messages unacknowledged. JetStream would redeliver them only after `ack_wait`,
-            // while the messages behind them flow at once: an aggregate's event would be applied after its
-            // successors. Reading again from the first unacknowledged message keeps the order; what was applied
-            // since comes as duplicates, which the inbox acknowledges without running the handler.
+        subscriber.open().await?;
+        Ok(subscriber)
+    }
+
+    fn cannot(&self, doing: &str, e: &dyn std::fmt::Display) -> SubscribeError {
+        SubscribeError(format!(
+            "cannot {doing} consumer `{}` on `{}`: {e}",
+            self.durable,
+            self.stream.cached_info().config.name
+        ))
+    }
+
+    /// Opens the durable consumer's messages, first resetting it to its first unacknowledged message if it has
+    /// any. Cancellation-safe: each step leaves a state the next call carries on from.
+    async fn open(&mut self) -> Result<(), SubscribeError> {
+        let connects = self.statistics.connects.load(Ordering::Acquire);
+        if self.resetting.is_none() {
+            let mut consumer: jetstream::consumer::PullConsumer = self
+                .stream
+                .get_or_create_consumer(
+                    &self.durable,
+                    pull::Config {
+                        durable_name: Some(self.durable.clone()),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| self.cannot("create", &e))?;
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| self.cannot("read", &e))?
+                .clone();
+            if info.num_ack_pending == 0 {
+                return self.read(consumer, connects).await;
+            }
+            // Messages are unacknowledged: left by a previous run, or lost on the way with a connection.
+            // JetStream would redeliver them only after `ack_wait`, while the messages behind them flow at once:
+            // an aggregate's event would be applied after its successors. Reading again from the first
+            // unacknowledged message keeps the order; what was applied since comes as duplicates, which the
+            // inbox acknowledges without running the handler.
             let mut config = <pull::Config as FromConsumer>::try_from_consumer_config(info.config)
-                .map_err(|e| cannot("read the configuration of", &e))?;
+                .map_err(|e| self.cannot("read the configuration of", &e))?;
             config.deliver_policy = DeliverPolicy::ByStartSequence {
                 start_sequence: info.ack_floor.stream_sequence + 1,
             };
             tracing::info!(
                 target: "outbox.consumer",
-                durable,
-                stream,
+                durable = %self.durable,
+                stream = %self.stream.cached_info().config.name,
                 unacknowledged = info.num_ack_pending,
                 from = info.ack_floor.stream_sequence + 1,
                 "reading again from the first unacknowledged message"
             );
-            stream_handle
-                .delete_consumer(durable)
-                .await
-                .map_err(|e| cannot("reset", &e))?;
-            consumer = stream_handle
-                .create_consumer(config)
-                .await
-                .map_err(|e| cannot("recreate", &e))?;
+            self.resetting = Some(config);
         }
-        let messages = consumer
-            .messages()
+        let Some(config) = self.resetting.clone() else {
+            return Ok(());
+        };
+        // A delete that fails (the consumer is already gone, after a cancelled reset) is answered by the create:
+        // it fails too if the old consumer is still there.
+        let _ = self.stream.delete_consumer(&self.durable).await;
+        let consumer = self
+            .stream
+            .create_consumer(config)
             .await
-            .map_err(|e| SubscribeError(format!("cannot read `{stream}` as `{durable}`: {e}")))?;
-        Ok(Self { messages })
+            .map_err(|e| self.cannot("reset", &e))?;
+        self.resetting = None;
+        self.read(consumer, connects).await
+    }
+
+    async fn read(
+        &mut self,
+        consumer: jetstream::consumer::PullConsumer,
+        connects: u64,
+    ) -> Result<(), SubscribeError> {
+        let messages = consumer.messages().await.map_err(|e| {
+            SubscribeError(format!(
+                "cannot read `{}` as `{}`: {e}",
+                self.stream.cached_info().config.name,
+                self.durable
+            ))
+        })?;
+        (self.messages, self.connects) = (Some(messages), connects);
+        Ok(())
     }
 }
 
 #[async_trait::async_trait]
 impl Subscriber for NatsSubscriber {
     async fn receive(&mut self) -> Result<Option<Received>, SubscribeError> {
-        let Some(message) = self.messages.next().await else {
-            return Ok(None);
+        let message = loop {
+            let messages = match &mut self.messages {
+                Some(messages) => messages,
+                None => {
+                    self.open().await?;
+                    continue;
+                }
+            };
+            let next = messages.next().await;
+            if self.statistics.connects.load(Ordering::Acquire) != self.connects {
+                // Connected again since these messages were asked for: what this read brought may follow
+                // messages lost with the old connection, so it is left to the reset to deliver again.
+                self.messages = None;
+                continue;
+            }
+            match next {
+                Some(Ok(message)) => break message,
+                Some(Err(e)) => return Err(SubscribeError(format!("reading from JetStream: {e}"))),
+                None => {
+                    self.messages = None;
+                    return Err(SubscribeError(format!(
+                        "the JetStream consumer `{}` ended; reading again",
+                        self.durable
+                    )));
+                }
+            }
         };
-        let message =
-            message.map_err(|e| SubscribeError(format!("reading from JetStream: {e}")))?;
         let headers: Vec<(String, String)> = message
             .headers
             .iter()
