@@ -8,11 +8,14 @@ use async_nats::jetstream;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use outbox::OutboxConfig;
 use outbox::health::{HealthCheck, HealthStatus};
-use outbox::publisher::{KafkaPublisher, NatsPublisher, Publisher, RabbitMqPublisher};
+use outbox::publisher::{
+    KafkaPublisher, NatsPublisher, Publisher, RabbitMqPublisher, RedisPublisher,
+};
 use outbox::relay::Relay;
 use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::AccountOpened;
 use outbox_tests::prefixed::Prefixed;
+use outbox_tests::redis::{Entries, parse_envelope};
 use outbox_tests::running::Running;
 use outbox_tests::servers::Server;
 use rdkafka::ClientConfig;
@@ -160,6 +163,42 @@ async fn nats_stopped_and_restarted_under_the_relay() {
     outage.check(
         "2a. NATS JetStream server killed and restarted",
         "private `nats-server -js` SIGKILLed",
+        arrivals,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_under_the_relay() {
+    let _serial = serial().await;
+    let server = Arc::new(tokio::sync::Mutex::new(Server::redis_persistent().await));
+    let url = format!("redis://{}", server.lock().await.address());
+    let redis = RedisPublisher::connect(&url).await.unwrap();
+    let outage = through_an_outage(
+        Arc::new(redis),
+        async || server.lock().await.stop(),
+        async || server.lock().await.restart().await,
+    )
+    .await;
+
+    let mut connection = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg("com.example.account")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let arrivals = entries
+        .iter()
+        .map(|(_, fields)| key(&parse_envelope(&fields[0].1).1))
+        .collect();
+    outage.check(
+        "2d. Redis killed and restarted",
+        "private `redis-server --appendonly yes` SIGKILLed",
         arrivals,
     );
 }

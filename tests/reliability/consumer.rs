@@ -1,6 +1,6 @@
 //! The consumer side under crashes, on every broker: a consumer process (`consumer_child`, subscribed by URL) is
-//! killed with SIGKILL twice under load and started again, or (NATS, RabbitMQ, Kafka) keeps running while the
-//! broker is stopped and started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
+//! killed with SIGKILL twice under load and started again, or keeps running while the broker is stopped and
+//! started; every event is applied exactly once, in order per aggregate, and a final SIGTERM leaves
 //! nothing unacknowledged at the broker.
 
 use std::process::{Child, Command};
@@ -18,7 +18,6 @@ use crate::ledger::serial;
 const EVENTS: u32 = 3000;
 const AGGREGATES: u32 = 30;
 
-const REDIS: &str = "redis://127.0.0.1:6379";
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +33,8 @@ enum Broker {
 struct Route {
     broker: Broker,
     name: String,
-    /// A private server, so it can be restarted: `nats-server -js` for NATS, and tansu on SQLite storage for
-    /// Kafka, since the shared one (memory storage) answers a fetch from the middle of a multi-record batch with a
+    /// A private server, so it can be restarted: Redis with an append-only file, `nats-server -js` for NATS, and
+    /// tansu on SQLite storage for Kafka, since the shared one (memory storage) answers a fetch from the middle of a multi-record batch with a
     /// later batch, skipping records (seen here as events never delivered after a restart).
     server: Option<outbox_tests::servers::Server>,
 }
@@ -62,6 +61,7 @@ impl Route {
                 .expect("declare the queue");
         }
         let server = match broker {
+            Broker::Redis => Some(outbox_tests::servers::Server::redis_persistent().await),
             Broker::Nats => Some(outbox_tests::servers::Server::nats().await),
             Broker::Kafka => Some(outbox_tests::servers::Server::tansu().await),
             _ => None,
@@ -73,8 +73,8 @@ impl Route {
         }
     }
 
-    /// Stops the broker for 3 s and starts it again: RabbitMQ's application, or the private NATS or tansu
-    /// killed. (Redis keeps nothing on disk here, so a restart would lose the stream.)
+    /// Stops the broker for 3 s and starts it again: RabbitMQ's application, or the private Redis, NATS or tansu
+    /// killed.
     async fn restart_broker(&mut self) {
         use crate::brokers::{StartRabbitOnDrop, rabbitmqctl};
         match (self.broker, self.server.as_mut()) {
@@ -85,7 +85,7 @@ impl Route {
                     .unwrap();
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            (Broker::Nats | Broker::Kafka, Some(server)) => {
+            (Broker::Redis | Broker::Nats | Broker::Kafka, Some(server)) => {
                 server.stop();
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 server.restart().await;
@@ -99,15 +99,19 @@ impl Route {
         format!("127.0.0.1:{port}")
     }
 
-    fn nats_url(&self) -> String {
-        let server = self.server.as_ref().expect("NATS runs a private server");
-        format!("nats://{}", server.address())
+    fn private_url(&self, scheme: &str) -> String {
+        let server = self.server.as_ref().expect("a private server");
+        format!("{scheme}://{}", server.address())
     }
 
     fn publish_url(&self) -> String {
         match self.broker {
-            Broker::Redis => REDIS.to_owned(),
-            Broker::Nats => format!("{}?stream={1}&subjects={1}", self.nats_url(), self.name),
+            Broker::Redis => self.private_url("redis"),
+            Broker::Nats => format!(
+                "{}?stream={1}&subjects={1}",
+                self.private_url("nats"),
+                self.name
+            ),
             Broker::RabbitMq => RABBITMQ.to_owned(),
             Broker::Kafka => format!("kafka://{}?partitions=3", self.kafka_address()),
         }
@@ -115,8 +119,8 @@ impl Route {
 
     fn subscribe_url(&self) -> String {
         match self.broker {
-            Broker::Redis => format!("{REDIS}?streams={}", self.name),
-            Broker::Nats => format!("{}?stream={}", self.nats_url(), self.name),
+            Broker::Redis => format!("{}?streams={}", self.private_url("redis"), self.name),
+            Broker::Nats => format!("{}?stream={}", self.private_url("nats"), self.name),
             Broker::RabbitMq => format!("{RABBITMQ}?queue={}&prefetch=64", self.name),
             // A member name, as on Redis: the restarted process takes its partitions back at once.
             Broker::Kafka => format!(
@@ -132,7 +136,7 @@ impl Route {
     async fn assert_nothing_pending(&self) {
         match self.broker {
             Broker::Redis => {
-                let mut redis = redis_connection().await;
+                let mut redis = redis_connection(&self.private_url("redis")).await;
                 let pending: redis::Value = redis::cmd("XPENDING")
                     .arg(&self.name)
                     .arg(&self.name)
@@ -150,7 +154,7 @@ impl Route {
             }
             Broker::Nats => {
                 let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-                    jetstream(&self.nats_url())
+                    jetstream(&self.private_url("nats"))
                         .await
                         .get_consumer_from_stream(&self.name, &self.name)
                         .await
@@ -190,13 +194,6 @@ impl Route {
 
     async fn clean(&self) {
         match self.broker {
-            Broker::Redis => {
-                let _: () = redis::cmd("DEL")
-                    .arg(&self.name)
-                    .query_async(&mut redis_connection().await)
-                    .await
-                    .unwrap();
-            }
             Broker::RabbitMq => {
                 let _ = rabbitmq_channel()
                     .await
@@ -204,17 +201,17 @@ impl Route {
                     .await;
             }
             // The private server goes with the route.
-            Broker::Nats | Broker::Kafka => {}
+            Broker::Redis | Broker::Nats | Broker::Kafka => {}
         }
     }
 }
 
-async fn redis_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis on 127.0.0.1:6379")
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
 }
 
 async fn jetstream(url: &str) -> async_nats::jetstream::Context {
@@ -404,6 +401,11 @@ async fn a_consumer_killed_under_load_on_kafka_loses_nothing_and_applies_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_rides_out_a_rabbitmq_restart_and_loses_nothing() {
     under_load(Broker::RabbitMq, Disruption::BrokerRestarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_rides_out_a_redis_restart_and_loses_nothing() {
+    under_load(Broker::Redis, Disruption::BrokerRestarted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

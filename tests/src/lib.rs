@@ -4,6 +4,7 @@ pub mod backend;
 pub mod events;
 pub mod kafka;
 pub mod prefixed;
+pub mod redis;
 pub mod running;
 pub mod servers;
 

@@ -55,6 +55,17 @@ impl Server {
         Self::start("redis", |port, _| redis_server(port)).await
     }
 
+    /// Redis with an append-only file in its own directory, written before each reply: what it acknowledged
+    /// survives a kill.
+    pub async fn redis_persistent() -> Self {
+        Self::start("redis", |port, dir| {
+            let mut command = redis_server(port);
+            command.args(["--appendonly", "yes", "--dir"]).arg(dir);
+            command
+        })
+        .await
+    }
+
     /// A Redis replica of the server on `primary`: it takes no writes (`READONLY`) until `REPLICAOF NO ONE`.
     pub async fn redis_replica(primary: u16) -> Self {
         Self::start("redis", move |port, _| {
