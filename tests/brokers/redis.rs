@@ -273,3 +273,100 @@ async fn a_consumer_group_applies_each_event_once_and_claims_what_a_crashed_memb
         .unwrap();
     ledger.clean().await;
 }
+
+/// An XACK cut with its connection leaves the entry pending at the server: the subscriber hands it out again at
+/// the next read (the inbox makes it a duplicate), not after `claim_after` (60 s by default), and with nothing
+/// left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_ack_was_cut_is_read_again_at_once() {
+    use outbox::consumer::{RedisSubscriber, Subscriber};
+    use outbox_tests::servers::Server;
+
+    // A private server: the test cuts every client's connection.
+    let server = Server::redis().await;
+    let url = format!("redis://{}", server.address());
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let add = async |redis: &mut redis::aio::MultiplexedConnection, data: &str| {
+        let _: String = redis::cmd("XADD")
+            .arg("s")
+            .arg("*")
+            .arg("__data__")
+            .arg(data)
+            .query_async(redis)
+            .await
+            .unwrap();
+    };
+    add(&mut redis, "first").await;
+    let mut subscriber = RedisSubscriber::connect(&url, &["s"], "g", "me")
+        .await
+        .unwrap();
+    let first = subscriber.receive().await.unwrap().unwrap();
+    assert_eq!(first.raw, "first");
+
+    // The subscriber's ack connection only, as a network cut or a timeout on that one would: its reads
+    // connection (the one whose last command read the stream) stays up and knows nothing of it.
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let acks: Vec<&str> = clients
+        .lines()
+        .filter(|client| !client.contains("cmd=xread") && !client.contains("cmd=client|list"))
+        .filter_map(|client| {
+            client
+                .split(' ')
+                .find_map(|field| field.strip_prefix("id="))
+        })
+        .collect();
+    assert_eq!(acks.len(), 1, "one ack connection in {clients}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(acks[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let acked = first.settle.ack().await;
+    add(&mut redis, "second").await;
+
+    let mut read = Vec::new();
+    while read.len() < 2 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.receive()).await {
+            Ok(Ok(Some(received))) => {
+                read.push(received.raw.clone());
+                received.settle.ack().await.unwrap();
+            }
+            Ok(Ok(None)) => panic!("the subscription ended"),
+            // A read cut with the connection: the consumer tries again.
+            Ok(Err(_)) => {}
+            Err(_) => break,
+        }
+    }
+    let expected = if acked.is_ok() {
+        vec!["second"]
+    } else {
+        vec!["first", "second"]
+    };
+    assert_eq!(
+        read,
+        expected,
+        "after an ack that {}",
+        if acked.is_ok() {
+            "went through"
+        } else {
+            "failed"
+        }
+    );
+    let pending: PendingSummary = redis::cmd("XPENDING")
+        .arg("s")
+        .arg("g")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "nothing left pending: {pending:?}");
+}
