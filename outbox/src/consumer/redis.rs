@@ -18,7 +18,9 @@ use crate::publisher::redis::read_faststream_envelope;
 /// It first reads back its own pending entries (those it received before a crash and never acknowledged), then
 /// new ones; entries another consumer of the group left pending for longer than [`claim_after`](Self::claim_after)
 /// (default 60 s) are claimed and handled here. A message given back stays pending and is read again after a
-/// restart or claimed by another consumer.
+/// restart or claimed by another consumer. An entry whose XACK fails (its connection cut) may still be pending, so
+/// the next read goes through this consumer's pending list again and hands it out once more, as a duplicate for
+/// the inbox; so does a read that fails, since Redis may have delivered entries whose reply was lost.
 pub struct RedisSubscriber {
     reads: ConnectionManager,
     acks: ConnectionManager,
@@ -47,6 +49,10 @@ struct Handed {
     in_hand: HashSet<String>,
     acknowledged: HashSet<String>,
     acknowledged_order: VecDeque<String>,
+    /// An XACK failed: its entry may still be pending at the server, where only this consumer's own pending
+    /// list (or another consumer's claim, after `claim_after`) would hand it out again, so the next read starts
+    /// with that list.
+    read_own_pending: bool,
 }
 
 impl Handed {
@@ -268,6 +274,16 @@ impl Subscriber for RedisSubscriber {
         // to it are never lost; the next `receive` takes them.
         while self.buffer.is_empty() {
             if self.reading.is_none() {
+                let failed_ack = std::mem::take(
+                    &mut self
+                        .in_hand
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .read_own_pending,
+                );
+                if failed_ack {
+                    self.own_pending = Some(vec!["0".to_owned(); self.streams.len()]);
+                }
                 self.reading = Some(tokio::spawn(read(self.reads.clone(), self.plan())));
             }
             let Some(reading) = &mut self.reading else {
@@ -355,8 +371,11 @@ impl Settle for RedisSettle {
                 Ok(())
             }
             Err(error) => {
-                // Still pending: for a later claim or read to hand out again.
-                self.handed().in_hand.remove(&key);
+                // Still pending, or not: the next read of this consumer's own pending list tells.
+                let mut handed = self.handed();
+                handed.in_hand.remove(&key);
+                handed.read_own_pending = true;
+                drop(handed);
                 Err(SubscribeError(format!("XACK failed: {error}")))
             }
         }
