@@ -22,13 +22,10 @@ use outbox_tests::running::Running;
 use outbox_tests::servers::Server;
 use serde::{Deserialize, Serialize};
 
-use crate::brokers::key;
+use crate::brokers::{key, redis_arrivals};
 use crate::ledger::{Key, Ledger, committed, serial};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// `XRANGE` entries: (entry id, [(field, value)]).
-type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
 /// A retry budget small enough that a broker state mistaken for the events' failures dead-letters them quickly.
 fn tight_config() -> OutboxConfig {
@@ -378,21 +375,7 @@ async fn a_redis_server_that_takes_no_writes_backs_the_relay_off_without_spendin
         .unwrap();
     settled(&t, Duration::from_secs(60)).await;
     running.stop().await;
-    let entries: Entries = redis::cmd("XRANGE")
-        .arg("com.example.account")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let arrivals: Vec<Key> = entries
-        .iter()
-        .map(|(_, fields)| {
-            let envelope = &fields.iter().find(|(f, _)| f == "__data__").unwrap().1;
-            let data_offset = u32::from_be_bytes(envelope[14..18].try_into().unwrap()) as usize;
-            key(&envelope[data_offset..])
-        })
-        .collect();
+    let arrivals = redis_arrivals(&mut connection).await;
     ledger.tally(arrivals).check(
         "6k. a Redis server that takes no writes",
         "the relay publishing to a Redis replica (`READONLY`) for 3 s, then `REPLICAOF NO ONE`: no attempt \

@@ -31,6 +31,27 @@ pub fn key(body: &[u8]) -> Key {
     (event.account, event.seq)
 }
 
+/// The keys of the events in the Redis stream `com.example.account`, in stream order.
+pub async fn redis_arrivals(connection: &mut redis::aio::MultiplexedConnection) -> Vec<Key> {
+    let entries: Entries = redis::cmd("XRANGE")
+        .arg("com.example.account")
+        .arg("-")
+        .arg("+")
+        .query_async(connection)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|(_, fields)| {
+            let (_, data) = fields
+                .iter()
+                .find(|(field, _)| field == "__data__")
+                .expect("a __data__ field");
+            key(&parse_envelope(data).1)
+        })
+        .collect()
+}
+
 /// What one outage did to the relay.
 struct Outage {
     ledger: Ledger,
@@ -185,17 +206,7 @@ async fn redis_stopped_and_restarted_under_the_relay() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let entries: Entries = redis::cmd("XRANGE")
-        .arg("com.example.account")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let arrivals = entries
-        .iter()
-        .map(|(_, fields)| key(&parse_envelope(&fields[0].1).1))
-        .collect();
+    let arrivals = redis_arrivals(&mut connection).await;
     outage.check(
         "2d. Redis killed and restarted",
         "private `redis-server --appendonly yes` SIGKILLed",
