@@ -72,11 +72,15 @@ impl NatsSubscriber {
         Ok(subscriber)
     }
 
+    fn stream_name(&self) -> &str {
+        &self.stream.cached_info().config.name
+    }
+
     fn cannot(&self, doing: &str, e: &dyn std::fmt::Display) -> SubscribeError {
         SubscribeError(format!(
             "cannot {doing} consumer `{}` on `{}`: {e}",
             self.durable,
-            self.stream.cached_info().config.name
+            self.stream_name()
         ))
     }
 
@@ -118,7 +122,7 @@ impl NatsSubscriber {
             tracing::info!(
                 target: "outbox.consumer",
                 durable = %self.durable,
-                stream = %self.stream.cached_info().config.name,
+                stream = %self.stream_name(),
                 unacknowledged = info.num_ack_pending,
                 from = info.ack_floor.stream_sequence + 1,
                 "reading again from the first unacknowledged message"
@@ -148,7 +152,7 @@ impl NatsSubscriber {
         let messages = consumer.messages().await.map_err(|e| {
             SubscribeError(format!(
                 "cannot read `{}` as `{}`: {e}",
-                self.stream.cached_info().config.name,
+                self.stream_name(),
                 self.durable
             ))
         })?;

@@ -146,6 +146,11 @@ impl RedisSubscriber {
         self
     }
 
+    /// Makes the next reads go through this consumer's pending list from its start before new entries.
+    fn read_own_pending_again(&mut self) {
+        self.own_pending = Some(vec!["0".to_owned(); self.streams.len()]);
+    }
+
     /// What the next read asks for.
     fn plan(&self) -> Plan {
         Plan {
@@ -164,7 +169,7 @@ impl RedisSubscriber {
             Err(error) => {
                 // The server may have delivered entries whose reply was lost: they are in this consumer's
                 // pending list, older than anything newer, so read that list again before new entries.
-                self.own_pending = Some(vec!["0".to_owned(); self.streams.len()]);
+                self.read_own_pending_again();
                 return Err(SubscribeError(format!("reading Redis streams: {error}")));
             }
         };
@@ -282,7 +287,7 @@ impl Subscriber for RedisSubscriber {
                         .read_own_pending,
                 );
                 if failed_ack {
-                    self.own_pending = Some(vec!["0".to_owned(); self.streams.len()]);
+                    self.read_own_pending_again();
                 }
                 self.reading = Some(tokio::spawn(read(self.reads.clone(), self.plan())));
             }
@@ -375,7 +380,6 @@ impl Settle for RedisSettle {
                 let mut handed = self.handed();
                 handed.in_hand.remove(&key);
                 handed.read_own_pending = true;
-                drop(handed);
                 Err(SubscribeError(format!("XACK failed: {error}")))
             }
         }
