@@ -23,13 +23,9 @@ use crate::broker_url::BrokerUrl;
 /// assert!(err.to_string().contains("expected one of"));
 /// # });
 /// ```
+// RabbitMQ names no consumer: a queue is read by whoever consumes it.
 #[cfg_attr(
-    not(any(
-        feature = "nats",
-        feature = "rabbitmq",
-        feature = "redis",
-        feature = "kafka"
-    )),
+    not(any(feature = "nats", feature = "redis", feature = "kafka")),
     allow(unused_variables)
 )]
 pub async fn from_url(url: &str, consumer: &str) -> Result<Box<dyn Subscriber>, SubscribeError> {
