@@ -57,6 +57,9 @@ pub mod migration;
 pub mod ops;
 #[cfg(feature = "otel")]
 pub mod otel;
+// The aggregate's stable hash: the repository's partitions and the NATS publisher's connections.
+#[cfg_attr(not(any(feature = "sea-orm", feature = "nats")), allow(dead_code))]
+mod partition;
 pub mod publisher;
 mod redact;
 pub mod registry;

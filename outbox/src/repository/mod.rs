@@ -34,7 +34,6 @@ mod inbox;
 mod lease;
 mod mark;
 mod mysql;
-mod partition;
 mod postgres;
 mod relays;
 mod row;
@@ -53,6 +52,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+pub use crate::partition::partition_of;
 pub use admin::{Backlog, DeadLetterFilter, OutboxStats, PartitionLag};
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
 pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
@@ -62,7 +62,6 @@ pub use error::RepositoryError;
 pub use inbox::{Inbox, InboxDeadLetter, NewDeadLetter, Recorded};
 pub use lease::{ClaimToken, LeaseOwner};
 pub use mark::{Failure, FailureOutcome};
-pub use partition::partition_of;
 pub(crate) use relays::Heartbeat;
 pub use relays::{ALIVE_WITHIN, RelayInfo};
 pub use row::{EventStatus, StoredEvent};

@@ -3,7 +3,7 @@
 //!
 //! The hash is part of the stored data (`partition_no`, written by `add_event`): it must never change between
 //! versions, or an aggregate's new events would land beside a different cursor than its old ones. The unit test
-//! pins it with fixed values.
+//! pins it with fixed values. `NatsPublisher::connect_many` chooses an aggregate's connection with it too.
 
 /// The partition of the aggregate `(aggregate_type, aggregate_id)` among `partitions` (at least 1): FNV-1a (64 bit)
 /// of the type, a `0xFF` byte (which no UTF-8 text contains, so no two aggregates hash the same bytes), and the id,
