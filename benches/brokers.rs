@@ -2,7 +2,8 @@
 //! acknowledgements / confirms / delivery reports), batch 1000, analyzed table. The destination is
 //! `com.example.user` on every broker. NATS, RabbitMQ and Kafka, whose publishers can send an aggregate's next
 //! event before the previous acknowledgement, run once more with `BENCH_UNACKNOWLEDGED` (default 4) of them at
-//! once, and both ways again with 20k events over 4 aggregates.
+//! once, and both ways again with 20k events over 4 aggregates. NATS runs both ways once more over two
+//! connections (`connections=2`).
 
 use std::sync::Arc;
 
@@ -17,6 +18,11 @@ use crate::workload::{drop_tables, fresh, prefill_over};
 
 /// The NATS JetStream publisher, creating the stream `OUTBOXBENCH` for the workload's subject.
 pub const NATS: &str = "nats://127.0.0.1:4222?stream=OUTBOXBENCH&subjects=com.example.user";
+/// The same over two connections, each aggregate on one.
+pub const NATS_TWO_CONNECTIONS: (&str, &str) = (
+    "NATS JetStream over 2 connections",
+    "nats://127.0.0.1:4222?stream=OUTBOXBENCH&subjects=com.example.user&connections=2",
+);
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const KAFKA: &str = "kafka://127.0.0.1:9092?partitions=1";
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -41,6 +47,20 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         ("NATS JetStream", NATS, WORKLOAD, 1, rows_),
         ("NATS JetStream", NATS, WORKLOAD, ahead, rows_),
         ("NATS JetStream", NATS, WORKLOAD, ahead, cursor),
+        (
+            NATS_TWO_CONNECTIONS.0,
+            NATS_TWO_CONNECTIONS.1,
+            WORKLOAD,
+            ahead,
+            rows_,
+        ),
+        (
+            NATS_TWO_CONNECTIONS.0,
+            NATS_TWO_CONNECTIONS.1,
+            WORKLOAD,
+            ahead,
+            cursor,
+        ),
         ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, 1, rows_),
         ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead, rows_),
         ("RabbitMQ (confirms)", RABBITMQ, WORKLOAD, ahead, cursor),

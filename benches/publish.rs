@@ -12,7 +12,7 @@ use outbox::{EventEnvelope, Message};
 use tokio::task::JoinSet;
 
 use crate::Result;
-use crate::brokers::{BROKERS, prepare};
+use crate::brokers::{BROKERS, NATS_TWO_CONNECTIONS, prepare};
 use crate::report::Row;
 use crate::workload::event;
 
@@ -30,7 +30,7 @@ pub async fn run(runs: usize) -> Result<Vec<Row>> {
     // BENCH_BROKERS_ONLY keeps the rows whose label contains it, as in `brokers`.
     let only = std::env::var("BENCH_BROKERS_ONLY").ok();
     let mut rows = Vec::new();
-    for (name, url) in BROKERS {
+    for (name, url) in BROKERS.into_iter().chain([NATS_TWO_CONNECTIONS]) {
         if url.starts_with("kafka") && std::env::var_os("BENCH_SKIP_KAFKA").is_some() {
             eprintln!("BENCH_SKIP_KAFKA is set: no Kafka publish");
             continue;

@@ -55,7 +55,12 @@ impl<'a> BrokerUrl<'a> {
 
     /// A numeric option, `default` when absent; `Err` names the option and what was expected.
     #[cfg_attr(
-        not(any(feature = "rabbitmq", feature = "kafka", feature = "redis")),
+        not(any(
+            feature = "nats",
+            feature = "rabbitmq",
+            feature = "kafka",
+            feature = "redis"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {

@@ -345,3 +345,42 @@ async fn a_faststream_producer_publishes_and_the_consumer_applies_each_event_onc
     let _ = js.delete_stream(&stream_name).await;
     ledger.clean().await;
 }
+
+/// Over several connections, each aggregate's events take one of them: sent ahead of their acknowledgements,
+/// they are stored in order, and every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_keep_each_aggregates_order() {
+    let s = suffix();
+    let (stream_name, prefix) = (format!("M{s}"), format!("m{s}."));
+    let nats = NatsPublisher::connect_many(URL, std::num::NonZeroU16::new(3).unwrap())
+        .await
+        .unwrap();
+    nats.ensure_stream(&stream_name, vec![format!("{prefix}>")])
+        .await
+        .unwrap();
+    nats.check().await.unwrap();
+    let written = write_and_relay(
+        Prefixed {
+            inner: nats,
+            prefix,
+        },
+        1000,
+    )
+    .await;
+
+    let js = jetstream::new(async_nats::connect(URL).await.unwrap());
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let mut received = Vec::new();
+    for seq in 1..=written.ids.len() as u64 {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let id = message
+            .headers
+            .get("ce-id")
+            .map(|id| uuid::Uuid::parse_str(id.as_str()).unwrap())
+            .expect("a ce-id header");
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        received.push((id, body["account"].as_str().unwrap().to_owned()));
+    }
+    assert_arrived_in_order(&written, &received);
+    js.delete_stream(&stream_name).await.unwrap();
+}

@@ -6,6 +6,7 @@ async fn every_scheme_builds_its_publisher() {
         ("memory://", "memory"),
         ("stdout://", "stdout"),
         ("nats://127.0.0.1:4222", "nats"),
+        ("nats://127.0.0.1:4222?connections=2", "nats"),
         (
             "amqp://guest:guest@127.0.0.1:5672/%2f?prefix=ce-",
             "rabbitmq",
@@ -41,6 +42,14 @@ async fn bad_urls_say_what_is_wrong() {
             "prefix=x-: expected cloudEvents_ or ce-",
         ),
         ("nats://127.0.0.1:1", "cannot connect to nats"),
+        (
+            "nats://127.0.0.1:4222?connections=0",
+            "connections=0: expected at least 1",
+        ),
+        (
+            "nats://127.0.0.1:4222?connections=many",
+            "connections=many: expected a number",
+        ),
     ] {
         let err = from_url(url)
             .await

@@ -9,7 +9,7 @@ use crate::broker_url::BrokerUrl;
 /// |---|---|---|
 /// | `memory://` | [`InMemoryPublisher`] | |
 /// | `stdout://` | [`StdoutPublisher`] | |
-/// | `nats://host:4222` | `NatsPublisher` (feature `nats`) | `stream=NAME&subjects=a.>,b.>`: create the stream if missing |
+/// | `nats://host:4222` | `NatsPublisher` (feature `nats`) | `stream=NAME&subjects=a.>,b.>`: create the stream if missing; `connections=N` (default 1): spread aggregates over N connections |
 /// | `amqp://user:pass@host:5672/%2f` | `RabbitMqPublisher` (feature `rabbitmq`) | `exchange=NAME`, `prefix=ce-` |
 /// | `redis://host:6379` | `RedisPublisher` (feature `redis`) | `maxlen=N` |
 /// | `kafka://host:9092[,host2:9092]` | `KafkaPublisher` (feature `kafka`) | `partitions=N&replication=N` |
@@ -53,7 +53,14 @@ pub async fn from_url(url: &str) -> Result<Box<dyn Publisher>, ConnectError> {
         "stdout" => Box::new(StdoutPublisher),
         #[cfg(feature = "nats")]
         "nats" => {
-            let mut nats = super::NatsPublisher::connect(parsed.base).await?;
+            let connections = parsed
+                .number("connections", 1)
+                .and_then(|n| {
+                    std::num::NonZeroU16::new(n)
+                        .ok_or_else(|| "connections=0: expected at least 1".to_owned())
+                })
+                .map_err(|e| bad(url, e))?;
+            let mut nats = super::NatsPublisher::connect_many(parsed.base, connections).await?;
             if let Some(stream) = option("stream") {
                 let subjects = parsed.list("subjects").map_or_else(
                     || vec![">".to_owned()],
