@@ -137,6 +137,19 @@ async fn through_an_outage(
     }
 }
 
+/// [`through_an_outage`] with `server` killed and started again; the server comes back for reading what it
+/// stored.
+async fn through_a_kill(publisher: Arc<dyn Publisher>, server: Server) -> (Outage, Server) {
+    let server = tokio::sync::Mutex::new(server);
+    let outage = through_an_outage(
+        publisher,
+        async || server.lock().await.stop(),
+        async || server.lock().await.restart().await,
+    )
+    .await;
+    (outage, server.into_inner())
+}
+
 impl Outage {
     fn check(&self, scenario: &str, how: &str, arrivals: Vec<Key>) {
         let tally = self.ledger.tally(arrivals);
@@ -160,18 +173,14 @@ impl Outage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_under_the_relay() {
     let _serial = serial().await;
-    let server = Arc::new(tokio::sync::Mutex::new(Server::nats().await));
-    let url = format!("nats://{}", server.lock().await.address());
+    let server = Server::nats().await;
+    let url = format!("nats://{}", server.address());
     let nats = NatsPublisher::connect(&url).await.unwrap();
     nats.ensure_stream("RELIABILITY", vec!["com.>".into()])
         .await
         .unwrap();
-    let outage = through_an_outage(
-        Arc::new(nats),
-        async || server.lock().await.stop(),
-        async || server.lock().await.restart().await,
-    )
-    .await;
+    // Kept alive until what it stored is read.
+    let (outage, _server) = through_a_kill(Arc::new(nats), server).await;
 
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
     let mut stream = js.get_stream("RELIABILITY").await.unwrap();
@@ -191,15 +200,11 @@ async fn nats_stopped_and_restarted_under_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_under_the_relay() {
     let _serial = serial().await;
-    let server = Arc::new(tokio::sync::Mutex::new(Server::redis_persistent().await));
-    let url = format!("redis://{}", server.lock().await.address());
+    let server = Server::redis_persistent().await;
+    let url = format!("redis://{}", server.address());
     let redis = RedisPublisher::connect(&url).await.unwrap();
-    let outage = through_an_outage(
-        Arc::new(redis),
-        async || server.lock().await.stop(),
-        async || server.lock().await.restart().await,
-    )
-    .await;
+    // Kept alive until what it stored is read.
+    let (outage, _server) = through_a_kill(Arc::new(redis), server).await;
 
     let mut connection = redis::Client::open(url.as_str())
         .unwrap()
@@ -217,18 +222,14 @@ async fn redis_stopped_and_restarted_under_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_stopped_and_restarted_under_the_relay() {
     let _serial = serial().await;
-    let server = Arc::new(tokio::sync::Mutex::new(Server::tansu().await));
-    let address = server.lock().await.address();
+    let server = Server::tansu().await;
+    let address = server.address();
     let kafka = KafkaPublisher::connect(&address)
         .await
         .unwrap()
         .create_topics(true, 1, 1);
-    let outage = through_an_outage(
-        Arc::new(kafka),
-        async || server.lock().await.stop(),
-        async || server.lock().await.restart().await,
-    )
-    .await;
+    // Kept alive until what it stored is read.
+    let (outage, _server) = through_a_kill(Arc::new(kafka), server).await;
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &address)
