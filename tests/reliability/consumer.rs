@@ -34,8 +34,9 @@ struct Route {
     broker: Broker,
     name: String,
     /// A private server, so it can be restarted: Redis with an append-only file, `nats-server -js` for NATS, and
-    /// tansu on SQLite storage for Kafka, since the shared one (memory storage) answers a fetch from the middle of a multi-record batch with a
-    /// later batch, skipping records (seen here as events never delivered after a restart).
+    /// tansu on SQLite storage for Kafka, since the shared one (memory storage) answers a fetch from the middle
+    /// of a multi-record batch with a later batch, skipping records (seen here as events never delivered after a
+    /// restart). RabbitMQ is the machine's.
     server: Option<outbox_tests::servers::Server>,
 }
 
@@ -94,14 +95,16 @@ impl Route {
         }
     }
 
-    fn kafka_address(&self) -> String {
-        let port = self.server.as_ref().map_or(9092, |server| server.port);
-        format!("127.0.0.1:{port}")
+    /// The private server's `127.0.0.1:<port>`.
+    fn address(&self) -> String {
+        self.server
+            .as_ref()
+            .expect("Redis, NATS and Kafka run a private server")
+            .address()
     }
 
     fn private_url(&self, scheme: &str) -> String {
-        let server = self.server.as_ref().expect("a private server");
-        format!("{scheme}://{}", server.address())
+        format!("{scheme}://{}", self.address())
     }
 
     fn publish_url(&self) -> String {
@@ -113,7 +116,7 @@ impl Route {
                 self.name
             ),
             Broker::RabbitMq => RABBITMQ.to_owned(),
-            Broker::Kafka => format!("kafka://{}?partitions=3", self.kafka_address()),
+            Broker::Kafka => format!("kafka://{}?partitions=3", self.address()),
         }
     }
 
@@ -125,7 +128,7 @@ impl Route {
             // A member name, as on Redis: the restarted process takes its partitions back at once.
             Broker::Kafka => format!(
                 "kafka://{}?topics={}&member=crash-member",
-                self.kafka_address(),
+                self.address(),
                 self.name
             ),
         }
@@ -183,7 +186,7 @@ impl Route {
             }
             Broker::Kafka => {
                 outbox_tests::kafka::assert_committed_to_the_end(
-                    &self.kafka_address(),
+                    &self.address(),
                     &self.name,
                     &self.name,
                 )

@@ -52,15 +52,15 @@ impl Server {
 
     /// Redis without persistence: a restart empties it.
     pub async fn redis() -> Self {
-        Self::start("redis", |port, _| redis_server(port)).await
+        Self::start("redis", |port, _| redis_server(port, false)).await
     }
 
     /// Redis with an append-only file in its own directory, written before each reply: what it acknowledged
     /// survives a kill.
     pub async fn redis_persistent() -> Self {
         Self::start("redis", |port, dir| {
-            let mut command = redis_server(port);
-            command.args(["--appendonly", "yes", "--dir"]).arg(dir);
+            let mut command = redis_server(port, true);
+            command.arg("--dir").arg(dir);
             command
         })
         .await
@@ -69,7 +69,7 @@ impl Server {
     /// A Redis replica of the server on `primary`: it takes no writes (`READONLY`) until `REPLICAOF NO ONE`.
     pub async fn redis_replica(primary: u16) -> Self {
         Self::start("redis", move |port, _| {
-            let mut command = redis_server(port);
+            let mut command = redis_server(port, false);
             command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
             command
         })
@@ -138,8 +138,9 @@ impl Server {
     }
 }
 
-/// `redis-server` on `port`, without persistence.
-fn redis_server(port: u16) -> Command {
+/// `redis-server` on `port`, without snapshots, and with an append-only file (written before each reply) if
+/// `append_only`.
+fn redis_server(port: u16, append_only: bool) -> Command {
     let mut command = Command::new("redis-server");
     command.args([
         "--port",
@@ -149,7 +150,7 @@ fn redis_server(port: u16) -> Command {
         "--save",
         "",
         "--appendonly",
-        "no",
+        if append_only { "yes" } else { "no" },
     ]);
     command
 }
