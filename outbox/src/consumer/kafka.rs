@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -19,6 +19,11 @@ use super::subscriber::{Received, Settle, SubscribeError, Subscriber};
 /// settles messages of different aggregates out of order, so a partition's offset is committed only up to its
 /// lowest message not yet settled. After a crash or a message given back, the group reads again from there, and
 /// the inbox turns what was already applied into duplicates.
+///
+/// The subscriber stores that offset with the client, which commits what is stored every
+/// `auto.commit.interval.ms` (5 s by default) and when it closes, and commits it again after a commit that failed
+/// (a broker restarting, the group's coordinator moving): a partition's last messages are committed even when
+/// nothing arrives after them.
 pub struct KafkaSubscriber {
     consumer: Arc<StreamConsumer>,
     offsets: Arc<Mutex<Offsets>>,
@@ -39,15 +44,18 @@ impl KafkaSubscriber {
     }
 
     /// Subscribes to `topics` with a client configured by `config` (which names at least `bootstrap.servers`
-    /// and `group.id`; security, timeouts and `group.instance.id` are the caller's). Offsets are committed by
-    /// the subscriber, so `enable.auto.commit` is turned off; `auto.offset.reset` is `earliest` unless set.
+    /// and `group.id`; security, timeouts and `group.instance.id` are the caller's). Offsets are stored by the
+    /// subscriber and committed by the client, so `enable.auto.offset.store` is turned off and
+    /// `enable.auto.commit` on; `auto.offset.reset` is `earliest` unless set.
     ///
     /// A process that restarts under the same `group.instance.id` (static membership) gets its partitions back at
     /// once; without one, the group waits for the dead member's session to time out (`session.timeout.ms`, 45 s
     /// by default) before it hands them to anyone.
     pub fn from_config(config: &ClientConfig, topics: &[&str]) -> Result<Self, SubscribeError> {
         let mut config = config.clone();
-        config.set("enable.auto.commit", "false");
+        config
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false");
         if config.get("auto.offset.reset").is_none() {
             config.set("auto.offset.reset", "earliest");
         }
@@ -64,7 +72,7 @@ impl KafkaSubscriber {
     }
 }
 
-/// Per partition: the offsets received and not settled, and what is committed.
+/// Per partition: the offsets received and not settled, and what is stored for commit.
 #[derive(Default)]
 struct Offsets {
     partitions: HashMap<(String, i32), Partition>,
@@ -75,7 +83,7 @@ struct Partition {
     unsettled: BTreeSet<i64>,
     /// One past the highest offset received.
     next: i64,
-    committed: i64,
+    stored: i64,
 }
 
 impl Offsets {
@@ -88,13 +96,13 @@ impl Offsets {
         state.next = state.next.max(offset + 1);
     }
 
-    /// Settles `offset`; returns the offset to commit if the partition's watermark moved.
+    /// Settles `offset`; returns the offset to store if the partition's watermark moved.
     fn settled(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
         let state = self.partitions.get_mut(&(topic.to_owned(), partition))?;
         state.unsettled.remove(&offset);
         let watermark = state.unsettled.first().copied().unwrap_or(state.next);
-        (watermark > state.committed).then(|| {
-            state.committed = watermark;
+        (watermark > state.stored).then(|| {
+            state.stored = watermark;
             watermark
         })
     }
@@ -158,21 +166,22 @@ struct KafkaSettle {
 #[async_trait::async_trait]
 impl Settle for KafkaSettle {
     async fn ack(self: Box<Self>) -> Result<(), SubscribeError> {
-        let commit = self
+        let store = self
             .offsets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .settled(&self.topic, self.partition, self.offset);
-        let Some(offset) = commit else {
+        let Some(offset) = store else {
             return Ok(());
         };
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
-            .map_err(|e| SubscribeError(format!("commit of offset {offset}: {e}")))?;
-        // Asynchronous: a commit lost in a crash only means reading again from an earlier offset.
+            .map_err(|e| SubscribeError(format!("storing offset {offset}: {e}")))?;
+        // Committed by the client, and again until it is: a commit that failed is not lost with its call, as an
+        // asynchronous commit of our own was (the partition's tail stayed uncommitted after a broker restart).
         self.consumer
-            .commit(&list, CommitMode::Async)
-            .map_err(|e| SubscribeError(format!("commit of offset {offset}: {e}")))
+            .store_offsets(&list)
+            .map_err(|e| SubscribeError(format!("storing offset {offset}: {e}")))
     }
 
     async fn give_back(self: Box<Self>) -> Result<(), SubscribeError> {
