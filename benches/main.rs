@@ -15,7 +15,7 @@
 //! `5000,10000,15000,20000`), `BENCH_STABILITY_RATE` (default 10000), `BENCH_PINNED_ONLY=1` (stability: only
 //! the run with a transaction pinning the xmin), `BENCH_MYSQL_URL`, `BENCH_SKIP_KAFKA`,
 //! `BENCH_UNACKNOWLEDGED` (brokers, publish; default 4), `BENCH_BROKERS_ONLY` (brokers, publish: the rows whose
-//! label contains it), `BENCH_QUEUE_VERSION` (RabbitMQ's bench queue: `x-queue-version`), `BENCH_QUEUE_TYPE`
+//! label contains it), `BENCH_WRITERS_ONLY` (writers: the rows whose label contains it), `BENCH_QUEUE_VERSION` (RabbitMQ's bench queue: `x-queue-version`), `BENCH_QUEUE_TYPE`
 //! (RabbitMQ's bench queue: `classic`, `quorum` or `stream`, declared durable; unset or empty, a transient classic queue).
 
 mod baseline;
