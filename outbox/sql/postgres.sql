@@ -36,10 +36,6 @@ CREATE INDEX IF NOT EXISTS outbox_events_dead_idx ON outbox_events (id) WHERE st
 CREATE INDEX IF NOT EXISTS outbox_events_published_idx ON outbox_events (published_at) WHERE status = 1;
 CREATE TABLE IF NOT EXISTS outbox_events_lock (id SMALLINT PRIMARY KEY);
 INSERT INTO outbox_events_lock (id) VALUES (1) ON CONFLICT DO NOTHING;
--- Wakes relays the moment a transaction that stored events commits (they LISTEN on the table's name);
--- PostgreSQL 14+ for CREATE OR REPLACE TRIGGER.
-CREATE OR REPLACE FUNCTION outbox_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify(TG_TABLE_NAME, ''); RETURN NULL; END $$;
-CREATE OR REPLACE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events FOR EACH STATEMENT EXECUTE FUNCTION outbox_events_notify();
 -- The relays at work on the table, each as it last reported itself (see docs/design.md, "Relays"): what
 -- `outbox status` and the ops dashboard show. Times are Unix microseconds, as the relay's clock read them.
 CREATE TABLE IF NOT EXISTS outbox_events_relays (
@@ -50,6 +46,16 @@ CREATE TABLE IF NOT EXISTS outbox_events_relays (
     published     BIGINT       NOT NULL DEFAULT 0,
     dead_lettered BIGINT       NOT NULL DEFAULT 0
 );
+-- Whether the relay sleeps until a writer wakes it. A relay under load polls instead and sets it false, so that
+-- writers stop sending NOTIFY: a transaction that NOTIFYs holds a database-wide lock from its commit until the
+-- commit is on disk, which makes concurrent writers commit one at a time (docs/design.md, "Wake-ups").
+-- True by default, so that relays of versions that do not know it are still woken.
+ALTER TABLE outbox_events_relays ADD COLUMN IF NOT EXISTS wants_notify BOOLEAN NOT NULL DEFAULT TRUE;
+-- Wakes relays the moment a transaction that stored events commits (they LISTEN on the table's name), while one
+-- of them waits for that. Without the relays table (dropped by hand), every insert notifies, as before it
+-- existed. PostgreSQL 14+ for CREATE OR REPLACE TRIGGER.
+CREATE OR REPLACE FUNCTION outbox_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF to_regclass('outbox_events_relays') IS NULL THEN PERFORM pg_notify(TG_TABLE_NAME, ''); ELSIF EXISTS (SELECT 1 FROM outbox_events_relays WHERE wants_notify) THEN PERFORM pg_notify(TG_TABLE_NAME, ''); END IF; RETURN NULL; END $$;
+CREATE OR REPLACE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events FOR EACH STATEMENT EXECUTE FUNCTION outbox_events_notify();
 -- The commit-order cursor (OUTBOX_DELIVERY=cursor; docs/design.md, "The commit-order cursor"): each event's
 -- partition (a stable hash of its aggregate, written by add_event) and the transaction that stored it. Added
 -- without a default first, so an existing table is not rewritten; rows stored before them are adopted by the first

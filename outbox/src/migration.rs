@@ -2,8 +2,8 @@
 //!
 //! - [`OutboxMigrator`] (feature `migrator`, on by default) runs on its own migration table (`seaql_migrations_outbox`), so it never collides with the
 //!   application's: `OutboxMigrator::up(&db, None).await?`.
-//! - An application with its own migrator adds [`OutboxMigration`] and [`RelaysMigration`] to its list, with the
-//!   table name it uses.
+//! - An application with its own migrator adds [`OutboxMigration`], [`RelaysMigration`] and
+//!   [`WakeOnDemandMigration`] to its list, in that order, with the table name it uses.
 //! - [`create_table`] creates the table directly (idempotent), for tests and tools.
 //! - Teams that manage schemas with other tools take the SQL from `outbox/sql/{postgres,mysql,sqlite}.sql`
 //!   (the same statements, with the default table name).
@@ -111,6 +111,48 @@ impl MigrationTrait for RelaysMigration {
     }
 }
 
+/// Makes the outbox table's insert trigger (PostgreSQL) wake relays only while one of them waits to be woken:
+/// a column `wants_notify` in `<table>_relays`, and the trigger's function asking it. A relay under load polls
+/// instead, so writers stop sending `NOTIFY`, whose commit-time lock made concurrent writers commit one at a
+/// time (see `docs/design.md`, "Wake-ups"). An application with its own migrator lists it after
+/// [`RelaysMigration`], with the same table name. On MySQL and SQLite, which have no trigger, it changes nothing.
+#[cfg(feature = "migrator")]
+#[derive(Clone, Debug, Default)]
+pub struct WakeOnDemandMigration {
+    table: TableName,
+}
+
+#[cfg(feature = "migrator")]
+impl WakeOnDemandMigration {
+    /// The migration for a table of another name; the repository must use the same name.
+    pub fn new(table: &str) -> Result<Self, RepositoryError> {
+        Ok(Self {
+            table: TableName::new(table)?,
+        })
+    }
+}
+
+#[cfg(feature = "migrator")]
+impl MigrationName for WakeOnDemandMigration {
+    fn name(&self) -> &str {
+        "m20261207_000001_outbox_wake_on_demand"
+    }
+}
+
+#[cfg(feature = "migrator")]
+#[async_trait::async_trait]
+impl MigrationTrait for WakeOnDemandMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        run_schema(manager.get_connection(), &self.table).await
+    }
+
+    /// Leaves the column and the trigger as they are: relays of every version work with them (the column is
+    /// true unless a relay says otherwise, so writers notify as they did before).
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
+    }
+}
+
 /// The outbox's own migrator, on its own migration table.
 #[cfg(feature = "migrator")]
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +165,7 @@ impl MigratorTrait for OutboxMigrator {
         vec![
             Box::new(OutboxMigration::default()),
             Box::new(RelaysMigration::default()),
+            Box::new(WakeOnDemandMigration::default()),
         ]
     }
 

@@ -13,3 +13,4 @@ mod health;
 mod lifecycle;
 mod otel;
 mod pipeline;
+mod wakeups;

@@ -1,10 +1,11 @@
 //! Connecting and migrating: the errors a new user meets first.
 
-use outbox::migration::{OutboxMigration, OutboxMigrator, create_table};
+use outbox::migration::{OutboxMigration, OutboxMigrator, WakeOnDemandMigration, create_table};
 use outbox::repository::{OutboxRepository, RepositoryError, connect};
 use outbox::sea_orm::ConnectionTrait;
 use outbox::sea_orm_migration::MigratorTrait;
 
+use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 
 #[tokio::test]
@@ -62,7 +63,7 @@ async fn the_outbox_migrator_uses_its_own_migration_table_and_is_idempotent() {
         ))
         .await
         .unwrap();
-    assert_eq!(applied.len(), 2);
+    assert_eq!(applied.len(), 3);
     assert_eq!(outbox.relays(&db).await.unwrap(), vec![]);
     OutboxMigrator::down(&db, None).await.unwrap();
     assert!(outbox.check(&db).await.is_err());
@@ -91,6 +92,39 @@ async fn the_outbox_migrator_adds_the_relays_table_to_an_older_schema() {
     assert!(outbox.relays(&db).await.is_err());
     OutboxMigrator::up(&db, None).await.unwrap();
     assert_eq!(outbox.relays(&db).await.unwrap(), vec![]);
+}
+
+/// A PostgreSQL table migrated before wake-ups on demand (no `wants_notify`, a trigger that always notifies) gets
+/// both from the migration.
+#[tokio::test]
+async fn the_wake_on_demand_migration_upgrades_an_older_postgres_table() {
+    use outbox::sea_orm_migration::{MigrationTrait, SchemaManager};
+    let t = TestDb::new(Backend::Postgres).await;
+    let asks = "SELECT COUNT(*) FROM pg_proc WHERE proname = '{t}_notify' AND prosrc LIKE '%wants_notify%'";
+    t.sql("ALTER TABLE {t}_relays DROP COLUMN wants_notify")
+        .await;
+    t.sql(
+        "CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_notify(TG_TABLE_NAME, ''); RETURN NULL; END $$",
+    )
+    .await;
+    assert_eq!(t.scalar(asks).await, 0);
+    WakeOnDemandMigration::new(t.outbox.table())
+        .unwrap()
+        .up(&SchemaManager::new(&t.db))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.scalar(asks).await,
+        1,
+        "the trigger still notifies on every commit"
+    );
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM {t}_relays WHERE wants_notify")
+            .await,
+        0
+    );
+    t.drop_tables().await;
 }
 
 #[tokio::test]

@@ -44,6 +44,7 @@ mod order;
 mod presence;
 mod report;
 mod schedule;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;

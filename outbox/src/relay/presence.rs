@@ -74,6 +74,11 @@ impl Relay {
 }
 
 impl Presence {
+    /// The relay's id in its row.
+    pub(super) fn relay_id(&self) -> &str {
+        &self.relay_id
+    }
+
     /// The relay stopped cleanly: its row goes.
     pub(super) async fn sign_off(self) {
         self.beats.abort();

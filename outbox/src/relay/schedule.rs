@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::order::{Order, runs};
+use super::wake::Wakeups;
 use super::{Relay, RelayError, observe};
 use crate::config::OutboxConfig;
 use crate::repository::{LeaseOwner, WakeUps};
@@ -22,10 +23,16 @@ impl Relay {
         let mut stopped = self.handle.stopped_guard();
         let result = match self.check().await {
             Ok(()) => {
-                let _listener = self.start_listener();
+                let listener = self.start_listener();
                 self.handle.set_running();
                 let relay = Arc::new(self);
                 let presence = relay.sign_on().await;
+                let wakeups = Wakeups::start(
+                    &relay.store,
+                    presence.as_ref().map(|p| p.relay_id()),
+                    listener.is_some(),
+                )
+                .await;
                 let stopping = Arc::new(tokio::sync::Notify::new());
                 // The shutdown deadline bounds all of the shutdown (a claim waiting on the database, the batches
                 // in flight), from the moment it is requested: past it the loop is dropped, which aborts its
@@ -35,7 +42,7 @@ impl Relay {
                     tokio::time::sleep(relay.shutdown_timeout).await;
                 };
                 let result = tokio::select! {
-                    result = relay.run_loop(shutdown, &stopping) => result,
+                    result = relay.run_loop(shutdown, &stopping, wakeups) => result,
                     () = deadline => {
                         tracing::warn!(
                             target: "outbox",
@@ -75,6 +82,7 @@ impl Relay {
         self: &Arc<Self>,
         shutdown: impl Future<Output = ()> + Send,
         stopping_now: &tokio::sync::Notify,
+        mut wakeups: Wakeups,
     ) -> Result<(), RelayError> {
         let config = self.config().clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -145,9 +153,8 @@ impl Relay {
                 };
                 match claimed {
                     Ok(leased) => {
-                        let full = leased.more || leased.rows.len() >= config.batch_size as usize;
-                        // A full batch: there is probably more, claim again as soon as there is room.
-                        pause = (!full).then(|| (Instant::now() + config.poll_interval, true));
+                        let events = leased.rows.len();
+                        let full = leased.more || events >= config.batch_size as usize;
                         claim_after_settle = !full && leased.busy;
                         batches += 1;
                         let (batch, stop, relay) = (batches, stop.clone(), self.clone());
@@ -155,6 +162,11 @@ impl Relay {
                         in_flight.spawn(async move {
                             (batch, relay.finish(started, leased, runs, &stop).await)
                         });
+                        // A full batch: there is probably more, claim again as soon as there is room. So too
+                        // when the relay just went to sleep: what it waited out is there to read.
+                        let claim_now = wakeups.claimed(&self.store, events).await;
+                        pause = (!full && !claim_now)
+                            .then(|| (Instant::now() + wakeups.pause(config.poll_interval), true));
                     }
                     Err(error) if error.is_timeout() => {
                         // Nothing was leased: the claim lock or a statement took longer than the claim timeout (a

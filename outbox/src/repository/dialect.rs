@@ -52,6 +52,9 @@ pub(crate) struct Dialect {
     /// Starts the task that calls `wake` whenever a transaction that stored events commits, where the database
     /// can signal that; `None` where it cannot (the relay then polls).
     pub(crate) wake_ups: fn(&sea_orm::DatabaseConnection, &TableName, Wake) -> Option<WakeTask>,
+    /// The statements that let relays under load ask writers not to wake them, where the database wakes relays
+    /// (see `wake.rs`); `None` elsewhere.
+    pub(crate) wake: Option<&'static super::wake::WakeSql>,
     /// The statements of the commit-order cursor ([`Delivery::Cursor`](crate::Delivery::Cursor)).
     pub(crate) cursor: &'static super::cursor::CursorSql,
 }

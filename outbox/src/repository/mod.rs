@@ -41,6 +41,7 @@ mod scan;
 mod sql;
 mod sqlite;
 mod store;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub use relays::{ALIVE_WITHIN, RelayInfo};
 pub use row::{EventStatus, StoredEvent};
 pub(crate) use sql::TableName;
 pub(crate) use store::{Store, WakeUps};
+pub(crate) use wake::Since;
 
 use crate::config::OutboxConfig;
 use crate::envelope::{AsDynEvent, EventEnvelope};

@@ -27,6 +27,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("doesn't exist") && error.contains(table),
     wake_ups: no_wake_ups,
+    wake: None,
     cursor: &CURSOR,
 };
 

@@ -6,6 +6,7 @@ use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 use super::claim::Lease;
 use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
 use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
+use super::wake::WakeSql;
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
 /// How PostgreSQL differs: numbered placeholders, id lists as one array, a native UUID, LISTEN/NOTIFY, and a
@@ -26,7 +27,17 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, table| error.contains("does not exist") && error.contains(table),
     wake_ups,
+    wake: Some(&WAKE),
     cursor: &CURSOR,
+};
+
+/// Wake-ups on demand: the relay's wish in its row, which the insert trigger reads (see `wake.rs`).
+const WAKE: WakeSql = WakeSql {
+    want: "UPDATE {t}_relays SET wants_notify = ? WHERE relay_id = ?",
+    snapshot: "SELECT CAST(pg_current_snapshot() AS TEXT)",
+    // No transaction below the snapshot's xmax runs any more.
+    settled: "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax(CAST(? AS pg_snapshot))",
+    forget: "UPDATE {t}_relays SET wants_notify = FALSE WHERE wants_notify AND heartbeat_at < ?",
 };
 
 /// Whether a schema object named `?` exists, from the catalog: it takes no lock on the table (see

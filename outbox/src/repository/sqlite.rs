@@ -26,6 +26,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     catalog,
     missing_table: |error, _| error.contains("no such table"),
     wake_ups: no_wake_ups,
+    wake: None,
     cursor: &CURSOR,
 };
 

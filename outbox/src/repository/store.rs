@@ -10,7 +10,7 @@ use super::cursor::Cursors;
 use super::dialect::WakeTask;
 use super::{
     Claim, ClaimToken, Dialect, Failure, FailureOutcome, Heartbeat, LeaseOwner, Leased,
-    OutboxRepository, OutboxStats, Result,
+    OutboxRepository, OutboxStats, Result, Since,
 };
 
 /// An outbox table on one database.
@@ -157,6 +157,27 @@ impl Store {
     /// A relay stops cleanly.
     pub(crate) async fn sign_off(&self, relay_id: &str) -> Result<()> {
         self.repository.sign_off(&self.db, relay_id).await
+    }
+
+    /// Whether relays on this database can ask writers not to wake them (see `wake.rs`).
+    pub(crate) fn wakes_on_demand(&self) -> bool {
+        self.repository.wakes_on_demand(&self.db)
+    }
+
+    /// Records whether the relay `relay_id` sleeps until a writer wakes it; when it does, the snapshot whose
+    /// transactions it must wait out before it sleeps. `None`: the wish is not recorded (no row).
+    pub(crate) async fn want_notify(&self, relay_id: &str, wants: bool) -> Result<Option<Since>> {
+        self.repository.want_notify(&self.db, relay_id, wants).await
+    }
+
+    /// Whether every transaction in progress at `since` has ended.
+    pub(crate) async fn settled(&self, since: &Since) -> Result<bool> {
+        self.repository.settled(&self.db, since).await
+    }
+
+    /// Withdraws the wake-up wishes of relays that stopped reporting.
+    pub(crate) async fn forget_wishes_of_gone_relays(&self) -> Result<()> {
+        self.repository.forget_wishes_of_gone_relays(&self.db).await
     }
 
     /// That the database answers a trivial query.

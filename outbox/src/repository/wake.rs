@@ -1,0 +1,117 @@
+//! Wake-ups on demand (PostgreSQL): each relay's row in `<table>_relays` says whether it sleeps until a writer
+//! wakes it (`wants_notify`), and the table's insert trigger sends `NOTIFY` only while one does. A relay under
+//! load polls instead and says so, because a transaction that notifies holds a database-wide lock from its
+//! commit until the commit is on disk: writers that notify commit one at a time, however many there are.
+//!
+//! A writer decides when its insert runs, so one that read "nobody waits" may commit after a relay started to
+//! wait. Such a writer's transaction was in progress when the relay's wish became visible; the relay keeps
+//! polling until every transaction of that snapshot has ended ([`OutboxRepository::settled`]), so no commit is
+//! left for the poll interval. See `docs/design.md`, "Wake-ups".
+
+use std::time::Duration;
+
+use sea_orm::ConnectionTrait;
+
+use super::{Dialect, OutboxRepository, Result, micros, now_micros};
+
+/// The statements of wake-ups on demand, where the database has them.
+#[derive(Debug)]
+pub(crate) struct WakeSql {
+    /// Records the relay's wish: `(wants_notify, relay_id)`.
+    pub(crate) want: &'static str,
+    /// The current snapshot, as text.
+    pub(crate) snapshot: &'static str,
+    /// Whether every transaction in progress in the snapshot `?` has ended.
+    pub(crate) settled: &'static str,
+    /// Withdraws the wish of relays whose last heartbeat is older than `?`: a killed relay's row must not make
+    /// writers notify for the day it is kept.
+    pub(crate) forget: &'static str,
+}
+
+/// A snapshot taken after a relay asked to be woken: the transactions in progress in it may have decided not to
+/// notify. Opaque outside the repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Since(String);
+
+/// How old a relay's heartbeat may be before its wish is withdrawn: four missed heartbeats at the default
+/// interval, and room for clocks that disagree.
+const WISH_KEPT_FOR: Duration = Duration::from_secs(60);
+
+impl OutboxRepository {
+    /// Whether this table's database wakes relays on demand.
+    pub(crate) fn wakes_on_demand(&self, db: &impl ConnectionTrait) -> bool {
+        Dialect::of(db).wake.is_some()
+    }
+
+    /// Records whether the relay `relay_id` sleeps until woken. When it does, returns the snapshot to wait out
+    /// before it sleeps ([`settled`](Self::settled)); `Ok(None)` when the relay has no row (it was not recorded,
+    /// so writers cannot know its wish) or the database has no wake-ups on demand.
+    pub(crate) async fn want_notify<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        relay_id: &str,
+        wants: bool,
+    ) -> Result<Option<Since>> {
+        let Some(sql) = Dialect::of(db).wake else {
+            return Ok(None);
+        };
+        let recorded = self
+            .execute(
+                db,
+                "recording whether a relay waits to be woken",
+                sql.want,
+                vec![wants.into(), relay_id.into()],
+            )
+            .await?;
+        if recorded == 0 {
+            return Ok(None);
+        }
+        // Taken after the wish committed: every writer that read the old wish is in progress in it or done.
+        let rows = self
+            .query(db, "reading the snapshot", sql.snapshot, Vec::new())
+            .await?;
+        let snapshot = rows
+            .first()
+            .and_then(|row| row.try_get_by_index::<String>(0).ok())
+            .unwrap_or_default();
+        Ok(Some(Since(snapshot)))
+    }
+
+    /// Whether every transaction in progress at `since` has ended, so that a claim from now on sees all they
+    /// stored.
+    pub(crate) async fn settled<C: ConnectionTrait>(&self, db: &C, since: &Since) -> Result<bool> {
+        let Some(sql) = Dialect::of(db).wake else {
+            return Ok(true);
+        };
+        let rows = self
+            .query(
+                db,
+                "asking whether older transactions ended",
+                sql.settled,
+                vec![since.0.clone().into()],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.try_get_by_index::<bool>(0).ok())
+            .unwrap_or(false))
+    }
+
+    /// Withdraws the wish of relays that stopped reporting (see [`WakeSql::forget`]).
+    pub(crate) async fn forget_wishes_of_gone_relays<C: ConnectionTrait>(
+        &self,
+        db: &C,
+    ) -> Result<()> {
+        let Some(sql) = Dialect::of(db).wake else {
+            return Ok(());
+        };
+        self.execute(
+            db,
+            "withdrawing the wake-up wishes of relays gone",
+            sql.forget,
+            vec![(now_micros() - micros(WISH_KEPT_FOR)).into()],
+        )
+        .await
+        .map(drop)
+    }
+}
