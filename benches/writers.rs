@@ -134,8 +134,14 @@ async fn rate(
 ) -> Result<f64> {
     let users = format!("{}_users", outbox.table());
     let (id_type, insert) = match db.get_database_backend() {
-        DbBackend::Postgres => ("UUID", format!("INSERT INTO {users} (id, email) VALUES ($1, $2)")),
-        _ => ("CHAR(36)", format!("INSERT INTO {users} (id, email) VALUES (?, ?)")),
+        DbBackend::Postgres => (
+            "UUID",
+            format!("INSERT INTO {users} (id, email) VALUES ($1, $2)"),
+        ),
+        _ => (
+            "CHAR(36)",
+            format!("INSERT INTO {users} (id, email) VALUES (?, ?)"),
+        ),
     };
     db.execute_unprepared(&format!(
         "CREATE TABLE {users} (id {id_type} PRIMARY KEY, email VARCHAR(255) NOT NULL)"
