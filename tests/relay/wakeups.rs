@@ -151,6 +151,14 @@ async fn a_busy_relay_polls_and_writers_stop_notifying_until_it_is_idle_again() 
     assert!(polled, "the relay never asked writers to stop waking it");
     assert_eq!(late_notifications, 0, "writers notified a polling relay");
 
+    // A writer that stores an event while the relay still polls, and commits once the relay asked to be woken
+    // again: its commit sends nothing, so the relay must not sleep before it ended.
+    let straggler = t.db.begin().await.unwrap();
+    t.outbox
+        .add_event(&straggler, opened("late", 1))
+        .await
+        .unwrap();
+
     // Idle again: it asks to be woken, and is.
     let asked_again = Instant::now();
     while t.scalar(&wishes("killed")).await == 0 {
@@ -165,8 +173,17 @@ async fn a_busy_relay_polls_and_writers_stop_notifying_until_it_is_idle_again() 
             .wait_for(written as usize, Duration::from_secs(20))
             .await
     );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    straggler.commit().await.unwrap();
+    assert!(
+        broker
+            .wait_for(written as usize + 1, Duration::from_secs(10))
+            .await,
+        "an event committed by a transaction older than the relay's request waited for the 10-minute poll"
+    );
     // Past the settling, asleep: only a notification brings the next event before the 10-minute poll.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    while notified(&mut listener, Duration::ZERO).await {}
     t.outbox.add_event(&t.db, opened("after", 1)).await.unwrap();
     assert!(
         notified(&mut listener, Duration::from_secs(10)).await,
@@ -174,7 +191,7 @@ async fn a_busy_relay_polls_and_writers_stop_notifying_until_it_is_idle_again() 
     );
     assert!(
         broker
-            .wait_for(written as usize + 1, Duration::from_secs(10))
+            .wait_for(written as usize + 2, Duration::from_secs(10))
             .await
     );
     running.stop().await;
