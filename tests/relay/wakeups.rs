@@ -197,3 +197,32 @@ async fn a_busy_relay_polls_and_writers_stop_notifying_until_it_is_idle_again() 
     running.stop().await;
     t.drop_tables().await;
 }
+
+/// A relay killed while it waited to be woken keeps its row for a day; running relays withdraw its wish at their
+/// heartbeat once it is a minute old, so writers stop notifying for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_relays_withdraw_the_wish_of_a_relay_gone() {
+    let t = TestDb::with_config(Backend::Postgres, idle_config()).await;
+    let running = Running::start(
+        Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new())
+            .heartbeat_interval(Duration::from_millis(50))
+            .build(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.sql(
+        "INSERT INTO {t}_relays (relay_id, name, started_at, heartbeat_at) \
+         VALUES ('killed', 'killed', 0, 0)",
+    )
+    .await;
+    let wish = "SELECT COUNT(*) FROM {t}_relays WHERE relay_id = 'killed' AND wants_notify";
+    let since = Instant::now();
+    while t.scalar(wish).await > 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the wish of a relay gone was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    t.drop_tables().await;
+}

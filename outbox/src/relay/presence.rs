@@ -49,6 +49,10 @@ impl Relay {
                 if let Err(error) = relay.store.heartbeat(&beat).await {
                     tracing::warn!(target: "outbox", %error, "cannot record the relay's heartbeat");
                 }
+                // A relay killed while it waited to be woken would keep writers notifying (see `wake.rs`).
+                if let Err(error) = relay.store.forget_wishes_of_gone_relays().await {
+                    tracing::debug!(target: "outbox", %error, "cannot withdraw the wake-up wishes of relays gone");
+                }
             }
         });
         Some(Presence {
