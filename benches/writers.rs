@@ -62,10 +62,7 @@ async fn mariadb(runs: usize, wanted: &impl Fn(&str) -> bool) -> Result<Vec<Row>
             if !wanted(&label) {
                 continue;
             }
-            let db = match &db {
-                Some(db) => db,
-                None => db.insert(outbox::repository::connect(&url).await?),
-            };
+            let db = connected(&mut db, &url).await?;
             let mut row = Row::new(label, "txn/s");
             for _ in 0..runs {
                 let mut config = OutboxConfig::default();
@@ -109,10 +106,7 @@ async fn postgres(runs: usize, wanted: &impl Fn(&str) -> bool) -> Result<Vec<Row
             if !wanted(&label) {
                 continue;
             }
-            let db = match &db {
-                Some(db) => db,
-                None => db.insert(outbox::repository::connect(&url).await?),
-            };
+            let db = connected(&mut db, &url).await?;
             let mut row = Row::new(label, "txn/s");
             for _ in 0..runs {
                 let mut config = OutboxConfig::default();
@@ -135,6 +129,18 @@ async fn postgres(runs: usize, wanted: &impl Fn(&str) -> bool) -> Result<Vec<Row
         }
     }
     Ok(rows)
+}
+
+/// The connection to `url`, made the first time a row asks for it (so a filter that keeps none of a database's
+/// rows needs no server).
+async fn connected<'a>(
+    db: &'a mut Option<DatabaseConnection>,
+    url: &str,
+) -> Result<&'a DatabaseConnection> {
+    match db {
+        Some(db) => Ok(db),
+        None => Ok(db.insert(outbox::repository::connect(url).await?)),
+    }
 }
 
 /// Transactions per second of `writers` concurrent writers, each writing [`PER_WRITER`] transactions of a

@@ -13,7 +13,7 @@ use outbox_tests::running::Running;
 
 use crate::accounting::fast_config;
 
-fn idle_config() -> outbox::OutboxConfig {
+pub(crate) fn idle_config() -> outbox::OutboxConfig {
     let mut config = fast_config();
     // So long that only a wake-up can explain a prompt delivery.
     config.poll_interval = Duration::from_secs(600);

@@ -12,14 +12,7 @@ use outbox_tests::backend::{Backend, TestDb};
 use outbox_tests::events::opened;
 use outbox_tests::running::Running;
 
-use crate::accounting::fast_config;
-
-fn idle_config() -> outbox::OutboxConfig {
-    let mut config = fast_config();
-    // So long that only a wake-up or polling can explain a prompt delivery.
-    config.poll_interval = Duration::from_secs(600);
-    config
-}
+use crate::lifecycle::idle_config;
 
 async fn listen(t: &TestDb) -> PgListener {
     let mut listener = PgListener::connect(&t.url).await.unwrap();
