@@ -38,6 +38,7 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
                             "since_heartbeat_seconds": r.since_heartbeat().as_secs_f64(),
                             "published": r.published,
                             "dead_lettered": r.dead_lettered,
+                            "wants_notify": r.wants_notify,
                         })
                     })
                     .collect(),
@@ -103,7 +104,7 @@ pub(crate) async fn status(target: &Target, json: bool) -> Result<(), CliError> 
         for r in relays {
             table.row([
                 r.name.clone(),
-                if r.is_alive() { "alive" } else { "gone" }.to_owned(),
+                r.state().to_owned(),
                 format!("{} ago", age(r.since_heartbeat())),
                 age((chrono::Utc::now() - r.started_at)
                     .to_std()

@@ -324,7 +324,7 @@ fn relays(
                 "<tr><td>{}</td><td class=\"{}\">{}</td><td>{} s ago</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&r.name),
                 if r.is_alive() { "" } else { "bad" },
-                if r.is_alive() { "alive" } else { "gone" },
+                r.state(),
                 r.since_heartbeat().as_secs(),
                 r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 r.published,

@@ -58,6 +58,21 @@ async fn writers_notify_only_while_a_relay_waits_to_be_woken() {
         notified(&mut listener, Duration::from_secs(10)).await,
         "a commit did not notify while a relay sleeps"
     );
+    let wishes: Vec<_> = t
+        .outbox
+        .relays(&t.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.relay_id, r.wants_notify))
+        .collect();
+    assert_eq!(
+        wishes,
+        [
+            ("asleep".to_owned(), Some(true)),
+            ("polling".to_owned(), Some(false))
+        ]
+    );
     t.drop_tables().await;
 }
 

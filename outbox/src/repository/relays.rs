@@ -34,6 +34,10 @@ pub struct RelayInfo {
     pub published: u64,
     /// Events it has made dead letters since it started.
     pub dead_lettered: u64,
+    /// On PostgreSQL, whether it sleeps until a writer's `NOTIFY` wakes it (`true`), or polls and has asked
+    /// writers not to notify (`false`: a relay under load, or one that does not listen). `None` where the
+    /// database wakes no relay, or its table predates the column.
+    pub wants_notify: Option<bool>,
 }
 
 impl RelayInfo {
@@ -47,6 +51,16 @@ impl RelayInfo {
     /// Whether it reported within [`ALIVE_WITHIN`].
     pub fn is_alive(&self) -> bool {
         self.since_heartbeat() <= ALIVE_WITHIN
+    }
+
+    /// What an operator reads of it: `gone` (no heartbeat within [`ALIVE_WITHIN`]), `alive`, or `alive,
+    /// polling` when it has asked writers not to wake it.
+    pub fn state(&self) -> &'static str {
+        match (self.is_alive(), self.wants_notify) {
+            (false, _) => "gone",
+            (true, Some(false)) => "alive, polling",
+            (true, _) => "alive",
+        }
     }
 }
 
@@ -68,31 +82,32 @@ impl OutboxRepository {
     pub async fn relays<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<RelayInfo>> {
         const OPERATION: &str = "reading the relays";
         let backend = db.get_database_backend();
+        // Every column, read by name: `wants_notify` is there only on PostgreSQL, once migrated.
         self.query(
             db,
             OPERATION,
-            "SELECT relay_id, name, started_at, heartbeat_at, published, dead_lettered FROM {t}_relays \
-             ORDER BY started_at, relay_id",
+            "SELECT * FROM {t}_relays ORDER BY started_at, relay_id",
             Vec::new(),
         )
         .await?
         .iter()
         .map(|row| {
-            let time = |index| {
-                row.try_get_by_index::<i64>(index)
+            let time = |column| {
+                row.try_get::<i64>("", column)
                     .map(|micros| DateTime::from_timestamp_micros(micros).unwrap_or_default())
             };
-            let count = |index| {
-                row.try_get_by_index::<i64>(index)
+            let count = |column| {
+                row.try_get::<i64>("", column)
                     .map(|n| u64::try_from(n).unwrap_or(0))
             };
             Ok(RelayInfo {
-                relay_id: row.try_get_by_index(0)?,
-                name: row.try_get_by_index(1)?,
-                started_at: time(2)?,
-                heartbeat_at: time(3)?,
-                published: count(4)?,
-                dead_lettered: count(5)?,
+                relay_id: row.try_get("", "relay_id")?,
+                name: row.try_get("", "name")?,
+                started_at: time("started_at")?,
+                heartbeat_at: time("heartbeat_at")?,
+                published: count("published")?,
+                dead_lettered: count("dead_lettered")?,
+                wants_notify: row.try_get::<bool>("", "wants_notify").ok(),
             })
         })
         .collect::<std::result::Result<_, sea_orm::DbErr>>()
