@@ -70,12 +70,17 @@ impl Wakeups {
             );
             return wakeups;
         }
-        match store.want_notify(relay_id, listen).await {
-            Ok(Some(since)) if listen => {
+        let asked = if listen {
+            store.ask_to_be_woken(relay_id).await
+        } else {
+            store.ask_not_to_be_woken(relay_id).await.map(|()| None)
+        };
+        match asked {
+            Ok(Some(since)) => {
                 wakeups.relay_id = Some(relay_id.to_owned());
                 wakeups.state = State::Settling(since);
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(error) => {
                 tracing::warn!(target: "outbox", %error, "cannot record whether this relay waits to be woken");
             }
@@ -106,15 +111,15 @@ impl Wakeups {
         self.window_start = Instant::now();
         let next = match (&self.state, claimed) {
             (State::Asleep | State::Settling(_), n) if n >= BUSY => {
-                match store.want_notify(relay_id, false).await {
-                    Ok(_) => Some(State::Polling),
+                match store.ask_not_to_be_woken(relay_id).await {
+                    Ok(()) => Some(State::Polling),
                     Err(error) => {
                         tracing::warn!(target: "outbox", %error, "cannot ask writers to stop waking this relay");
                         None
                     }
                 }
             }
-            (State::Polling, n) if n < QUIET => match store.want_notify(relay_id, true).await {
+            (State::Polling, n) if n < QUIET => match store.ask_to_be_woken(relay_id).await {
                 Ok(Some(since)) => Some(State::Settling(since)),
                 // No row: writers cannot learn the wish, so polling goes on.
                 Ok(None) => None,

@@ -164,10 +164,17 @@ impl Store {
         self.repository.wakes_on_demand(&self.db)
     }
 
-    /// Records whether the relay `relay_id` sleeps until a writer wakes it; when it does, the snapshot whose
-    /// transactions it must wait out before it sleeps. `None`: the wish is not recorded (no row).
-    pub(crate) async fn want_notify(&self, relay_id: &str, wants: bool) -> Result<Option<Since>> {
-        self.repository.want_notify(&self.db, relay_id, wants).await
+    /// Records that the relay `relay_id` sleeps until a writer wakes it; the snapshot whose transactions it must
+    /// wait out before it sleeps. `None`: the wish is not recorded (no row).
+    pub(crate) async fn ask_to_be_woken(&self, relay_id: &str) -> Result<Option<Since>> {
+        self.repository.ask_to_be_woken(&self.db, relay_id).await
+    }
+
+    /// Records that the relay `relay_id` polls and needs no notification.
+    pub(crate) async fn ask_not_to_be_woken(&self, relay_id: &str) -> Result<()> {
+        self.repository
+            .ask_not_to_be_woken(&self.db, relay_id)
+            .await
     }
 
     /// Whether every transaction in progress at `since` has ended.

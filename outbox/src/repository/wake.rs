@@ -43,27 +43,18 @@ impl OutboxRepository {
         Dialect::of(db).wake.is_some()
     }
 
-    /// Records whether the relay `relay_id` sleeps until woken. When it does, returns the snapshot to wait out
-    /// before it sleeps ([`settled`](Self::settled)); `Ok(None)` when the relay has no row (it was not recorded,
-    /// so writers cannot know its wish) or the database has no wake-ups on demand.
-    pub(crate) async fn want_notify<C: ConnectionTrait>(
+    /// Records that the relay `relay_id` sleeps until woken, and returns the snapshot to wait out before it
+    /// sleeps ([`settled`](Self::settled)); `Ok(None)` when the relay has no row (it was not recorded, so writers
+    /// cannot know its wish) or the database has no wake-ups on demand.
+    pub(crate) async fn ask_to_be_woken<C: ConnectionTrait>(
         &self,
         db: &C,
         relay_id: &str,
-        wants: bool,
     ) -> Result<Option<Since>> {
         let Some(sql) = Dialect::of(db).wake else {
             return Ok(None);
         };
-        let recorded = self
-            .execute(
-                db,
-                "recording whether a relay waits to be woken",
-                sql.want,
-                vec![wants.into(), relay_id.into()],
-            )
-            .await?;
-        if recorded == 0 {
+        if !self.want_notify(db, relay_id, true).await? {
             return Ok(None);
         }
         // Taken after the wish committed: every writer that read the old wish is in progress in it or done.
@@ -75,6 +66,36 @@ impl OutboxRepository {
             .and_then(|row| row.try_get_by_index::<String>(0).ok())
             .unwrap_or_default();
         Ok(Some(Since(snapshot)))
+    }
+
+    /// Records that the relay `relay_id` polls and needs no notification.
+    pub(crate) async fn ask_not_to_be_woken<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        relay_id: &str,
+    ) -> Result<()> {
+        self.want_notify(db, relay_id, false).await.map(drop)
+    }
+
+    /// Records the relay's wish; whether it has a row to record it in.
+    async fn want_notify<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        relay_id: &str,
+        wants: bool,
+    ) -> Result<bool> {
+        let Some(sql) = Dialect::of(db).wake else {
+            return Ok(false);
+        };
+        let recorded = self
+            .execute(
+                db,
+                "recording whether a relay waits to be woken",
+                sql.want,
+                vec![wants.into(), relay_id.into()],
+            )
+            .await?;
+        Ok(recorded > 0)
     }
 
     /// Whether every transaction in progress at `since` has ended, so that a claim from now on sees all they
