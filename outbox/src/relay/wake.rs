@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::repository::{Since, Store};
 
-/// Events claimed in a [`WINDOW`] from which the relay polls. A relay that claims this many already claims about
-/// as often as polling would make it; below it, a writer's notification is cheaper than polling.
+/// Events claimed in a [`WINDOW`] from which the relay polls. As many one-event commits wake it about as often
+/// as polling makes it claim; below it, a writer's notification is cheaper than polling.
 pub(super) const BUSY: u64 = 400;
 
 /// Events claimed in a [`WINDOW`] below which a polling relay goes back to sleep. Below [`BUSY`], so that a rate
