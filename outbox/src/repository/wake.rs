@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DbErr, TryGetable, Value};
 
 use super::{Dialect, OutboxRepository, Result, micros, now_micros};
 
@@ -58,13 +58,9 @@ impl OutboxRepository {
             return Ok(None);
         }
         // Taken after the wish committed: every writer that read the old wish is in progress in it or done.
-        let rows = self
-            .query(db, "reading the snapshot", sql.snapshot, Vec::new())
+        let snapshot = self
+            .value(db, "reading the snapshot", sql.snapshot, Vec::new())
             .await?;
-        let snapshot = rows
-            .first()
-            .and_then(|row| row.try_get_by_index::<String>(0).ok())
-            .unwrap_or_default();
         Ok(Some(Since(snapshot)))
     }
 
@@ -104,18 +100,29 @@ impl OutboxRepository {
         let Some(sql) = Dialect::of(db).wake else {
             return Ok(true);
         };
-        let rows = self
-            .query(
-                db,
-                "asking whether older transactions ended",
-                sql.settled,
-                vec![since.0.clone().into()],
-            )
-            .await?;
-        Ok(rows
-            .first()
-            .and_then(|row| row.try_get_by_index::<bool>(0).ok())
-            .unwrap_or(false))
+        self.value(
+            db,
+            "asking whether older transactions ended",
+            sql.settled,
+            vec![since.0.clone().into()],
+        )
+        .await
+    }
+
+    /// The one value a query answers; a missing row or a value of another type is an error that names the
+    /// operation, not a default that would keep a relay polling without saying why.
+    async fn value<C: ConnectionTrait, T: TryGetable>(
+        &self,
+        db: &C,
+        operation: &'static str,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<T> {
+        let rows = self.query(db, operation, sql, values).await?;
+        rows.first()
+            .ok_or_else(|| DbErr::RecordNotFound(format!("{sql}: no row")))
+            .and_then(|row| row.try_get_by_index::<T>(0))
+            .map_err(|e| self.db_error(operation, db.get_database_backend(), e))
     }
 
     /// Withdraws the wish of relays that stopped reporting (see [`WakeSql::forget`]).
