@@ -182,6 +182,44 @@ fn amqp_prefix_is_configurable() {
     );
 }
 
+/// Every binding's header names are its prefix and the attribute, whether the prefix is one of the bindings' own
+/// (whose names are kept as `'static`) or the caller's, and each attribute appears once.
+#[test]
+fn every_attribute_header_is_the_prefix_and_the_attribute_once() {
+    let m = message();
+    let modes = [
+        (BinaryMode::KAFKA, "ce_"),
+        (BinaryMode::AMQP, "cloudEvents_"),
+        (BinaryMode::NATS, "ce-"),
+        (BinaryMode::REDIS, "ce_"),
+        (BinaryMode::HTTP, "ce-"),
+        (BinaryMode::AMQP.with_prefix("ce-"), "ce-"),
+        (BinaryMode::NATS.with_prefix(String::from("x-ce.")), "x-ce."),
+    ];
+    for (mode, prefix) in modes {
+        let mut attributes: Vec<String> = mode
+            .attribute_headers(&m)
+            .into_iter()
+            .filter(|(name, _)| name != "content-type")
+            .map(|(name, _)| {
+                name.strip_prefix(prefix)
+                    .unwrap_or_else(|| panic!("{name:?} does not start with {prefix:?}"))
+                    .to_owned()
+            })
+            .collect();
+        attributes.sort();
+        let mut expected: Vec<String> = expected_attributes(&m)
+            .into_keys()
+            .filter(|name| {
+                name != "datacontenttype" || mode == BinaryMode::NATS.with_prefix(prefix.to_owned())
+            })
+            .filter(|name| name != "partitionkey" || mode != BinaryMode::KAFKA)
+            .collect();
+        expected.sort();
+        assert_eq!(attributes, expected, "the headers under {prefix:?}");
+    }
+}
+
 #[test]
 fn extra_headers_follow_the_cloudevents_ones() {
     let mut m = message();

@@ -1,12 +1,14 @@
 //! NATS JetStream publisher.
 
+use std::borrow::Cow;
 use std::num::NonZeroU16;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use async_nats::{HeaderMap, HeaderName};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Acknowledgement, ConnectError, Encoding, PublishError, Publisher, Reason};
 use crate::cloudevents::{self, BinaryMode};
@@ -120,22 +122,34 @@ impl NatsPublisher {
     fn headers(&self, message: &Message) -> Result<HeaderMap, PublishError> {
         let mut headers = HeaderMap::new();
         let id = message.id.to_string();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("message_id", id.as_str());
-        headers.insert(
-            "correlation_id",
-            cloudevents::header_safe(&message.effective_correlation_id()).as_ref(),
-        );
+        let correlation_id = match &message.correlation_id {
+            Some(correlation_id) => cloudevents::header_safe(correlation_id).into_owned(),
+            None => id.clone(),
+        };
+        headers.insert(NATS_MESSAGE_ID, id.clone());
+        headers.insert(HeaderName::from_static("message_id"), id);
+        headers.insert(HeaderName::from_static("correlation_id"), correlation_id);
         match self.encoding {
             // The binding has percent-encoded the attribute values already: encoding them again would turn
-            // `%20` into `%2520`.
+            // `%20` into `%2520`. Names and values are moved into the map, not copied (the binding's names are
+            // `'static`).
             Encoding::Binary => {
-                for (name, value) in BinaryMode::NATS.attribute_headers(message) {
-                    headers.insert(name.as_str(), value.as_str());
-                }
+                BinaryMode::NATS.each_attribute_header(message, |name, value| {
+                    let value = match value {
+                        Cow::Borrowed(value) => HeaderValue::from(value),
+                        Cow::Owned(value) => HeaderValue::from(value),
+                    };
+                    match name {
+                        Cow::Borrowed(name) => headers.insert(HeaderName::from_static(name), value),
+                        Cow::Owned(name) => headers.insert(name, value),
+                    }
+                });
             }
             Encoding::Structured => {
-                headers.insert("content-type", cloudevents::STRUCTURED_CONTENT_TYPE);
+                headers.insert(
+                    HeaderName::from_static("content-type"),
+                    cloudevents::STRUCTURED_CONTENT_TYPE,
+                );
             }
         }
         for (name, value) in &message.headers {
