@@ -16,6 +16,7 @@
 //! | `outbox_dead_letters` | gauge | dead letters waiting |
 //! | `outbox_partition_pending_events{partition}` | gauge | under the cursor: events waiting behind a partition's cursor |
 //! | `outbox_partition_oldest_pending_age_seconds{partition}` | gauge | under the cursor: age of the oldest of them |
+//! | `outbox_relay_wakeup_switches_total{to}` | counter | PostgreSQL: a relay's switches between sleeping until woken (`asleep`), polling under load (`polling`) and waiting out older transactions before it sleeps (`settling`) |
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -31,6 +31,7 @@ impl Relay {
                     &relay.store,
                     presence.as_ref().map(|p| p.relay_id()),
                     listener.is_some(),
+                    relay.config().enable_metrics,
                 )
                 .await;
                 let stopping = Arc::new(tokio::sync::Notify::new());

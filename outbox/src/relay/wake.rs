@@ -34,6 +34,8 @@ pub(super) struct Wakeups {
     state: State,
     window_start: Instant,
     claimed: u64,
+    /// Whether each switch is counted in `outbox_relay_wakeup_switches_total`.
+    metrics: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -47,16 +49,33 @@ enum State {
     Settling(Since),
 }
 
+impl State {
+    /// The label of `outbox_relay_wakeup_switches_total` for a switch to this state.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Asleep => "asleep",
+            Self::Polling => "polling",
+            Self::Settling(_) => "settling",
+        }
+    }
+}
+
 impl Wakeups {
     /// How the relay `relay_id` (its row, if it has one) learns of new events when it starts. A relay that
     /// listens starts by asking to be woken, then settles; one that does not listen says it needs no
     /// notifications, so that writers do not send them for it.
-    pub(super) async fn start(store: &Store, relay_id: Option<&str>, listen: bool) -> Self {
+    pub(super) async fn start(
+        store: &Store,
+        relay_id: Option<&str>,
+        listen: bool,
+        metrics: bool,
+    ) -> Self {
         let mut wakeups = Self {
             relay_id: None,
             state: State::Asleep,
             window_start: Instant::now(),
             claimed: 0,
+            metrics,
         };
         let Some(relay_id) = relay_id.filter(|_| store.wakes_on_demand()) else {
             return wakeups;
@@ -141,6 +160,10 @@ impl Wakeups {
         match next {
             Some(state) => {
                 tracing::debug!(target: "outbox", from = ?self.state, to = ?state, claimed, "relay wake-ups");
+                if self.metrics {
+                    metrics::counter!("outbox_relay_wakeup_switches_total", "to" => state.label())
+                        .increment(1);
+                }
                 let asleep = state == State::Asleep;
                 self.state = state;
                 asleep
