@@ -122,6 +122,7 @@ impl NatsPublisher {
     fn headers(&self, message: &Message) -> Result<HeaderMap, PublishError> {
         let mut headers = HeaderMap::new();
         let id = message.id.to_string();
+        // `Message::effective_correlation_id`, made safe without copying it first.
         let correlation_id = match &message.correlation_id {
             Some(correlation_id) => cloudevents::header_safe(correlation_id).into_owned(),
             None => id.clone(),
