@@ -46,6 +46,12 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         )
     });
     let mut overhead = Row::new("add_event's overhead on a 1-row txn", "%");
+    // The change and its event through `add_event_with`: one statement on PostgreSQL.
+    let mut in_statement = Row::new(
+        "1-row txn, the row and its event in one call (add_event_with)",
+        "txn/s",
+    );
+    let mut in_statement_overhead = Row::new("add_event_with's overhead on a 1-row txn", "%");
     let mut batch = Row::new("add_events, 100 per txn", "events/s");
     let (id_type, insert_user) = match backend {
         DbBackend::Postgres => ("UUID", "INSERT INTO {t}_users (id, email) VALUES ($1, $2)"),
@@ -72,10 +78,14 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
                 stripped.push(repository);
             }
         }
-        let designs: Vec<Option<&OutboxRepository>> = [None, Some(&outbox)]
-            .into_iter()
-            .chain(stripped.iter().map(Some))
-            .collect();
+        let designs: Vec<Write> = [
+            Write::Plain,
+            Write::AddEvent(&outbox),
+            Write::InStatement(&outbox),
+        ]
+        .into_iter()
+        .chain(stripped.iter().map(Write::AddEvent))
+        .collect();
         let mut elapsed = vec![Duration::ZERO; designs.len()];
         let mut i = 0;
         for _ in 0..ROUNDS {
@@ -94,7 +104,11 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         overhead
             .values
             .push((elapsed[1].as_secs_f64() / elapsed[0].as_secs_f64() - 1.0) * 100.0);
-        for ((rate_row, overhead_row, _), &took) in variants.iter_mut().zip(&elapsed[2..]) {
+        in_statement.values.push(rate(elapsed[2]));
+        in_statement_overhead
+            .values
+            .push((elapsed[2].as_secs_f64() / elapsed[0].as_secs_f64() - 1.0) * 100.0);
+        for ((rate_row, overhead_row, _), &took) in variants.iter_mut().zip(&elapsed[3..]) {
             rate_row.values.push(rate(took));
             overhead_row
                 .values
@@ -114,7 +128,7 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
             drop_tables(db, repository).await?;
         }
     }
-    let mut rows = vec![plain, with, overhead];
+    let mut rows = vec![plain, with, overhead, in_statement, in_statement_overhead];
     rows.extend(
         variants
             .into_iter()
@@ -125,11 +139,22 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// One transaction: a `users` row and, given a repository, its event.
+/// How a transaction of `write` stores its event.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    /// It stores none: the transaction without the outbox.
+    Plain,
+    /// `add_event`, a statement of its own.
+    AddEvent(&'a OutboxRepository),
+    /// `add_event_with`, in the row's statement where the database allows it.
+    InStatement(&'a OutboxRepository),
+}
+
+/// One transaction: a `users` row and its event, stored as `write` says.
 async fn one_row_txn(
     db: &DatabaseConnection,
     insert_user: &str,
-    outbox: Option<&OutboxRepository>,
+    write: Write<'_>,
     i: usize,
 ) -> Result<()> {
     let backend = db.get_database_backend();
@@ -140,14 +165,22 @@ async fn one_row_txn(
     } else {
         id.to_string().into()
     };
-    txn.execute_raw(Statement::from_sql_and_values(
+    let insert = Statement::from_sql_and_values(
         backend,
         insert_user,
         [id, format!("u{i}@example.com").into()],
-    ))
-    .await?;
-    if let Some(outbox) = outbox {
-        outbox.add_event(&txn, event(i)).await?;
+    );
+    match write {
+        Write::Plain => {
+            txn.execute_raw(insert).await?;
+        }
+        Write::AddEvent(outbox) => {
+            txn.execute_raw(insert).await?;
+            outbox.add_event(&txn, event(i)).await?;
+        }
+        Write::InStatement(outbox) => {
+            outbox.add_event_with(&txn, insert, event(i)).await?;
+        }
     }
     txn.commit().await?;
     Ok(())

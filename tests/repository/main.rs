@@ -5,6 +5,7 @@
 //! `TEST_POSTGRES_URL` or `TEST_MYSQL_URL` to use others.
 
 mod cdc;
+mod change;
 mod claim_lock;
 mod contract;
 mod inbox;

@@ -28,6 +28,9 @@ pub(crate) struct Dialect {
     /// Whether a list of ids goes as one array parameter (any number of ids, one statement text) rather than
     /// one placeholder per id (at most [`sql::CHUNK`](super::sql::CHUNK) at a time).
     pub(crate) id_array: bool,
+    /// Whether a statement can carry a data-modifying CTE (`WITH e AS (INSERT ...) UPDATE ...`), so that
+    /// [`add_event_with`](super::OutboxRepository::add_event_with) stores the event in the caller's statement.
+    pub(crate) writes_in_cte: bool,
     /// Whether the event id column is a native UUID rather than text.
     pub(crate) native_uuid: bool,
     /// Deletes published rows older than `?`, at most `?` of them, oldest first.
@@ -103,8 +106,14 @@ impl Dialect {
 
     /// `sql`, written with `?` placeholders, in this dialect's placeholders.
     pub(crate) fn with_placeholders(&self, sql: &str) -> String {
+        self.with_placeholders_from(sql, 1)
+    }
+
+    /// As [`with_placeholders`](Self::with_placeholders), numbered from `first` where they are numbered: for
+    /// `sql` bound after `first - 1` values of another statement.
+    pub(crate) fn with_placeholders_from(&self, sql: &str, first: u32) -> String {
         if self.numbered_placeholders {
-            numbered_placeholders(sql)
+            numbered_placeholders(sql, first)
         } else {
             sql.to_owned()
         }
@@ -196,15 +205,15 @@ pub(super) fn no_wake_ups(
 }
 
 /// `?` becomes `$1`, `$2`, ... (the SQL here has no `?` in literals).
-fn numbered_placeholders(sql: &str) -> String {
+fn numbered_placeholders(sql: &str, first: u32) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut number = itoa::Buffer::new();
-    let mut n: u32 = 0;
+    let mut n = first;
     for c in sql.chars() {
         if c == '?' {
-            n += 1;
             out.push('$');
             out.push_str(number.format(n));
+            n += 1;
         } else {
             out.push(c);
         }
@@ -251,11 +260,15 @@ mod tests {
     #[test]
     fn numbered_placeholders_count_from_one() {
         assert_eq!(
-            numbered_placeholders("a = ? AND b IN (?, ?)"),
+            numbered_placeholders("a = ? AND b IN (?, ?)", 1),
             "a = $1 AND b IN ($2, $3)"
         );
-        assert_eq!(numbered_placeholders("?"), "$1");
-        assert_eq!(numbered_placeholders("no placeholders"), "no placeholders");
+        assert_eq!(numbered_placeholders("?", 1), "$1");
+        assert_eq!(
+            numbered_placeholders("no placeholders", 1),
+            "no placeholders"
+        );
+        assert_eq!(numbered_placeholders("(?, ?)", 3), "($3, $4)");
     }
 
     #[test]

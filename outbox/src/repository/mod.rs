@@ -154,6 +154,38 @@ impl RepositoryBuilder {
     }
 }
 
+/// What [`OutboxRepository::add_event_with`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChangeAndEvent {
+    /// The id of the event stored.
+    pub event_id: Uuid,
+    /// The rows the caller's change affected (inserted, updated or deleted).
+    pub rows_affected: u64,
+}
+
+/// `change` with `insert` as a CTE before it, joining `change`'s own `WITH` clause if it has one.
+fn with_event(insert: &str, change: &str) -> String {
+    let (first, rest) = split_word(change);
+    if first.eq_ignore_ascii_case("WITH") {
+        let (second, after) = split_word(rest);
+        if second.eq_ignore_ascii_case("RECURSIVE") {
+            return format!("WITH RECURSIVE outbox_event AS ({insert}), {after}");
+        }
+        return format!("WITH outbox_event AS ({insert}), {rest}");
+    }
+    format!("WITH outbox_event AS ({insert}) {change}")
+}
+
+/// The first word of `sql` (up to whitespace or `(`) and what follows it, leading whitespace skipped.
+fn split_word(sql: &str) -> (&str, &str) {
+    let sql = sql.trim_start();
+    let end = sql
+        .find(|c: char| c.is_whitespace() || c == '(')
+        .unwrap_or(sql.len());
+    (&sql[..end], sql[end..].trim_start())
+}
+
 /// A repository that could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -229,8 +261,116 @@ impl OutboxRepository {
         I: IntoIterator,
         I::Item: Into<EventEnvelope<E>>,
     {
-        let dialect = Dialect::of(db);
         let envelopes: Vec<EventEnvelope<E>> = events.into_iter().map(Into::into).collect();
+        for (insert, values) in self.inserts(db, &envelopes).await? {
+            self.execute(db, "storing events", &insert, values).await?;
+        }
+        Ok(envelopes.iter().map(EventEnvelope::event_id).collect())
+    }
+
+    /// Runs the caller's `change` (an `INSERT`, `UPDATE` or `DELETE` of its own tables) on `db` and stores `event`
+    /// with it; never commits. Returns the event id and the rows `change` affected.
+    ///
+    /// On PostgreSQL the two are one statement, the event's `INSERT` a CTE of `change`
+    /// (`WITH outbox_event AS (INSERT ...) UPDATE ...`), so the event costs the transaction no round trip of its
+    /// own: on a one-row transaction that is most of what [`add_event`](Self::add_event) adds (BENCHMARKS.md).
+    /// Elsewhere `change` runs, then the event is stored, as `add_event` would. `change` is written in `db`'s
+    /// placeholders (`$1`... on PostgreSQL) and may have a `WITH` clause of its own.
+    ///
+    /// The event is stored whatever `change` affected, as two statements in one transaction would: check
+    /// `rows_affected` and roll back if the event must not go out. The event is checked as `add_event` checks it
+    /// before anything runs.
+    ///
+    /// ```no_run
+    /// # use outbox::{OutboxEvent, repository::OutboxRepository};
+    /// # use sea_orm::{DbBackend, Statement, TransactionTrait};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize, OutboxEvent)]
+    /// # #[outbox(type = "com.example.user.renamed")]
+    /// # struct UserRenamed { #[outbox(aggregate_id)] user_id: i64, name: String }
+    /// # async fn example(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+    /// let outbox = OutboxRepository::new();
+    /// let txn = db.begin().await?;
+    /// let rename = Statement::from_sql_and_values(
+    ///     DbBackend::Postgres,
+    ///     "UPDATE users SET name = $1 WHERE id = $2",
+    ///     ["Ada".into(), 7i64.into()],
+    /// );
+    /// let done = outbox
+    ///     .add_event_with(&txn, rename, UserRenamed { user_id: 7, name: "Ada".into() })
+    ///     .await?;
+    /// if done.rows_affected == 1 {
+    ///     txn.commit().await?; // the rename and its event, in one statement and one commit
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_event_with<C, E>(
+        &self,
+        db: &C,
+        change: Statement,
+        event: impl Into<EventEnvelope<E>>,
+    ) -> Result<ChangeAndEvent>
+    where
+        C: ConnectionTrait,
+        E: AsDynEvent,
+    {
+        let envelope = event.into();
+        let event_id = envelope.event_id();
+        let dialect = Dialect::of(db);
+        let backend = dialect.backend;
+        let mut inserts = self.inserts(db, std::slice::from_ref(&envelope)).await?;
+        let operation = "running the caller's change with its event";
+        let rows_affected = match (dialect.writes_in_cte, inserts.pop()) {
+            (true, Some((insert, values))) if inserts.is_empty() => {
+                let Statement {
+                    sql, values: bound, ..
+                } = change;
+                let mut bound = bound.map(|values| values.0).unwrap_or_default();
+                // The change's placeholders come first, so its text is sent as written.
+                let first = u32::try_from(bound.len() + 1).unwrap_or(u32::MAX);
+                let insert = dialect.with_placeholders_from(
+                    &insert.replace("{t}", self.inner.table.as_str()),
+                    first,
+                );
+                bound.extend(values);
+                let statement =
+                    Statement::from_sql_and_values(backend, with_event(&insert, &sql), bound);
+                db.execute_raw(statement)
+                    .await
+                    .map_err(|e| self.db_error(operation, backend, e))?
+                    .rows_affected()
+            }
+            (_, last) => {
+                let rows_affected = db
+                    .execute_raw(change)
+                    .await
+                    .map_err(|e| self.db_error(operation, backend, e))?
+                    .rows_affected();
+                for (insert, values) in inserts.into_iter().chain(last) {
+                    self.execute(db, "storing events", &insert, values).await?;
+                }
+                rows_affected
+            }
+        };
+        Ok(ChangeAndEvent {
+            event_id,
+            rows_affected,
+        })
+    }
+
+    /// The INSERTs that store `envelopes`, one per [`sql::CHUNK`] events, written with `?` placeholders and
+    /// `{t}` for the table. Every event is encoded and checked before any is returned.
+    async fn inserts<C, E>(
+        &self,
+        db: &C,
+        envelopes: &[EventEnvelope<E>],
+    ) -> Result<Vec<(String, Vec<Value>)>>
+    where
+        C: ConnectionTrait,
+        E: AsDynEvent,
+    {
+        let dialect = Dialect::of(db);
         // Every event is encoded and checked before the first INSERT: on a plain connection each INSERT commits on
         // its own, and a bad event must not leave the ones before it stored.
         let payloads = envelopes
@@ -279,6 +419,7 @@ impl OutboxRepository {
             None
         };
         let columns = if sequenced { 13 } else { 12 };
+        let mut inserts = Vec::with_capacity(order.len().div_ceil(sql::CHUNK));
         for chunk in order.chunks(sql::CHUNK) {
             let mut values = Vec::with_capacity(chunk.len() * columns);
             for &at in chunk {
@@ -311,9 +452,9 @@ impl OutboxRepository {
                  correlation_id, causation_id, traceparent, tracestate, occurred_at, partition_no{}) VALUES {rows}",
                 if sequenced { ", seq" } else { "" }
             );
-            self.execute(db, "storing events", &insert, values).await?;
+            inserts.push((insert, values));
         }
-        Ok(envelopes.iter().map(EventEnvelope::event_id).collect())
+        Ok(inserts)
     }
 
     fn statement(&self, backend: DbBackend, query: &str, values: Vec<Value>) -> Statement {

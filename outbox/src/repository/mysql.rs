@@ -21,6 +21,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     inbox_dead_letter: INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,
+    writes_in_cte: false,
     native_uuid: false,
     purge_published: PURGE_PUBLISHED,
     batches_in_flight: 1,

@@ -21,6 +21,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     inbox_dead_letter: sql::INBOX_DEAD_LETTER,
     numbered_placeholders: true,
     id_array: true,
+    writes_in_cte: true,
     native_uuid: true,
     purge_published: sql::PURGE_PUBLISHED,
     batches_in_flight: 2,
