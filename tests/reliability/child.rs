@@ -32,7 +32,7 @@ impl Sink {
         };
         t.db.execute_unprepared(&format!(
             "CREATE TABLE {table} (n {serial}, event_id TEXT NOT NULL, \
-             aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, lost_ack BOOLEAN NOT NULL)"
+             aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, lost_ack BOOLEAN NOT NULL, relay TEXT NOT NULL)"
         ))
         .await
         .expect("create the deliveries table");
@@ -71,6 +71,9 @@ impl Sink {
         injected: &str,
         allowed_duplicates: usize,
     ) {
+        if let Some((aggregate, ..)) = tally.out_of_order.first() {
+            self.explain(t, aggregate).await;
+        }
         let cut = self.count(t, "SELECT COUNT(*) FROM {sink}_cut").await;
         let note = if cut > 0 {
             format!("; {cut} publishes cut by the 1-s publish timeout")
@@ -82,6 +85,72 @@ impl Sink {
             &format!("{injected}{note}"),
             allowed_duplicates + cut,
         );
+    }
+
+    /// Prints what the outbox holds of `aggregate` and every delivery of it, with the relay process that made it:
+    /// what a failure of order needs to be understood after the tables are gone.
+    async fn explain(&self, t: &TestDb, aggregate: &str) {
+        let backend = t.db.get_database_backend();
+        let text = |column: &str| match backend {
+            DbBackend::MySql => format!("CAST({column} AS CHAR)"),
+            _ => format!("CAST({column} AS TEXT)"),
+        };
+        let queries = [
+            (
+                "deliveries (n, relay, lost ack, cut, payload)",
+                format!(
+                    "SELECT {}, relay, {}, {}, payload FROM {sink} d WHERE aggregate_id = '{aggregate}' ORDER BY n",
+                    text("n"),
+                    text("lost_ack"),
+                    text(&format!(
+                        "EXISTS (SELECT 1 FROM {}_cut c WHERE c.event_id = d.event_id)",
+                        self.table
+                    )),
+                    sink = self.table
+                ),
+            ),
+            (
+                "outbox rows (id, status, partition, attempts, payload)",
+                format!(
+                    "SELECT {}, {}, {}, {}, payload FROM {table} WHERE aggregate_id = '{aggregate}' ORDER BY id",
+                    text("id"),
+                    text("status"),
+                    text("partition_no"),
+                    text("attempts"),
+                    table = t.outbox.table()
+                ),
+            ),
+            (
+                "parked (id, seq, attempts, next attempt, last error)",
+                format!(
+                    "SELECT {}, {}, {}, {}, last_error FROM {table}_parked WHERE aggregate_id = '{aggregate}' \
+                     ORDER BY seq",
+                    text("id"),
+                    text("seq"),
+                    text("attempts"),
+                    text("next_attempt_at"),
+                    table = t.outbox.table()
+                ),
+            ),
+        ];
+        for (what, sql) in queries {
+            match t
+                .db
+                .query_all_raw(Statement::from_string(backend, sql))
+                .await
+            {
+                Ok(rows) => {
+                    eprintln!("{aggregate}: {what}");
+                    for row in rows {
+                        let cells: Vec<String> = (0..5)
+                            .map(|i| row.try_get_by_index::<String>(i).unwrap_or_default())
+                            .collect();
+                        eprintln!("  {}", cells.join(" | "));
+                    }
+                }
+                Err(error) => eprintln!("{aggregate}: {what} could not be read: {error}"),
+            }
+        }
     }
 
     /// Waits until `n` distinct events arrived, failing the test after `within`.

@@ -55,7 +55,7 @@ impl Ledger {
             if let Some(previous) = last.insert(key.0.clone(), key.1)
                 && key.1 < previous
             {
-                tally.order_violations += 1;
+                tally.out_of_order.push((key.0.clone(), key.1, previous));
             }
         }
         tally.missing = self.committed.difference(&seen).cloned().collect();
@@ -70,7 +70,8 @@ pub struct Tally {
     pub rolled_back: usize,
     pub delivered: usize,
     pub duplicates: usize,
-    pub order_violations: usize,
+    /// First arrivals that came after a later event of their aggregate: `(aggregate, seq, the seq before it)`.
+    pub out_of_order: Vec<(String, u32, u32)>,
     /// Committed, never arrived.
     pub missing: Vec<Key>,
     /// Rolled back, arrived anyway.
@@ -104,8 +105,11 @@ impl Tally {
         if !self.unknown.is_empty() {
             problems.push(format!("{} never written", self.unknown.len()));
         }
-        if self.order_violations > 0 {
-            problems.push(format!("{} order violations", self.order_violations));
+        if let Some((aggregate, seq, after)) = self.out_of_order.first() {
+            problems.push(format!(
+                "{} order violations, e.g. {aggregate}'s event {seq} first arrived after its event {after}",
+                self.out_of_order.len()
+            ));
         }
         if self.duplicates > allowed_duplicates {
             problems.push(format!(
@@ -124,7 +128,11 @@ impl Tally {
         };
         record(&format!(
             "| {scenario}{under} | {injected} | {} | {} | {} | {} | {} | {result} |",
-            self.written, self.rolled_back, self.delivered, self.duplicates, self.order_violations
+            self.written,
+            self.rolled_back,
+            self.delivered,
+            self.duplicates,
+            self.out_of_order.len()
         ));
         assert!(problems.is_empty(), "{scenario}: {}", problems.join("; "));
     }

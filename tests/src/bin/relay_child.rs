@@ -84,15 +84,16 @@ impl TableSink {
     async fn execute_insert(&self, message: &Message, lost_ack: bool) -> Result<(), PublishError> {
         let backend = self.db.get_database_backend();
         let sql = format!(
-            "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack) VALUES ({})",
+            "INSERT INTO {} (event_id, aggregate_id, payload, lost_ack, relay) VALUES ({})",
             self.table,
-            self.placeholders(4)
+            self.placeholders(5)
         );
         let values = vec![
             message.id.to_string().into(),
             message.key.clone().into(),
             message.data.get().to_owned().into(),
             lost_ack.into(),
+            std::process::id().to_string().into(),
         ];
         self.db
             .execute_raw(Statement::from_sql_and_values(backend, sql, values))
