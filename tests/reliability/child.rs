@@ -88,7 +88,8 @@ impl Sink {
     }
 
     /// Prints what the outbox holds of `aggregate` and every delivery of it, with the relay process that made it:
-    /// what a failure of order needs to be understood after the tables are gone.
+    /// what a failure of order needs to be understood after the tables are gone. The orderings name their table:
+    /// PostgreSQL would otherwise sort by the text column of the same name.
     async fn explain(&self, t: &TestDb, aggregate: &str) {
         let backend = t.db.get_database_backend();
         let text = |column: &str| match backend {
@@ -99,7 +100,7 @@ impl Sink {
             (
                 "deliveries (n, relay, lost ack, cut, payload)",
                 format!(
-                    "SELECT {}, relay, {}, {}, payload FROM {sink} d WHERE aggregate_id = '{aggregate}' ORDER BY n",
+                    "SELECT {}, relay, {}, {}, payload FROM {sink} d WHERE d.aggregate_id = '{aggregate}' ORDER BY d.n",
                     text("n"),
                     text("lost_ack"),
                     text(&format!(
@@ -112,7 +113,7 @@ impl Sink {
             (
                 "outbox rows (id, status, partition, attempts, payload)",
                 format!(
-                    "SELECT {}, {}, {}, {}, payload FROM {table} WHERE aggregate_id = '{aggregate}' ORDER BY id",
+                    "SELECT {}, {}, {}, {}, payload FROM {table} o WHERE o.aggregate_id = '{aggregate}' ORDER BY o.id",
                     text("id"),
                     text("status"),
                     text("partition_no"),
@@ -123,8 +124,8 @@ impl Sink {
             (
                 "parked (id, seq, attempts, next attempt, last error)",
                 format!(
-                    "SELECT {}, {}, {}, {}, last_error FROM {table}_parked WHERE aggregate_id = '{aggregate}' \
-                     ORDER BY seq",
+                    "SELECT {}, {}, {}, {}, last_error FROM {table}_parked p WHERE p.aggregate_id = '{aggregate}' \
+                     ORDER BY p.seq",
                     text("id"),
                     text("seq"),
                     text("attempts"),
