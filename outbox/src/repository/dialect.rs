@@ -100,8 +100,13 @@ impl Dialect {
 
     /// Builds a statement from SQL written with `?` placeholders and `{t}` for the (validated) table name.
     pub(crate) fn statement(&self, table: &TableName, sql: &str, values: Vec<Value>) -> Statement {
-        let sql = self.with_placeholders(&sql.replace("{t}", table.as_str()));
-        Statement::from_sql_and_values(self.backend, sql, values)
+        Statement::from_sql_and_values(self.backend, self.sql(table, sql, 1), values)
+    }
+
+    /// `sql`, written with `{t}` for `table` and `?` placeholders, in this dialect, its placeholders numbered from
+    /// `first` where they are numbered: for a statement bound after `first - 1` values of another.
+    pub(crate) fn sql(&self, table: &TableName, sql: &str, first: u32) -> String {
+        self.with_placeholders_from(&sql.replace("{t}", table.as_str()), first)
     }
 
     /// `sql`, written with `?` placeholders, in this dialect's placeholders.
@@ -109,9 +114,7 @@ impl Dialect {
         self.with_placeholders_from(sql, 1)
     }
 
-    /// As [`with_placeholders`](Self::with_placeholders), numbered from `first` where they are numbered: for
-    /// `sql` bound after `first - 1` values of another statement.
-    pub(crate) fn with_placeholders_from(&self, sql: &str, first: u32) -> String {
+    fn with_placeholders_from(&self, sql: &str, first: u32) -> String {
         if self.numbered_placeholders {
             numbered_placeholders(sql, first)
         } else {

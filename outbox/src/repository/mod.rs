@@ -321,37 +321,33 @@ impl OutboxRepository {
         let backend = dialect.backend;
         let mut inserts = self.inserts(db, std::slice::from_ref(&envelope)).await?;
         let operation = "running the caller's change with its event";
-        let rows_affected = match (dialect.writes_in_cte, inserts.pop()) {
-            (true, Some((insert, values))) if inserts.is_empty() => {
-                let Statement {
-                    sql, values: bound, ..
-                } = change;
-                let mut bound = bound.map(|values| values.0).unwrap_or_default();
-                // The change's placeholders come first, so its text is sent as written.
-                let first = u32::try_from(bound.len() + 1).unwrap_or(u32::MAX);
-                let insert = dialect.with_placeholders_from(
-                    &insert.replace("{t}", self.inner.table.as_str()),
-                    first,
-                );
-                bound.extend(values);
-                let statement =
-                    Statement::from_sql_and_values(backend, with_event(&insert, &sql), bound);
-                db.execute_raw(statement)
-                    .await
-                    .map_err(|e| self.db_error(operation, backend, e))?
-                    .rows_affected()
+        // One event is one INSERT.
+        let rows_affected = if dialect.writes_in_cte && inserts.len() == 1 {
+            let (insert, values) = inserts.swap_remove(0);
+            let Statement {
+                sql, values: bound, ..
+            } = change;
+            let mut bound = bound.map(|values| values.0).unwrap_or_default();
+            // The change's placeholders come first, so its text is sent as written.
+            let first = u32::try_from(bound.len() + 1).unwrap_or(u32::MAX);
+            let insert = dialect.sql(&self.inner.table, &insert, first);
+            bound.extend(values);
+            let statement =
+                Statement::from_sql_and_values(backend, with_event(&insert, &sql), bound);
+            db.execute_raw(statement)
+                .await
+                .map_err(|e| self.db_error(operation, backend, e))?
+                .rows_affected()
+        } else {
+            let rows_affected = db
+                .execute_raw(change)
+                .await
+                .map_err(|e| self.db_error(operation, backend, e))?
+                .rows_affected();
+            for (insert, values) in inserts {
+                self.execute(db, "storing events", &insert, values).await?;
             }
-            (_, last) => {
-                let rows_affected = db
-                    .execute_raw(change)
-                    .await
-                    .map_err(|e| self.db_error(operation, backend, e))?
-                    .rows_affected();
-                for (insert, values) in inserts.into_iter().chain(last) {
-                    self.execute(db, "storing events", &insert, values).await?;
-                }
-                rows_affected
-            }
+            rows_affected
         };
         Ok(ChangeAndEvent {
             event_id,
