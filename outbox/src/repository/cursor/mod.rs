@@ -72,8 +72,9 @@ struct Owned {
     at: Position,
     /// The highest id of the open window, once known.
     window_end: Option<i64>,
-    /// When a batch of it is out, since when.
-    busy: Option<Instant>,
+    /// Whether a batch of it is out (being read, published or settled): one at a time, so that batches of a
+    /// partition settle in the order they were read.
+    busy: bool,
 }
 
 impl Owned {
@@ -126,6 +127,11 @@ struct Settled {
 #[derive(Debug)]
 struct Batch {
     parts: Vec<Part>,
+    /// When it was read: one whose outcome has not started to come a lease later is abandoned (see
+    /// [`Cursors::abandon`]).
+    read_at: Instant,
+    /// Whether its outcome is being written: such a batch is never abandoned.
+    settling: bool,
 }
 
 /// What a batch read of one partition, and where that partition's cursor goes once the batch is settled.
@@ -207,3 +213,6 @@ fn no_row(repo: &OutboxRepository, operation: &'static str, why: &str) -> Reposi
         source: sea_orm::DbErr::Custom(why.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -233,7 +233,7 @@ impl Cursors {
                     .owned
                     .iter()
                     .rev()
-                    .filter(|(_, o)| o.busy.is_none())
+                    .filter(|(_, o)| !o.busy)
                     .take(owned - share)
                     .map(|(p, o)| (*p, o.epoch))
                     .collect()
@@ -292,7 +292,7 @@ impl Cursors {
                     epoch,
                     at,
                     window_end: None,
-                    busy: None,
+                    busy: false,
                 },
             );
         }

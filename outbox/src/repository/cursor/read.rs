@@ -1,15 +1,16 @@
 //! Reading a batch: the partitions a relay owns are opened as windows and read in turn.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, QueryResult};
 
 use super::{
-    Batch, CursorSql, Cursors, Opened, Owned, Part, Position, Window, flag, get, get_at, no_row,
+    Batch, CursorSql, Cursors, Opened, Owned, Part, Position, State, Window, flag, get, get_at,
+    no_row,
 };
 use crate::repository::claim::LeasedRow;
-use crate::repository::{ClaimToken, Dialect, Leased, OutboxRepository, RepositoryError, Result};
+use crate::repository::{ClaimToken, Dialect, Leased, OutboxRepository, Result};
 
 impl Cursors {
     /// Reads up to `limit` events from the next owned partition that has any, and leaves it out until the batch
@@ -23,26 +24,13 @@ impl Cursors {
         let sql = Dialect::of(db).cursor;
         self.ready(db, repo).await?;
         self.refresh(db, repo, sql).await?;
+        self.abandon(repo.inner.config.lease_duration);
         let (candidates, busy): (Vec<(i16, Owned)>, bool) = {
             let mut state = self.state();
-            let abandoned = repo.inner.config.lease_duration;
-            // A batch whose outcome never came (its task failed before marking) frees its partition after a
-            // lease: it is read again from the cursor, a duplicate rather than a stuck partition.
-            let mut dropped = Vec::new();
-            for (partition, owned) in &mut state.owned {
-                if owned.busy.is_some_and(|at| at.elapsed() > abandoned) {
-                    owned.busy = None;
-                    owned.window_end = None;
-                    dropped.push(*partition);
-                }
-            }
-            state
-                .reading
-                .retain(|_, batch| !batch.parts.iter().any(|p| dropped.contains(&p.partition)));
             let free: Vec<(i16, Owned)> = state
                 .owned
                 .iter()
-                .filter(|(_, o)| o.busy.is_none())
+                .filter(|(_, o)| !o.busy)
                 .map(|(p, o)| (*p, o.clone()))
                 .collect();
             let busy = free.len() < state.owned.len();
@@ -53,27 +41,16 @@ impl Cursors {
             free.rotate_left(turn % n);
             (free, busy)
         };
-        // Up to half the partitions per batch, so the next batch in flight has its own to read.
-        let most_parts = self.state().owned.len().div_ceil(2).max(1);
-        let txn = repo.begin(db).await?;
-        let read = self
-            .read_parts(&txn, repo, sql, candidates, most_parts, limit)
-            .await;
-        let (parts, rows, more) = match read {
-            Ok(read) => read,
-            Err((error, taken)) => {
-                for partition in taken {
-                    self.put_back(partition);
-                }
-                return Err(error);
-            }
+        // The partitions taken go back on every way out but one: the batch handed out.
+        let mut taken = Taken {
+            cursors: self,
+            partitions: Vec::new(),
         };
-        if let Err(error) = repo.commit(txn).await {
-            for part in &parts {
-                self.put_back(part.partition);
-            }
-            return Err(error);
-        }
+        let txn = repo.begin(db).await?;
+        let (parts, rows, more) = self
+            .read_parts(&txn, repo, sql, candidates, limit, &mut taken)
+            .await?;
+        repo.commit(txn).await?;
         let none = Leased {
             token: ClaimToken(0),
             rows: Vec::new(),
@@ -87,9 +64,15 @@ impl Cursors {
             let mut state = self.state();
             state.next_token += 1;
             let token = state.next_token;
-            state.reading.insert(token, Batch { parts });
+            let batch = Batch {
+                parts,
+                read_at: Instant::now(),
+                settling: false,
+            };
+            state.reading.insert(token, batch);
             token
         };
+        taken.partitions.clear();
         if rows.is_empty() {
             // Only events behind parked aggregates: park them and move on at once.
             self.acknowledge(db, repo, ClaimToken(token), &[]).await?;
@@ -105,30 +88,28 @@ impl Cursors {
 
     /// Opens every candidate's window in one statement, then reads the partitions that have events in turn, in
     /// one transaction (only so that its statements are planned as [`CursorSql::bound_read`] sets; each still sees
-    /// what committed before it), until the batch is full or `most` partitions gave events. Returns
-    /// the parts, their rows, and whether partitions with events were left unread. On an error, the partitions it
-    /// had taken, to put back.
+    /// what committed before it), until the batch is full or half the partitions gave events. Returns the parts,
+    /// their rows, and whether partitions with events were left unread; the partitions it took are in `out`.
     async fn read_parts<C: sea_orm::ConnectionTrait>(
         &self,
         txn: &C,
         repo: &OutboxRepository,
         sql: &CursorSql,
         candidates: Vec<(i16, Owned)>,
-        most: usize,
         limit: u32,
-    ) -> std::result::Result<(Vec<Part>, Vec<QueryResult>, bool), (RepositoryError, Vec<i16>)> {
+        out: &mut Taken<'_>,
+    ) -> Result<(Vec<Part>, Vec<QueryResult>, bool)> {
         let (mut parts, mut rows, mut more) = (Vec::new(), Vec::new(), false);
+        // Up to half the partitions per batch, so the next batch in flight has its own to read.
+        let most = self.state().owned.len().div_ceil(2).max(1);
         if let Some(bound) = sql.bound_read {
             let values = sql.bounds(bound, repo.inner.config.claim_timeout);
-            repo.query(txn, "bounding the reads", bound, values)
-                .await
-                .map_err(|e| (e, Vec::new()))?;
+            repo.query(txn, "bounding the reads", bound, values).await?;
         }
         let taken: Vec<(i16, Owned)> = candidates
             .into_iter()
-            .filter(|(partition, owned)| self.take(*partition, owned.epoch))
+            .filter(|(partition, owned)| out.take(*partition, owned.epoch))
             .collect();
-        let mut out: Vec<i16> = taken.iter().map(|(partition, _)| *partition).collect();
         if taken.is_empty() {
             return Ok((parts, rows, more));
         }
@@ -136,10 +117,7 @@ impl Cursors {
             .iter()
             .map(|(partition, owned)| (*partition, &owned.at, owned.fresh()))
             .collect();
-        let mut opened = match self.open(txn, repo, sql, &asked).await {
-            Ok(opened) => opened,
-            Err(error) => return Err((error, out)),
-        };
+        let mut opened = self.open(txn, repo, sql, &asked).await?;
         // The batch is shared between the partitions it may read that have events. Under a backlog the first one
         // filled it alone: a few aggregates with long runs each, which a broker whose acknowledgements take
         // milliseconds took a few at a time (Kafka: 28k events/s against 45k under rows, 4 sent ahead).
@@ -155,13 +133,15 @@ impl Cursors {
         let share = u64::from(limit).div_ceil(with_events as u64);
         for (partition, owned) in taken {
             let Some(found) = opened.remove(&partition) else {
-                let error = no_row(repo, "opening windows", "a partition asked for is missing");
-                return Err((error, out));
+                return Err(no_row(
+                    repo,
+                    "opening windows",
+                    "a partition asked for is missing",
+                ));
             };
             if rows.len() >= limit as usize || parts.len() >= most {
                 more |= found.has_events(&owned);
-                self.put_back(partition);
-                out.retain(|p| *p != partition);
+                out.put_back(partition);
                 continue;
             }
             let missing = u64::from(limit)
@@ -169,19 +149,15 @@ impl Cursors {
                 .min(share);
             match self
                 .read(txn, repo, sql, partition, owned, found, missing)
-                .await
+                .await?
             {
-                Ok(Some((part, part_rows))) => {
+                Some((part, part_rows)) => {
                     // Read up to its share: it may have more.
                     more |= (part.window.len() + part.parked.len()) as u64 >= missing;
                     parts.push(part);
                     rows.extend(part_rows);
                 }
-                Ok(None) => {
-                    self.put_back(partition);
-                    out.retain(|p| *p != partition);
-                }
-                Err(error) => return Err((error, out)),
+                None => out.put_back(partition),
             }
         }
         Ok((parts, rows, more))
@@ -220,22 +196,28 @@ impl Cursors {
         Ok(opened)
     }
 
-    /// Marks an owned partition out; false if it is gone or out already.
-    fn take(&self, partition: i16, epoch: i64) -> bool {
+    /// Abandons the batches read more than `lease` ago whose outcome has not started to come (their task failed
+    /// before marking): their partitions are read again from the cursor, a duplicate rather than a stuck partition.
+    /// A batch being settled is left alone: it frees its partitions itself, and reading one beside it would put two
+    /// batches of a partition out at once.
+    fn abandon(&self, lease: Duration) {
         let mut state = self.state();
-        match state.owned.get_mut(&partition) {
-            Some(owned) if owned.epoch == epoch && owned.busy.is_none() => {
-                owned.busy = Some(Instant::now());
-                true
+        let State { owned, reading, .. } = &mut *state;
+        reading.retain(|_, batch| {
+            let stale = !batch.settling && batch.read_at.elapsed() > lease;
+            if stale {
+                for part in &batch.parts {
+                    if let Some(o) = owned
+                        .get_mut(&part.partition)
+                        .filter(|o| o.epoch == part.epoch)
+                    {
+                        o.busy = false;
+                        o.window_end = None;
+                    }
+                }
             }
-            _ => false,
-        }
-    }
-
-    fn put_back(&self, partition: i16) {
-        if let Some(owned) = self.state().owned.get_mut(&partition) {
-            owned.busy = None;
-        }
+            !stale
+        });
     }
 
     /// What a batch reads of one partition, given what [`open`](Self::open) found of it: its parked events whose
@@ -382,5 +364,49 @@ impl Cursors {
             parked,
         };
         Ok(Some((part, rows)))
+    }
+}
+
+/// The partitions a read has taken out, put back when it ends without handing out a batch: on an error, or when
+/// the claim is dropped half-way.
+pub(super) struct Taken<'a> {
+    cursors: &'a Cursors,
+    partitions: Vec<i16>,
+}
+
+impl Taken<'_> {
+    /// Marks an owned partition out; false if it is gone or out already.
+    fn take(&mut self, partition: i16, epoch: i64) -> bool {
+        let mut state = self.cursors.state();
+        match state.owned.get_mut(&partition) {
+            Some(owned) if owned.epoch == epoch && !owned.busy => {
+                owned.busy = true;
+                self.partitions.push(partition);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts one partition taken back.
+    fn put_back(&mut self, partition: i16) {
+        self.partitions.retain(|p| *p != partition);
+        if let Some(owned) = self.cursors.state().owned.get_mut(&partition) {
+            owned.busy = false;
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.partitions.is_empty() {
+            return;
+        }
+        let mut state = self.cursors.state();
+        for partition in &self.partitions {
+            if let Some(owned) = state.owned.get_mut(partition) {
+                owned.busy = false;
+            }
+        }
     }
 }

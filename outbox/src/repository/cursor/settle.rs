@@ -25,13 +25,13 @@ impl Cursors {
         published: &[i64],
     ) -> Result<u64> {
         let sql = Dialect::of(db).cursor;
-        let Some(parts) = self
-            .state()
-            .reading
-            .get(&token.0)
-            .map(|batch| batch.parts.clone())
-        else {
+        // A batch abandoned (see `Cursors::abandon`) was read again: this outcome counts for nothing.
+        let Some(parts) = self.start_settling(token.0) else {
             return Ok(0);
+        };
+        let _settling = Settling {
+            cursors: self,
+            token: token.0,
         };
         let done: std::collections::HashSet<i64> = published.iter().copied().collect();
         let txn = self.begin_settling(db, repo, sql).await?;
@@ -73,7 +73,7 @@ impl Cursors {
             {
                 owned.at = part.to;
                 owned.window_end = part.window_end;
-                owned.busy = None;
+                owned.busy = false;
             }
         }
         state.settled.push_back((token.0, settled));
@@ -81,6 +81,15 @@ impl Cursors {
             state.settled.pop_front();
         }
         Ok(counted)
+    }
+
+    /// Marks the batch `token` as being settled, and returns its parts; `None` if it is not out (abandoned, or
+    /// settled already).
+    fn start_settling(&self, token: i64) -> Option<Vec<Part>> {
+        let mut state = self.state();
+        let batch = state.reading.get_mut(&token).filter(|b| !b.settling)?;
+        batch.settling = true;
+        Some(batch.parts.clone())
     }
 
     /// [`acknowledge`](Self::acknowledge)'s writes, in its transaction: each part's cursor moved (fenced), its
@@ -333,5 +342,20 @@ impl Cursors {
     /// Events of an acknowledged batch given back: parked already, due at once.
     pub(crate) fn release(&self, ids: &[i64]) -> u64 {
         ids.len() as u64
+    }
+}
+
+/// A batch's outcome being written: if that ends without settling it (an error, or the call dropped half-way), the
+/// batch is out as before, to be acknowledged again or, failing that, abandoned.
+struct Settling<'a> {
+    cursors: &'a Cursors,
+    token: i64,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.cursors.state().reading.get_mut(&self.token) {
+            batch.settling = false;
+        }
     }
 }
