@@ -67,6 +67,8 @@ pub mod registry;
 pub mod relay;
 #[cfg(feature = "sea-orm")]
 pub mod repository;
+#[cfg(all(test, feature = "derive", feature = "sea-orm"))]
+mod tested;
 
 pub use config::{ConfigError, Delivery, OutboxConfig};
 pub use envelope::{EncodeError, EventEnvelope, InvalidTraceparent, TraceContext};

@@ -236,22 +236,10 @@ impl Relay {
 mod tests {
     use std::sync::atomic::AtomicBool;
 
-    use serde::{Deserialize, Serialize};
-
     use super::*;
     use crate::publisher::InMemoryPublisher;
     use crate::repository::{OutboxRepository, connect};
-
-    #[derive(Serialize, Deserialize, crate::OutboxEvent)]
-    #[outbox(
-        crate = "crate",
-        type = "com.example.relay.tested",
-        source = "/relay-tests"
-    )]
-    struct Tested {
-        #[outbox(aggregate_id)]
-        id: u32,
-    }
+    use crate::tested::Tested;
 
     /// A mark whose commit went through but whose answer was lost is retried; the retry matches nothing, and the
     /// events must still count as marked, not as taken over by another relay.

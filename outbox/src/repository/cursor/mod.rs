@@ -214,5 +214,5 @@ fn no_row(repo: &OutboxRepository, operation: &'static str, why: &str) -> Reposi
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "derive", feature = "sqlite"))]
 mod tests;

@@ -2,22 +2,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, Database, TransactionTrait};
-use serde::{Deserialize, Serialize};
 
 use super::Cursors;
 use crate::repository::{OutboxRepository, connect};
+use crate::tested::Tested;
 use crate::{Delivery, OutboxConfig};
-
-#[derive(Serialize, Deserialize, crate::OutboxEvent)]
-#[outbox(
-    crate = "crate",
-    type = "com.example.cursor.tested",
-    source = "/cursor-tests"
-)]
-struct Tested {
-    #[outbox(aggregate_id)]
-    id: u32,
-}
 
 /// A batch whose outcome is being written when its partition's lease runs out is not taken for abandoned: reading
 /// the partition again beside it would put two batches of one partition out at once, and the older one's outcome
