@@ -19,10 +19,12 @@ async fn a_batch_being_settled_is_not_read_again_beside_it() {
     crate::migration::create_table(&db, "outbox_events")
         .await
         .unwrap();
-    let mut config = OutboxConfig::default();
-    config.delivery = Delivery::Cursor;
-    config.partitions = 1;
-    config.lease_duration = Duration::from_secs(1);
+    let config = OutboxConfig {
+        delivery: Delivery::Cursor,
+        partitions: 1,
+        lease_duration: Duration::from_secs(1),
+        ..OutboxConfig::default()
+    };
     let repo = OutboxRepository::builder().config(config).build().unwrap();
     repo.add_events(&db, (1..=3).map(|id| Tested { id }))
         .await
