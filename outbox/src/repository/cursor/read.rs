@@ -206,6 +206,12 @@ impl Cursors {
         reading.retain(|_, batch| {
             let stale = !batch.settling && batch.read_at.elapsed() > lease;
             if stale {
+                tracing::warn!(
+                    target: "outbox",
+                    partitions = ?batch.parts.iter().map(|p| p.partition).collect::<Vec<_>>(),
+                    "a batch's outcome never came within the lease: its partitions are read again from their \
+                     cursors (its events go out again)"
+                );
                 for part in &batch.parts {
                     if let Some(o) = owned
                         .get_mut(&part.partition)
