@@ -906,6 +906,41 @@ async fn an_event_behind_a_batch_in_flight_goes_out_when_it_settles() {
     t.drop_tables().await;
 }
 
+/// A claim dropped half-way (a caller's timeout around `publish_batch`, or `run` stopped with batches in flight)
+/// puts back the partitions it had taken: they are read at the next claim, not a lease later.
+#[tokio::test]
+async fn a_claim_dropped_half_way_gives_its_partition_back_at_once() {
+    let t = TestDb::with_config(Backend::Postgres, cursor_config(1)).await;
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    // The first claim makes the cursors and takes the partition.
+    relay.publish_batch(100).await.unwrap();
+    let written = write(&t, 5, 20).await;
+    // Reads of the outbox table wait behind a lock, so the next claim stops inside its read, partition taken.
+    let lock = t.db.begin().await.unwrap();
+    lock.execute_unprepared(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        t.outbox.table()
+    ))
+    .await
+    .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(300), relay.publish_batch(100)).await;
+    assert!(
+        dropped.is_err(),
+        "the claim went through the lock: {dropped:?}"
+    );
+    lock.rollback().await.unwrap();
+
+    let report = relay.publish_batch(100).await.unwrap();
+    assert_eq!(
+        report.published, 20,
+        "the partition stayed out after the claim that took it was dropped: {report:?}"
+    );
+    let seen: HashSet<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(seen, written);
+    t.drop_tables().await;
+}
+
 /// A relay renewing its partitions' leases while one of its batches moves several cursors does not deadlock with
 /// it. Both lock cursor rows; in different orders, PostgreSQL found the cycle only after `deadlock_timeout` (1 s),
 /// a second in which the relay published nothing (p99 0.94 s at 5,000 events/s, measured), and aborted the batch's
