@@ -373,11 +373,11 @@ impl Cursors {
     }
 }
 
-/// The partitions a read has taken out, put back when it ends without handing out a batch: on an error, or when
-/// the claim is dropped half-way.
-pub(super) struct Taken<'a> {
+/// The partitions a read has taken out, each with the epoch it was taken under, put back when the read ends
+/// without handing out a batch: on an error, or when the claim is dropped half-way.
+struct Taken<'a> {
     cursors: &'a Cursors,
-    partitions: Vec<i16>,
+    partitions: Vec<(i16, i64)>,
 }
 
 impl Taken<'_> {
@@ -387,17 +387,27 @@ impl Taken<'_> {
         match state.owned.get_mut(&partition) {
             Some(owned) if owned.epoch == epoch && !owned.busy => {
                 owned.busy = true;
-                self.partitions.push(partition);
+                self.partitions.push((partition, epoch));
                 true
             }
             _ => false,
         }
     }
 
-    /// Puts one partition taken back.
+    /// Puts one partition taken back, unless it was taken over meanwhile (and back, under a new epoch: it may be
+    /// out in another batch).
     fn put_back(&mut self, partition: i16) {
-        self.partitions.retain(|p| *p != partition);
-        if let Some(owned) = self.cursors.state().owned.get_mut(&partition) {
+        let Some(i) = self.partitions.iter().position(|(p, _)| *p == partition) else {
+            return;
+        };
+        let (_, epoch) = self.partitions.swap_remove(i);
+        if let Some(owned) = self
+            .cursors
+            .state()
+            .owned
+            .get_mut(&partition)
+            .filter(|o| o.epoch == epoch)
+        {
             owned.busy = false;
         }
     }
@@ -405,14 +415,8 @@ impl Taken<'_> {
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
-        if self.partitions.is_empty() {
-            return;
-        }
-        let mut state = self.cursors.state();
-        for partition in &self.partitions {
-            if let Some(owned) = state.owned.get_mut(partition) {
-                owned.busy = false;
-            }
+        while let Some(&(partition, _)) = self.partitions.last() {
+            self.put_back(partition);
         }
     }
 }
