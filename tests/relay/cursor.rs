@@ -941,6 +941,33 @@ async fn a_claim_dropped_half_way_gives_its_partition_back_at_once() {
     t.drop_tables().await;
 }
 
+/// Batches that run out of publishing time (a broker slower than the lease allows: a publish must end four fifths
+/// into the lease) give the rest back: parked, and published by the next batches, each aggregate in order.
+#[tokio::test]
+async fn batches_that_run_out_of_time_give_the_rest_back_in_order() {
+    let mut config = cursor_config(1);
+    config.lease_duration = Duration::from_secs(1);
+    let t = TestDb::with_config(Backend::Postgres, config).await;
+    let broker = InMemoryPublisher::new();
+    // Ten events per aggregate per batch of 50, at 100 ms each: a batch publishes about eight of each aggregate
+    // before four fifths of its lease, and gives the rest back.
+    broker.set_delay(Duration::from_millis(100));
+    let running =
+        Running::start(Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build());
+    // Sequence numbers run on across the aggregates' events, so they are written at once.
+    let written = write(&t, 5, 150).await;
+    let mut most_parked = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        most_parked = most_parked.max(t.scalar("SELECT COUNT(*) FROM {t}_parked").await);
+    }
+    drained(&t, &broker, written.len()).await;
+    running.stop().await;
+    assert!(most_parked > 0, "no batch ran out of time");
+    account(&broker, &written);
+    t.drop_tables().await;
+}
+
 /// A relay renewing its partitions' leases while one of its batches moves several cursors does not deadlock with
 /// it. Both lock cursor rows; in different orders, PostgreSQL found the cycle only after `deadlock_timeout` (1 s),
 /// a second in which the relay published nothing (p99 0.94 s at 5,000 events/s, measured), and aborted the batch's
