@@ -7,23 +7,25 @@ use sea_orm::{
 };
 
 use super::Cursors;
-use crate::repository::{OutboxRepository, connect};
+use tokio::task::JoinHandle;
+
+use crate::repository::{ClaimToken, OutboxRepository, Result, connect};
 use crate::tested::Tested;
 use crate::{Delivery, OutboxConfig};
 
-/// One partition of an SQLite file, with three events stored and a second pool on the same file whose one
-/// connection is taken: an outcome written through it waits there, its batch in hand.
+/// One partition of an SQLite file with three events stored, and a second pool on the same file whose one
+/// connection [`Fixture::new`] hands back, taken: an outcome written through that pool waits until it is freed,
+/// its batch in hand.
 struct Fixture {
     path: PathBuf,
     db: DatabaseConnection,
     repo: OutboxRepository,
     cursors: Arc<Cursors>,
     waiting_db: DatabaseConnection,
-    held: Option<DatabaseTransaction>,
 }
 
 impl Fixture {
-    async fn new() -> Self {
+    async fn new() -> (Self, DatabaseTransaction) {
         let path =
             std::env::temp_dir().join(format!("outbox-cursor-{:016x}.db", fastrand::u64(..)));
         let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -45,22 +47,25 @@ impl Fixture {
         options.max_connections(1).sqlx_logging(false);
         let waiting_db = Database::connect(options).await.unwrap();
         let held = waiting_db.begin().await.unwrap();
-        Self {
+        let fixture = Self {
             path,
             db,
             repo,
             cursors: Arc::new(Cursors::new()),
             waiting_db,
-            held: Some(held),
-        }
+        };
+        (fixture, held)
+    }
+
+    /// Reads the three events stored: the batch's token and their ids.
+    async fn lease(&self) -> (ClaimToken, Vec<i64>) {
+        let batch = self.cursors.lease(&self.db, &self.repo, 10).await.unwrap();
+        assert_eq!(batch.rows.len(), 3);
+        (batch.token, batch.rows.iter().map(|row| row.id).collect())
     }
 
     /// Starts acknowledging every event of `token` through the waiting pool.
-    fn settle(
-        &self,
-        token: crate::repository::ClaimToken,
-        ids: Vec<i64>,
-    ) -> tokio::task::JoinHandle<crate::repository::Result<u64>> {
+    fn settle(&self, token: ClaimToken, ids: Vec<i64>) -> JoinHandle<Result<u64>> {
         let (cursors, repo, db) = (
             self.cursors.clone(),
             self.repo.clone(),
@@ -68,14 +73,19 @@ impl Fixture {
         );
         tokio::spawn(async move { cursors.acknowledge(&db, &repo, token, &ids).await })
     }
-}
 
-impl Fixture {
-    /// Frees the waiting pool's connection.
-    async fn release(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.rollback().await.unwrap();
-        }
+    /// Stores a fourth event and asserts that the next batch reads it alone: the cursor is past the first three.
+    async fn assert_moved_past_the_batch(&self) {
+        self.repo
+            .add_events(&self.db, [Tested { id: 4 }])
+            .await
+            .unwrap();
+        let next = self.cursors.lease(&self.db, &self.repo, 10).await.unwrap();
+        assert_eq!(
+            next.rows.len(),
+            1,
+            "the cursor moved past the settled batch"
+        );
     }
 }
 
@@ -90,31 +100,20 @@ impl Drop for Fixture {
 /// would then free the partition under the newer one.
 #[tokio::test]
 async fn a_batch_being_settled_is_not_read_again_beside_it() {
-    let mut f = Fixture::new().await;
-    let (db, repo, cursors) = (f.db.clone(), f.repo.clone(), f.cursors.clone());
-    let (db, repo) = (&db, &repo);
-    let first = cursors.lease(db, repo, 10).await.unwrap();
-    assert_eq!(first.rows.len(), 3);
-    let ids: Vec<i64> = first.rows.iter().map(|row| row.id).collect();
+    let (f, held) = Fixture::new().await;
+    let (token, ids) = f.lease().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let settle = f.settle(first.token, ids);
+    let settle = f.settle(token, ids);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let beside = cursors.lease(db, repo, 10).await.unwrap();
+    let beside = f.cursors.lease(&f.db, &f.repo, 10).await.unwrap();
     assert!(
         beside.rows.is_empty(),
         "the partition was read again while its batch was being settled"
     );
-    f.release().await;
+    held.rollback().await.unwrap();
     assert_eq!(settle.await.unwrap().unwrap(), 3);
-
-    repo.add_events(db, [Tested { id: 4 }]).await.unwrap();
-    let next = cursors.lease(db, repo, 10).await.unwrap();
-    assert_eq!(
-        next.rows.len(),
-        1,
-        "the cursor moved past the settled batch"
-    );
+    f.assert_moved_past_the_batch().await;
 }
 
 /// An outcome dropped half-way (`run` stopped with batches in flight) leaves its batch out as it was: it can be
@@ -122,31 +121,22 @@ async fn a_batch_being_settled_is_not_read_again_beside_it() {
 /// read again.
 #[tokio::test]
 async fn an_outcome_dropped_half_way_leaves_its_batch_to_be_settled_again() {
-    let mut f = Fixture::new().await;
-    let (db, repo, cursors) = (f.db.clone(), f.repo.clone(), f.cursors.clone());
-    let (db, repo) = (&db, &repo);
-    let first = cursors.lease(db, repo, 10).await.unwrap();
-    let ids: Vec<i64> = first.rows.iter().map(|row| row.id).collect();
+    let (f, held) = Fixture::new().await;
+    let (token, ids) = f.lease().await;
 
-    let settle = f.settle(first.token, ids.clone());
+    let settle = f.settle(token, ids.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     settle.abort();
     assert!(settle.await.unwrap_err().is_cancelled());
-    f.release().await;
+    held.rollback().await.unwrap();
 
     assert_eq!(
-        cursors
-            .acknowledge(db, repo, first.token, &ids)
+        f.cursors
+            .acknowledge(&f.db, &f.repo, token, &ids)
             .await
             .unwrap(),
         3,
         "the batch was out no more after its first outcome was dropped"
     );
-    repo.add_events(db, [Tested { id: 4 }]).await.unwrap();
-    let next = cursors.lease(db, repo, 10).await.unwrap();
-    assert_eq!(
-        next.rows.len(),
-        1,
-        "the cursor moved past the settled batch"
-    );
+    f.assert_moved_past_the_batch().await;
 }
