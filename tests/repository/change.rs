@@ -218,17 +218,17 @@ async fn a_change_with_a_with_clause_of_its_own() {
     t.drop_tables().await;
 }
 
-/// On PostgreSQL the change and the event are one statement, so they stand or fall together even outside a
-/// transaction: an event refused by the table (its id stored already) takes the change with it. Two statements
-/// would have committed the change on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_the_change_and_the_event_are_one_statement() {
-    let t = TestDb::new(Backend::Postgres).await;
+/// On PostgreSQL and MariaDB the change and the event are one statement, so they stand or fall together even
+/// outside a transaction: an event refused by the table (its id stored already) takes the change with it. Two
+/// statements would have committed the change on its own.
+async fn outside_a_transaction_the_change_and_the_event_commit_together(backend: Backend) {
+    let t = TestDb::new(backend).await;
     let first = t
         .outbox
         .add_event_with(&t.db, insert_user(&t, 1, "a@example.com"), opened("a", 1))
         .await
         .unwrap();
+    assert_eq!(users_with(&t, 1, "a@example.com").await, 1);
     let again = outbox::EventEnvelope::new(opened("a", 2)).with_event_id(first.event_id);
     t.outbox
         .add_event_with(&t.db, insert_user(&t, 2, "b@example.com"), again)
@@ -238,6 +238,94 @@ async fn on_postgres_the_change_and_the_event_are_one_statement() {
         users_with(&t, 2, "b@example.com").await,
         0,
         "the change committed without its event"
+    );
+    t.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_change_and_the_event_commit_together() {
+    outside_a_transaction_the_change_and_the_event_commit_together(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mariadb_the_change_and_the_event_commit_together() {
+    outside_a_transaction_the_change_and_the_event_commit_together(Backend::MariaDb).await;
+}
+
+/// MariaDB's block opens a transaction of its own only outside the caller's: in the caller's transaction a
+/// refused event neither commits nor rolls back what the caller did before, and the caller decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mariadb_a_refused_event_leaves_the_callers_transaction_to_the_caller() {
+    let t = TestDb::new(Backend::MariaDb).await;
+    let txn = t.db.begin().await.unwrap();
+    // A trailing semicolon, as a hand-written statement may have, is the change's own end.
+    let first = t
+        .outbox
+        .add_event_with(
+            &txn,
+            change(
+                &t,
+                "INSERT INTO {users} (id, email) VALUES (?, ?);  ",
+                vec![1i64.into(), "a@example.com".into()],
+            ),
+            opened("a", 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.rows_affected, 1);
+    let again = outbox::EventEnvelope::new(opened("a", 2)).with_event_id(first.event_id);
+    let error = t
+        .outbox
+        .add_event_with(&txn, insert_user(&t, 2, "b@example.com"), again)
+        .await
+        .expect_err("the event id is stored already");
+    assert!(
+        error
+            .to_string()
+            .contains("running the caller's change with its event"),
+        "{error}"
+    );
+    assert_eq!(
+        users_with(&t, 1, "a@example.com").await,
+        0,
+        "the caller's transaction was committed"
+    );
+    txn.commit().await.unwrap();
+    assert_eq!(
+        users_with(&t, 1, "a@example.com").await,
+        1,
+        "the caller's transaction was rolled back under it"
+    );
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+    t.drop_tables().await;
+}
+
+/// Under the commit-order cursor MariaDB numbers each event as it is inserted (the table's trigger); an event
+/// stored in the caller's block is numbered as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mariadb_under_the_cursor_an_event_stored_with_a_change_is_numbered() {
+    let mut config = OutboxConfig::default();
+    config.delivery = outbox::Delivery::Cursor;
+    let t = TestDb::with_design(Backend::MariaDb, config).await;
+    for id in 1..=2 {
+        let txn = t.db.begin().await.unwrap();
+        t.outbox
+            .add_event_with(
+                &txn,
+                insert_user(&t, id, "a@example.com"),
+                opened("a", id as u32),
+            )
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+    }
+    assert_eq!(
+        t.scalar(&format!(
+            "SELECT COUNT(DISTINCT seq) FROM {} WHERE seq > 0",
+            t.outbox.table()
+        ))
+        .await,
+        2
     );
     t.drop_tables().await;
 }

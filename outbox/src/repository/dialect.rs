@@ -28,9 +28,9 @@ pub(crate) struct Dialect {
     /// Whether a list of ids goes as one array parameter (any number of ids, one statement text) rather than
     /// one placeholder per id (at most [`sql::CHUNK`](super::sql::CHUNK) at a time).
     pub(crate) id_array: bool,
-    /// Whether a statement can carry a data-modifying CTE (`WITH e AS (INSERT ...) UPDATE ...`), so that
-    /// [`add_event_with`](super::OutboxRepository::add_event_with) stores the event in the caller's statement.
-    pub(crate) writes_in_cte: bool,
+    /// How [`add_event_with`](super::OutboxRepository::add_event_with) stores the event in the caller's
+    /// statement, if it can.
+    pub(crate) one_statement: OneStatement,
     /// Whether the event id column is a native UUID rather than text.
     pub(crate) native_uuid: bool,
     /// Deletes published rows older than `?`, at most `?` of them, oldest first.
@@ -60,6 +60,18 @@ pub(crate) struct Dialect {
     pub(crate) wake: Option<&'static super::wake::WakeSql>,
     /// The statements of the commit-order cursor ([`Delivery::Cursor`](crate::Delivery::Cursor)).
     pub(crate) cursor: &'static super::cursor::CursorSql,
+}
+
+/// How the caller's change and its event become one statement, so the event costs no round trip of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OneStatement {
+    /// The event's INSERT as a data-modifying CTE of the change (`WITH e AS (INSERT ...) UPDATE ...`).
+    Cte,
+    /// Both in an anonymous block (`BEGIN NOT ATOMIC ... END`): MariaDB has it and MySQL lacks it, so the server
+    /// is asked which it is.
+    Block,
+    /// Neither: two statements.
+    Two,
 }
 
 /// What a wake-up calls.

@@ -25,6 +25,7 @@
 //! `mark.rs`, what operators do in `admin.rs`, the relays' own rows in `relays.rs`, the shared SQL in `sql.rs`, and what the relay sees in `store.rs`.
 
 mod admin;
+mod change;
 mod claim;
 mod connect;
 mod cursor;
@@ -55,6 +56,7 @@ use uuid::Uuid;
 
 pub use crate::partition::partition_of;
 pub use admin::{Backlog, DeadLetterFilter, OutboxStats, PartitionLag};
+pub use change::ChangeAndEvent;
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
 pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;
@@ -154,38 +156,6 @@ impl RepositoryBuilder {
     }
 }
 
-/// What [`OutboxRepository::add_event_with`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChangeAndEvent {
-    /// The id of the event stored.
-    pub event_id: Uuid,
-    /// The rows the caller's change affected (inserted, updated or deleted).
-    pub rows_affected: u64,
-}
-
-/// `change` with `insert` as a CTE before it, joining `change`'s own `WITH` clause if it has one.
-fn with_event(insert: &str, change: &str) -> String {
-    let (first, rest) = split_word(change);
-    if first.eq_ignore_ascii_case("WITH") {
-        let (second, after) = split_word(rest);
-        if second.eq_ignore_ascii_case("RECURSIVE") {
-            return format!("WITH RECURSIVE outbox_event AS ({insert}), {after}");
-        }
-        return format!("WITH outbox_event AS ({insert}), {rest}");
-    }
-    format!("WITH outbox_event AS ({insert}) {change}")
-}
-
-/// The first word of `sql` (up to whitespace or `(`) and what follows it, leading whitespace skipped.
-fn split_word(sql: &str) -> (&str, &str) {
-    let sql = sql.trim_start();
-    let end = sql
-        .find(|c: char| c.is_whitespace() || c == '(')
-        .unwrap_or(sql.len());
-    (&sql[..end], sql[end..].trim_start())
-}
-
 /// A repository that could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -266,93 +236,6 @@ impl OutboxRepository {
             self.execute(db, "storing events", &insert, values).await?;
         }
         Ok(envelopes.iter().map(EventEnvelope::event_id).collect())
-    }
-
-    /// Runs the caller's `change` (an `INSERT`, `UPDATE` or `DELETE` of its own tables) on `db` and stores `event`
-    /// with it; never commits. Returns the event id and the rows `change` affected.
-    ///
-    /// On PostgreSQL the two are one statement, the event's `INSERT` a CTE of `change`
-    /// (`WITH outbox_event AS (INSERT ...) UPDATE ...`), so the event costs the transaction no round trip of its
-    /// own: on a one-row transaction that is most of what [`add_event`](Self::add_event) adds (BENCHMARKS.md).
-    /// Elsewhere `change` runs, then the event is stored, as `add_event` would. `change` is written in `db`'s
-    /// placeholders (`$1`... on PostgreSQL) and may have a `WITH` clause of its own.
-    ///
-    /// The event is stored whatever `change` affected, as two statements in one transaction would: check
-    /// `rows_affected` and roll back if the event must not go out. The event is checked as `add_event` checks it
-    /// before anything runs.
-    ///
-    /// ```no_run
-    /// # use outbox::{OutboxEvent, repository::OutboxRepository};
-    /// # use sea_orm::{DbBackend, Statement, TransactionTrait};
-    /// # use serde::{Deserialize, Serialize};
-    /// # #[derive(Serialize, Deserialize, OutboxEvent)]
-    /// # #[outbox(type = "com.example.user.renamed")]
-    /// # struct UserRenamed { #[outbox(aggregate_id)] user_id: i64, name: String }
-    /// # async fn example(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
-    /// let outbox = OutboxRepository::new();
-    /// let txn = db.begin().await?;
-    /// let rename = Statement::from_sql_and_values(
-    ///     DbBackend::Postgres,
-    ///     "UPDATE users SET name = $1 WHERE id = $2",
-    ///     ["Ada".into(), 7i64.into()],
-    /// );
-    /// let done = outbox
-    ///     .add_event_with(&txn, rename, UserRenamed { user_id: 7, name: "Ada".into() })
-    ///     .await?;
-    /// if done.rows_affected == 1 {
-    ///     txn.commit().await?; // the rename and its event, in one statement and one commit
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn add_event_with<C, E>(
-        &self,
-        db: &C,
-        change: Statement,
-        event: impl Into<EventEnvelope<E>>,
-    ) -> Result<ChangeAndEvent>
-    where
-        C: ConnectionTrait,
-        E: AsDynEvent,
-    {
-        let envelope = event.into();
-        let event_id = envelope.event_id();
-        let dialect = Dialect::of(db);
-        let backend = dialect.backend;
-        let mut inserts = self.inserts(db, std::slice::from_ref(&envelope)).await?;
-        let operation = "running the caller's change with its event";
-        // One event is one INSERT.
-        let rows_affected = if dialect.writes_in_cte && inserts.len() == 1 {
-            let (insert, values) = inserts.swap_remove(0);
-            let Statement {
-                sql, values: bound, ..
-            } = change;
-            let mut bound = bound.map(|values| values.0).unwrap_or_default();
-            // The change's placeholders come first, so its text is sent as written.
-            let first = u32::try_from(bound.len() + 1).unwrap_or(u32::MAX);
-            let insert = dialect.sql(&self.inner.table, &insert, first);
-            bound.extend(values);
-            let statement =
-                Statement::from_sql_and_values(backend, with_event(&insert, &sql), bound);
-            db.execute_raw(statement)
-                .await
-                .map_err(|e| self.db_error(operation, backend, e))?
-                .rows_affected()
-        } else {
-            let rows_affected = db
-                .execute_raw(change)
-                .await
-                .map_err(|e| self.db_error(operation, backend, e))?
-                .rows_affected();
-            for (insert, values) in inserts {
-                self.execute(db, "storing events", &insert, values).await?;
-            }
-            rows_affected
-        };
-        Ok(ChangeAndEvent {
-            event_id,
-            rows_affected,
-        })
     }
 
     /// The INSERTs that store `envelopes`, one per [`sql::CHUNK`] events, written with `?` placeholders and

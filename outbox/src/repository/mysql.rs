@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
 
 use super::claim::Lease;
 use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
-use super::dialect::{Dialect, SchemaObject, no_wake_ups};
+use super::dialect::{Dialect, OneStatement, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, RepositoryError, Result, sql};
 
 /// How MySQL and MariaDB differ: `?` placeholders, one per id, the event id as text, no wake-up signal, and one
@@ -21,7 +21,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     inbox_dead_letter: INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,
-    writes_in_cte: false,
+    one_statement: OneStatement::Block,
     native_uuid: false,
     purge_published: PURGE_PUBLISHED,
     batches_in_flight: 1,

@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait};
 
 use super::claim::Lease;
 use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
-use super::dialect::{Dialect, SchemaObject, Wake, WakeTask};
+use super::dialect::{Dialect, OneStatement, SchemaObject, Wake, WakeTask};
 use super::wake::WakeSql;
 use super::{OutboxRepository, Result, TableName, scan, sql};
 
@@ -21,7 +21,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     inbox_dead_letter: sql::INBOX_DEAD_LETTER,
     numbered_placeholders: true,
     id_array: true,
-    writes_in_cte: true,
+    one_statement: OneStatement::Cte,
     native_uuid: true,
     purge_published: sql::PURGE_PUBLISHED,
     batches_in_flight: 2,

@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::claim::Lease;
 use super::cursor::{Bounds, CursorSql, parked_runs, window_read};
-use super::dialect::{Dialect, SchemaObject, no_wake_ups};
+use super::dialect::{Dialect, OneStatement, SchemaObject, no_wake_ups};
 use super::{OutboxRepository, Result, sql};
 
 /// How SQLite differs: `?` placeholders, one per id, the event id as text, no wake-up signal across processes,
@@ -20,7 +20,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     inbox_dead_letter: sql::INBOX_DEAD_LETTER,
     numbered_placeholders: false,
     id_array: false,
-    writes_in_cte: false,
+    one_statement: OneStatement::Two,
     native_uuid: false,
     purge_published: sql::PURGE_PUBLISHED,
     batches_in_flight: 1,
