@@ -258,7 +258,7 @@ async fn on_mariadb_the_change_and_the_event_commit_together() {
 async fn on_mariadb_a_refused_event_leaves_the_callers_transaction_to_the_caller() {
     let t = TestDb::new(Backend::MariaDb).await;
     let txn = t.db.begin().await.unwrap();
-    // A trailing semicolon, as a hand-written statement may have, is the change's own end.
+    // A trailing semicolon or comment, as a hand-written statement may have, ends with the change.
     let first = t
         .outbox
         .add_event_with(
@@ -273,7 +273,16 @@ async fn on_mariadb_a_refused_event_leaves_the_callers_transaction_to_the_caller
         .await
         .unwrap();
     assert_eq!(first.rows_affected, 1);
-    let again = outbox::EventEnvelope::new(opened("a", 2)).with_event_id(first.event_id);
+    let commented = change(
+        &t,
+        "UPDATE {users} SET email = ? WHERE id = ? -- the user's new address",
+        vec!["a@example.com".into(), 1i64.into()],
+    );
+    t.outbox
+        .add_event_with(&txn, commented, opened("a", 2))
+        .await
+        .unwrap();
+    let again = outbox::EventEnvelope::new(opened("a", 3)).with_event_id(first.event_id);
     let error = t
         .outbox
         .add_event_with(&txn, insert_user(&t, 2, "b@example.com"), again)
@@ -296,7 +305,7 @@ async fn on_mariadb_a_refused_event_leaves_the_callers_transaction_to_the_caller
         1,
         "the caller's transaction was rolled back under it"
     );
-    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 2);
     t.drop_tables().await;
 }
 

@@ -163,7 +163,8 @@ fn with_event(insert: &str, change: &str) -> String {
 /// `change` then `insert` in MariaDB's anonymous block, which selects the rows `change` affected (the block's
 /// own count is the sum of its statements'). The block is not atomic of itself: in the caller's transaction a
 /// failure leaves the transaction to the caller, as two statements would; outside one the block opens its own
-/// and rolls it back on any error, so the change never commits without its event.
+/// and rolls it back on any error, so the change never commits without its event. The change has lines of its
+/// own, so that a comment at its end ends there.
 fn in_block(insert: &str, change: &str) -> String {
     let change = change.trim_end().trim_end_matches(';');
     format!(
@@ -171,8 +172,8 @@ fn in_block(insert: &str, change: &str) -> String {
          DECLARE outbox_rows BIGINT; \
          DECLARE outbox_own BOOL DEFAULT @@in_transaction = 0; \
          DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN IF outbox_own THEN ROLLBACK; END IF; RESIGNAL; END; \
-         IF outbox_own THEN START TRANSACTION; END IF; \
-         {change}; \
+         IF outbox_own THEN START TRANSACTION; END IF;\n\
+         {change}\n; \
          SET outbox_rows = ROW_COUNT(); \
          {insert}; \
          IF outbox_own THEN COMMIT; END IF; \
