@@ -46,7 +46,7 @@ pub async fn run(db: &DatabaseConnection, runs: usize) -> Result<Vec<Row>> {
         )
     });
     let mut overhead = Row::new("add_event's overhead on a 1-row txn", "%");
-    // The change and its event through `add_event_with`: one statement on PostgreSQL.
+    // The change and its event through `add_event_with`: one statement on PostgreSQL and MariaDB.
     let mut in_statement = Row::new(
         "1-row txn, the row and its event in one call (add_event_with)",
         "txn/s",
