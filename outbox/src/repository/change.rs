@@ -76,14 +76,13 @@ impl OutboxRepository {
         let event_id = envelope.event_id();
         let dialect = Dialect::of(db);
         let mut inserts = self.inserts(db, std::slice::from_ref(&envelope)).await?;
-        // One event is one INSERT.
-        let joined = match dialect.one_statement {
-            OneStatement::Cte => Some(with_event as Join),
-            OneStatement::Block if self.is_mariadb(db).await? => Some(in_block as Join),
-            _ => None,
+        let one = match dialect.one_statement {
+            OneStatement::Block if !self.is_mariadb(db).await? => OneStatement::Two,
+            one => one,
         };
-        let rows_affected = match joined {
-            Some(join) if inserts.len() == 1 => {
+        // One event is one INSERT.
+        let rows_affected = match (one, inserts.len()) {
+            (OneStatement::Cte | OneStatement::Block, 1) => {
                 let (insert, values) = inserts.swap_remove(0);
                 let Statement {
                     sql, values: bound, ..
@@ -93,9 +92,7 @@ impl OutboxRepository {
                 let first = u32::try_from(bound.len() + 1).unwrap_or(u32::MAX);
                 let insert = dialect.sql(&self.inner.table, &insert, first);
                 bound.extend(values);
-                let statement =
-                    Statement::from_sql_and_values(dialect.backend, join(&insert, &sql), bound);
-                self.run_joined(db, dialect, statement).await?
+                self.run_joined(db, one, &insert, &sql, bound).await?
             }
             _ => {
                 let rows_affected = db
@@ -115,26 +112,31 @@ impl OutboxRepository {
         })
     }
 
-    /// Runs the joined statement and returns the rows the change affected: the statement's own count for a CTE
-    /// (the change is its main statement), the row the block selects for a block (whose count adds up its
-    /// statements').
+    /// Runs `change` and `insert` as one statement the way `one` joins them, with the values `bound`, and
+    /// returns the rows the change affected: the statement's own count for a CTE (the change is its main
+    /// statement), the row a block selects last (its own count adds up its statements').
     async fn run_joined<C: ConnectionTrait>(
         &self,
         db: &C,
-        dialect: &Dialect,
-        statement: Statement,
+        one: OneStatement,
+        insert: &str,
+        change: &str,
+        bound: Vec<sea_orm::Value>,
     ) -> Result<u64> {
-        let error = |e| self.db_error(OPERATION, dialect.backend, e);
-        if dialect.one_statement == OneStatement::Cte {
+        let backend = db.get_database_backend();
+        let error = |e| self.db_error(OPERATION, backend, e);
+        if one == OneStatement::Cte {
+            let statement =
+                Statement::from_sql_and_values(backend, with_event(insert, change), bound);
             return Ok(db
                 .execute_raw(statement)
                 .await
                 .map_err(error)?
                 .rows_affected());
         }
+        let statement = Statement::from_sql_and_values(backend, in_block(insert, change), bound);
         let rows = db.query_all_raw(statement).await.map_err(error)?;
-        let count = rows.first().map(|row| row.try_get_by_index::<i64>(0));
-        match count {
+        match rows.first().map(|row| row.try_get_by_index::<i64>(0)) {
             Some(Ok(count)) => Ok(u64::try_from(count).unwrap_or_default()),
             Some(Err(e)) => Err(error(e)),
             None => Err(error(sea_orm::DbErr::RecordNotFound(
@@ -143,9 +145,6 @@ impl OutboxRepository {
         }
     }
 }
-
-/// Builds the one statement from the event's INSERT and the caller's change.
-type Join = fn(&str, &str) -> String;
 
 /// `change` with `insert` as a CTE before it, joining `change`'s own `WITH` clause if it has one.
 fn with_event(insert: &str, change: &str) -> String {
