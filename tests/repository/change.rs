@@ -187,6 +187,32 @@ async fn an_event_refused_before_the_change_runs(backend: Backend) {
     t.drop_tables().await;
 }
 
+/// A change that returns rows (`RETURNING`, which SQLite, PostgreSQL and MariaDB have) is counted by the rows it
+/// affected, not read for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_returns_rows_is_counted() {
+    for backend in [Backend::Postgres, Backend::MariaDb, Backend::SqliteFile] {
+        let t = TestDb::new(backend).await;
+        let returning = change(
+            &t,
+            "INSERT INTO {users} (id, email) VALUES (?, ?) RETURNING id",
+            vec![7i64.into(), "r@example.com".into()],
+        );
+        let done = t
+            .outbox
+            .add_event_with(&t.db, returning, opened("r", 1))
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        assert_eq!(
+            done.rows_affected, 1,
+            "{backend:?}: the returned id was read"
+        );
+        assert_eq!(users_with(&t, 7, "r@example.com").await, 1, "{backend:?}");
+        assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+        t.drop_tables().await;
+    }
+}
+
 /// On PostgreSQL the event's INSERT joins the change's own `WITH` clause, plain or recursive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_with_a_with_clause_of_its_own() {

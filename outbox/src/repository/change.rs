@@ -30,8 +30,8 @@ impl OutboxRepository {
     /// (BENCHMARKS.md). On PostgreSQL the event's `INSERT` is a CTE of `change` (`WITH outbox_event AS (INSERT
     /// ...) UPDATE ...`); on MariaDB both go in an anonymous block (`BEGIN NOT ATOMIC ... END`). On MySQL and
     /// SQLite `change` runs, then the event is stored, as `add_event` would. `change` is written in `db`'s
-    /// placeholders (`$1`... on PostgreSQL), returns no rows (no `RETURNING`) and, on PostgreSQL, may have a
-    /// `WITH` clause of its own.
+    /// placeholders (`$1`... on PostgreSQL) and, on PostgreSQL, may have a `WITH` clause of its own; rows it
+    /// returns (`RETURNING`) are counted, not returned.
     ///
     /// The event is stored whatever `change` affected, as two statements in one transaction would: check
     /// `rows_affected` and roll back if the event must not go out. The event is checked as `add_event` checks it
@@ -114,7 +114,7 @@ impl OutboxRepository {
 
     /// Runs `change` and `insert` as one statement the way `one` joins them, with the values `bound`, and
     /// returns the rows the change affected: the statement's own count for a CTE (the change is its main
-    /// statement), the row a block selects last (its own count adds up its statements').
+    /// statement), the `ROW_COUNT()` a block selects last (its own count adds up its statements').
     async fn run_joined<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -136,8 +136,10 @@ impl OutboxRepository {
         }
         let statement = Statement::from_sql_and_values(backend, in_block(insert, change), bound);
         let rows = db.query_all_raw(statement).await.map_err(error)?;
-        match rows.first().map(|row| row.try_get_by_index::<i64>(0)) {
-            Some(Ok(count)) => Ok(u64::try_from(count).unwrap_or_default()),
+        // The block's row comes last, after any the change returned (`RETURNING`); for such a change
+        // `ROW_COUNT()` is -1, and the rows it returned are the rows it affected.
+        match rows.last().map(|row| row.try_get_by_index::<i64>(0)) {
+            Some(Ok(count)) => Ok(u64::try_from(count).unwrap_or(rows.len() as u64 - 1)),
             Some(Err(e)) => Err(error(e)),
             None => Err(error(sea_orm::DbErr::RecordNotFound(
                 "the change's row count, which the block selects last".to_owned(),
