@@ -11,6 +11,7 @@ use outbox_tests::on_every_backend;
 
 on_every_backend!(
     the_change_and_its_event_commit_or_roll_back_together,
+    several_events_are_stored_with_one_change,
     the_rows_the_change_affected_are_returned,
     a_failing_change_stores_no_event_and_says_what_failed,
     an_event_refused_before_the_change_runs,
@@ -86,6 +87,62 @@ async fn the_change_and_its_event_commit_or_roll_back_together(backend: Backend)
     txn.rollback().await.unwrap();
     assert_eq!(users_with(&t, 2, "gone@example.com").await, 0);
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+    t.drop_tables().await;
+}
+
+async fn several_events_are_stored_with_one_change(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let txn = t.db.begin().await.unwrap();
+    let done = t
+        .outbox
+        .add_events_with(
+            &txn,
+            insert_user(&t, 1, "a@example.com"),
+            [opened("a", 1), opened("b", 1), opened("a", 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected, 1);
+    assert_eq!(done.event_ids.len(), 3);
+    txn.commit().await.unwrap();
+    let stored = t.outbox.get_unpublished(&t.db, 10, 0).await.unwrap();
+    let stored: Vec<_> = stored
+        .iter()
+        .map(|e| (e.event_id, e.aggregate_id.as_str()))
+        .collect();
+    for (id, aggregate) in done.event_ids.iter().zip(["a", "b", "a"]) {
+        assert!(
+            stored.contains(&(*id, aggregate)),
+            "{id} of {aggregate} stored: {stored:?}"
+        );
+    }
+
+    let txn = t.db.begin().await.unwrap();
+    t.outbox
+        .add_events_with(
+            &txn,
+            insert_user(&t, 2, "b@example.com"),
+            [opened("c", 1), opened("d", 1)],
+        )
+        .await
+        .unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(users_with(&t, 2, "b@example.com").await, 0);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 3);
+
+    // No events: the change alone.
+    let alone = t
+        .outbox
+        .add_events_with(
+            &t.db,
+            insert_user(&t, 3, "c@example.com"),
+            Vec::<outbox::EventEnvelope<outbox_tests::events::AccountOpened>>::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((alone.rows_affected, alone.event_ids.len()), (1, 0));
+    assert_eq!(users_with(&t, 3, "c@example.com").await, 1);
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 3);
     t.drop_tables().await;
 }
 
@@ -265,6 +322,19 @@ async fn outside_a_transaction_the_change_and_the_event_commit_together(backend:
         0,
         "the change committed without its event"
     );
+    // Several events: one refused takes the change and the others with it.
+    let fresh = outbox::EventEnvelope::new(opened("b", 1));
+    let taken = outbox::EventEnvelope::new(opened("b", 2)).with_event_id(first.event_id);
+    t.outbox
+        .add_events_with(&t.db, insert_user(&t, 3, "c@example.com"), [fresh, taken])
+        .await
+        .expect_err("the second event's id is stored already");
+    assert_eq!(
+        users_with(&t, 3, "c@example.com").await,
+        0,
+        "the change committed without its events"
+    );
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
     t.drop_tables().await;
 }
 

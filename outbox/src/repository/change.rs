@@ -18,6 +18,16 @@ pub struct ChangeAndEvent {
     pub rows_affected: u64,
 }
 
+/// What [`OutboxRepository::add_events_with`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChangeAndEvents {
+    /// The ids of the events stored, in the order they were given.
+    pub event_ids: Vec<Uuid>,
+    /// The rows the caller's change affected (inserted, updated or deleted).
+    pub rows_affected: u64,
+}
+
 /// What the statements say when they fail.
 const OPERATION: &str = "running the caller's change with its event";
 
@@ -72,15 +82,40 @@ impl OutboxRepository {
         C: ConnectionTrait,
         E: AsDynEvent,
     {
-        let envelope = event.into();
-        let event_id = envelope.event_id();
+        let done = self.add_events_with(db, change, [event.into()]).await?;
+        Ok(ChangeAndEvent {
+            event_id: done.event_ids[0],
+            rows_affected: done.rows_affected,
+        })
+    }
+
+    /// Runs the caller's `change` on `db` and stores `events` with it, as
+    /// [`add_event_with`](Self::add_event_with) does for one event; never commits. Returns the events' ids, in
+    /// order, and the rows `change` affected.
+    ///
+    /// Up to 500 events go in one INSERT, so on PostgreSQL and MariaDB the change and up to 500 events are one
+    /// statement. More run as the change, then one INSERT per 500, which commit one by one outside a
+    /// transaction: pass a transaction. Every event is checked before anything runs. With no events, `change`
+    /// runs alone.
+    pub async fn add_events_with<C, E, I>(
+        &self,
+        db: &C,
+        change: Statement,
+        events: I,
+    ) -> Result<ChangeAndEvents>
+    where
+        C: ConnectionTrait,
+        E: AsDynEvent,
+        I: IntoIterator,
+        I::Item: Into<EventEnvelope<E>>,
+    {
+        let envelopes: Vec<EventEnvelope<E>> = events.into_iter().map(Into::into).collect();
         let dialect = Dialect::of(db);
-        let mut inserts = self.inserts(db, std::slice::from_ref(&envelope)).await?;
+        let mut inserts = self.inserts(db, &envelopes).await?;
         let one = match dialect.one_statement {
             OneStatement::Block if !self.is_mariadb(db).await? => OneStatement::Two,
             one => one,
         };
-        // One event is one INSERT.
         let rows_affected = match (one, inserts.len()) {
             (OneStatement::Cte | OneStatement::Block, 1) => {
                 let (insert, values) = inserts.swap_remove(0);
@@ -106,8 +141,8 @@ impl OutboxRepository {
                 rows_affected
             }
         };
-        Ok(ChangeAndEvent {
-            event_id,
+        Ok(ChangeAndEvents {
+            event_ids: envelopes.iter().map(EventEnvelope::event_id).collect(),
             rows_affected,
         })
     }

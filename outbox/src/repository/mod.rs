@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 pub use crate::partition::partition_of;
 pub use admin::{Backlog, DeadLetterFilter, OutboxStats, PartitionLag};
-pub use change::ChangeAndEvent;
+pub use change::{ChangeAndEvent, ChangeAndEvents};
 pub use claim::{Claim, ClaimedEvent, DeadLettered};
 pub(crate) use claim::{Leased, LeasedRow, log_undecodable};
 pub use connect::connect;
