@@ -20,9 +20,10 @@
 //!
 //! How claims stay safe with several relays, and why the table looks the way it does, is in `docs/design.md`.
 //!
-//! One file per concept: adding events here, claiming in `claim.rs` (with each backend's claim, statements and
-//! `Dialect` in `postgres.rs`, `mysql.rs` and `sqlite.rs`, picked in `dialect.rs`), marking outcomes in
-//! `mark.rs`, what operators do in `admin.rs`, the relays' own rows in `relays.rs`, the shared SQL in `sql.rs`, and what the relay sees in `store.rs`.
+//! One file per concept: adding events here, and with the caller's own statement in `change.rs`; claiming in
+//! `claim.rs` (with each backend's claim, statements and `Dialect` in `postgres.rs`, `mysql.rs` and `sqlite.rs`,
+//! picked in `dialect.rs`), marking outcomes in `mark.rs`, what operators do in `admin.rs`, the relays' own rows
+//! in `relays.rs`, the shared SQL in `sql.rs`, and what the relay sees in `store.rs`.
 
 mod admin;
 mod change;
