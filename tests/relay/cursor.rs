@@ -46,6 +46,7 @@ on_cursor_backends!(
     a_poison_event_holds_only_its_aggregate_and_becomes_a_dead_letter,
     a_relay_that_lost_its_partition_cannot_move_the_cursor,
     events_pending_from_before_the_upgrade_are_delivered_first_in_order,
+    a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_out_once,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does,
     a_replayed_dead_letter_goes_out_again,
@@ -303,6 +304,105 @@ async fn events_pending_from_before_the_upgrade_are_delivered_first_in_order(bac
     let totals = account(&broker, &all);
     assert_eq!(totals.unique, 26, "in order per aggregate");
     assert_eq!(upgraded.count_unpublished(&t.db).await.unwrap(), 0);
+    t.drop_tables().await;
+}
+
+/// Dead letters of the row design replayed after the upgrade, before the first cursor relay made the cursors:
+/// replay parks them (the cursor is assumed to have passed them), but no cursor has passed them yet, so the first
+/// relay also finds them pending after its new cursors.
+async fn a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_out_once(
+    backend: Backend,
+) {
+    let t = TestDb::with_design(backend, OutboxConfig::default()).await;
+    let written = write(&t, 3, 9).await;
+    let claim = t.outbox.claim(&t.db, 100).await.unwrap();
+    let (doomed, fine): (Vec<_>, Vec<_>) = claim
+        .events
+        .iter()
+        .partition(|e| e.envelope.aggregate_id() == "agg-1");
+    let failures: Vec<_> = doomed
+        .iter()
+        .map(|e| outbox::repository::Failure::new(e, "poison").permanent())
+        .collect();
+    t.outbox
+        .mark_failed(&t.db, claim.token, &failures)
+        .await
+        .unwrap();
+    let fine_ids: Vec<i64> = fine.iter().map(|e| e.id).collect();
+    t.outbox
+        .mark_published(&t.db, claim.token, &fine_ids)
+        .await
+        .unwrap();
+    let doomed_ids: HashSet<_> = doomed.iter().map(|e| e.envelope.event_id()).collect();
+    assert_eq!(doomed_ids.len(), 3);
+    assert!(doomed_ids.is_subset(&written));
+
+    let upgraded = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(cursor_config(OutboxConfig::default().partitions))
+        .build()
+        .unwrap();
+    let replayed = upgraded
+        .replay_dead_letters(&t.db, outbox::repository::DeadLetterFilter::All)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 3);
+    assert_eq!(
+        upgraded.count_unpublished(&t.db).await.unwrap(),
+        3,
+        "each replayed event counted once"
+    );
+    let backlog = upgraded.backlog(&t.db).await.unwrap();
+    assert_eq!(
+        backlog.iter().map(|b| b.pending).sum::<u64>(),
+        3,
+        "{backlog:?}"
+    );
+    assert_eq!(
+        upgraded.get_unpublished(&t.db, 100, 0).await.unwrap().len(),
+        3
+    );
+
+    // A first batch of one makes the cursors, which start below the replayed events, and fails to publish the
+    // first of them: they wait parked and after their cursor at once.
+    let broker = InMemoryPublisher::new();
+    broker.fail_next(1);
+    let relay = Relay::builder(t.db.clone(), upgraded.clone(), broker.clone()).build();
+    let first = relay.publish_batch(1).await.unwrap();
+    assert_eq!(first.published, 0, "{first:?}");
+    assert_eq!(upgraded.count_unpublished(&t.db).await.unwrap(), 3);
+    let backlog = upgraded.backlog(&t.db).await.unwrap();
+    assert_eq!(
+        backlog.iter().map(|b| b.pending).sum::<u64>(),
+        3,
+        "{backlog:?}"
+    );
+    let lag = upgraded.partitions(&t.db).await.unwrap();
+    assert_eq!(lag.iter().map(|p| p.pending).sum::<u64>(), 3, "{lag:?}");
+
+    let relay = Running::start(relay);
+    broker.wait_for(3, Duration::from_secs(10)).await;
+    // Time for a second delivery of any of them, then a clean stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lag = upgraded.partitions(&t.db).await.unwrap();
+    assert_eq!(lag.iter().map(|p| p.pending).sum::<u64>(), 0, "{lag:?}");
+    relay.stop().await;
+    let delivered: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(
+        delivered.iter().copied().collect::<HashSet<_>>(),
+        doomed_ids,
+        "the replayed events, and nothing published before"
+    );
+    assert_eq!(delivered.len(), 3, "none twice: {delivered:?}");
+    assert_eq!(account(&broker, &doomed_ids).unique, 3, "in order");
+    assert_eq!(upgraded.count_unpublished(&t.db).await.unwrap(), 0);
+    assert!(
+        upgraded
+            .get_unpublished(&t.db, 100, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     t.drop_tables().await;
 }
 

@@ -303,6 +303,7 @@ impl OutboxRepository {
                      ON o.partition_no = c.partition_no AND o.status = {pending} AND {ahead} \
                    UNION ALL \
                    SELECT o.aggregate_type, o.occurred_at FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id \
+                     WHERE NOT ({in_place}) \
                    UNION ALL \
                    SELECT o.aggregate_type, o.occurred_at FROM {{t}} o WHERE o.status = {pending} AND {unplaced} \
                    UNION ALL \
@@ -312,6 +313,7 @@ impl OutboxRepository {
                 pending = sql::PENDING,
                 ahead = cursor.ahead,
                 unplaced = cursor.unplaced,
+                in_place = cursor.pending_in_place(),
             );
             cursor.statement(&query, self.inner.config.partitions)
         } else {
@@ -341,10 +343,13 @@ impl OutboxRepository {
     /// (after it, or parked) and since when; in partition order. Empty before a relay made the cursors.
     pub async fn partitions<C: ConnectionTrait>(&self, db: &C) -> Result<Vec<PartitionLag>> {
         const OPERATION: &str = "reading the partitions";
-        // One pass over what waits after each cursor (counted and dated together); the parked table is small.
+        // One pass over what waits after each cursor (counted and dated together); the parked table is small. A
+        // parked event after the cursor is counted there (see `CursorSql::pending_in_place`).
         let query = format!(
             "SELECT c.partition_no, c.owner, COUNT(o.id), MIN(o.occurred_at), \
-               (SELECT COUNT(*) FROM {{t}}_parked p WHERE p.partition_no = c.partition_no), \
+               (SELECT COUNT(*) FROM {{t}}_parked p WHERE p.partition_no = c.partition_no \
+                 AND NOT EXISTS (SELECT 1 FROM {{t}} o WHERE o.id = p.id AND o.partition_no = c.partition_no \
+                   AND o.status = {pending} AND {ahead})), \
                (SELECT MIN(q.occurred_at) FROM {{t}}_parked p JOIN {{t}} q ON q.id = p.id \
                  WHERE p.partition_no = c.partition_no) \
              FROM {{t}}_cursors c LEFT JOIN {{t}} o ON o.partition_no = c.partition_no \
@@ -639,9 +644,7 @@ impl OutboxRepository {
     /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
     pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
         let query = if self.under_cursor() {
-            Dialect::of(db)
-                .cursor
-                .statement(Dialect::of(db).cursor.pending, self.inner.config.partitions)
+            Dialect::of(db).cursor.pending(self.inner.config.partitions)
         } else {
             format!(
                 "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",

@@ -456,7 +456,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     pending: "SELECT CAST((SELECT COUNT(*) FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no \
             AND o.seq > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS SIGNED) ELSE c.after_id END \
             WHERE o.status = 0) \
-          + (SELECT COUNT(*) FROM {t}_parked) \
+          + {parked} \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (seq IS NULL OR seq = 0) \
             AND (partition_no IS NULL OR partition_no IN ({partitions}))) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \

@@ -460,7 +460,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     delivered: "SELECT o.id FROM {t}_cursors c JOIN {t} o ON o.partition_no = c.partition_no AND o.status = 0 \
           AND o.txid < pg_snapshot_xmin(CAST(c.snap_from AS pg_snapshot)) \
         WHERE o.occurred_at < $1 AND NOT EXISTS (SELECT 1 FROM {t}_parked p WHERE p.id = o.id) LIMIT $2",
-    pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + (SELECT COUNT(*) FROM {t}_parked) \
+    pending: "SELECT CAST(COALESCE(SUM(w.n), 0) + {parked} \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND (partition_no IS NULL OR txid IS NULL)) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
             WHERE status = 0 AND partition_no IS NOT NULL AND txid IS NOT NULL) END AS BIGINT), \

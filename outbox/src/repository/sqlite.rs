@@ -144,7 +144,7 @@ pub(super) const CURSOR: CursorSql = CursorSql {
     pending: "SELECT (SELECT COUNT(*) FROM {t} o JOIN {t}_cursors c ON c.partition_no = o.partition_no \
             WHERE o.status = 0 AND o.id > CASE WHEN c.snap_to IS NULL THEN CAST(c.snap_from AS INTEGER) \
               ELSE c.after_id END) \
-          + (SELECT COUNT(*) FROM {t}_parked) \
+          + {parked} \
           + (SELECT COUNT(*) FROM {t} WHERE status = 0 AND partition_no IS NULL) \
           + CASE WHEN EXISTS (SELECT 1 FROM {t}_cursors) THEN 0 ELSE (SELECT COUNT(*) FROM {t} \
             WHERE status = 0 AND partition_no IS NOT NULL) END, \

@@ -158,7 +158,15 @@ impl Cursors {
                 )
                 .await?;
             }
-            counted += (part.window.len() - unpublished.len() + unparked.len()) as u64;
+            // A window event handed out and published; not one behind its aggregate's parked events, which may
+            // be itself (parked, and after a cursor made later: see `CursorSql::pending_in_place`), published from
+            // the parked table and counted there.
+            let from_window = part
+                .window
+                .iter()
+                .filter(|(id, handed_out)| *handed_out && done.contains(id))
+                .count();
+            counted += (from_window + unparked.len()) as u64;
             kept.push(part);
         }
         Ok((kept, lost, counted))

@@ -84,7 +84,8 @@ pub(crate) struct CursorSql {
     /// Ends parked events (ids).
     pub(crate) unpark: &'static str,
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
-    /// cursor exists), and when the oldest of them occurred.
+    /// cursor exists), and when the oldest of them occurred; `{parked}` stands for the parked ones not counted
+    /// by the other terms. Run through [`pending`](Self::pending) (a method), which fills it in.
     pub(crate) pending: &'static str,
     /// The condition that pending event `o` has no place in commit order yet (stored before the upgrade, or by
     /// an older writer): what the next adoption takes.
@@ -176,6 +177,31 @@ pub(super) const DEAD: &str =
     "UPDATE {t} SET status = 2, attempts = ?, last_error = ? WHERE id = ?";
 
 impl CursorSql {
+    /// The condition that event `o` counts as pending in place: after its partition's cursor, not adopted yet, or
+    /// pending before any cursor exists. A parked event can be that as well: a dead letter replayed before the
+    /// first relay made the cursors is parked, and the new cursor starts below it. Delivery takes it once (its
+    /// window copy is behind its own parked one), and so must every count: one that adds parked events to these
+    /// subtracts the parked events this condition holds for (the parked table is small; the other terms are not).
+    pub(crate) fn pending_in_place(&self) -> String {
+        format!(
+            "o.status = {pending} AND (({unplaced}) OR NOT EXISTS (SELECT 1 FROM {{t}}_cursors) \
+               OR EXISTS (SELECT 1 FROM {{t}}_cursors c WHERE c.partition_no = o.partition_no AND {ahead}))",
+            pending = crate::repository::sql::PENDING,
+            unplaced = self.unplaced,
+            ahead = self.ahead,
+        )
+    }
+
+    /// [`pending`](Self::pending) for a table of `partitions` partitions, each pending event counted once.
+    pub(crate) fn pending(&self, partitions: u16) -> String {
+        let parked = format!(
+            "((SELECT COUNT(*) FROM {{t}}_parked) \
+              - (SELECT COUNT(*) FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id WHERE {}))",
+            self.pending_in_place()
+        );
+        self.statement(&self.pending.replace("{parked}", &parked), partitions)
+    }
+
     /// A shared statement on this backend's clock.
     pub(super) fn shared(&self, statement: &str) -> String {
         statement.replace("{now}", self.now)
