@@ -47,6 +47,7 @@ on_cursor_backends!(
     a_relay_that_lost_its_partition_cannot_move_the_cursor,
     events_pending_from_before_the_upgrade_are_delivered_first_in_order,
     a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_out_once,
+    the_rows_designs_claim_and_marks_are_refused,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does,
     a_replayed_dead_letter_goes_out_again,
@@ -402,6 +403,58 @@ async fn a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_o
             .await
             .unwrap()
             .is_empty()
+    );
+    t.drop_tables().await;
+}
+
+/// The repository's claim and marks are the rows design's: under the cursor, events stay pending in place once
+/// published, so a claim there would hand out everything the cursors passed (published again), and a mark would
+/// change what no cursor reads. They are refused by name, and change nothing.
+async fn the_rows_designs_claim_and_marks_are_refused(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(2)).await;
+    let written = [add(&t, opened("a", 1)).await, add(&t, opened("a", 2)).await];
+    let broker = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    assert_eq!(broker.messages().len(), 2);
+    let pending = add(&t, opened("a", 3)).await;
+
+    let refused = |result: Result<_, outbox::repository::RepositoryError>, operation: &str| {
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains(operation) && message.contains("OUTBOX_DELIVERY=cursor"),
+            "{operation}: {message:?}"
+        );
+    };
+    refused(t.outbox.claim(&t.db, 100).await.map(drop), "claim");
+    refused(
+        t.outbox
+            .claim_as(&t.db, &outbox::repository::LeaseOwner::new(), 100)
+            .await
+            .map(drop),
+        "claim",
+    );
+    let rows = t.outbox.get_unpublished(&t.db, 10, 0).await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.event_id == pending)
+        .map(|r| r.id)
+        .expect("the third event is pending");
+    refused(
+        t.outbox.mark_event_published(&t.db, row).await.map(drop),
+        "mark_event_published",
+    );
+    refused(
+        t.outbox.mark_event_failed(&t.db, row, "no").await.map(drop),
+        "mark_event_failed",
+    );
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let delivered: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(
+        delivered,
+        [written[0], written[1], pending],
+        "each once, in order"
     );
     t.drop_tables().await;
 }

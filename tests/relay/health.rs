@@ -62,7 +62,8 @@ async fn health_follows_database_broker_lag_and_relay() {
 
 #[tokio::test]
 async fn lag_thresholds_turn_the_outbox_degraded_then_unhealthy() {
-    let t = TestDb::new(Backend::SqliteMemory).await;
+    // The rows design whatever the suite's: the dead letter is made through its claim.
+    let t = TestDb::with_design(Backend::SqliteMemory, outbox::OutboxConfig::default()).await;
     let broker = Arc::new(InMemoryPublisher::new());
     let mut thresholds = HealthThresholds::default();
     thresholds.pending_degraded = 2;

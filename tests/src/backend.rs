@@ -39,7 +39,8 @@ impl Drop for TempDir {
 
 /// The delivery design a whole test run is asked to use (`TEST_DELIVERY=rows|cursor`; unset: each test's own):
 /// the reliability suite runs once more under the commit-order cursor this way (see its `main.rs`), and the relay
-/// suite passes under either. The repository suite does not: its contract tests call the rows design's claim API.
+/// suite passes under either. The repository suite does not: its contract tests call the rows design's claim API,
+/// which the cursor refuses (`RepositoryError::RowsDesignOnly`).
 pub fn suite_delivery() -> Option<outbox::Delivery> {
     match std::env::var("TEST_DELIVERY").ok()?.as_str() {
         "rows" => Some(outbox::Delivery::Rows),

@@ -8,7 +8,9 @@ use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use super::mark::FailureKind;
-use super::{ClaimToken, Dialect, Failure, OutboxRepository, Result, StoredEvent, sql};
+use super::{
+    ClaimToken, Dialect, Failure, OutboxRepository, RepositoryError, Result, StoredEvent, sql,
+};
 
 /// Which dead letters to replay or purge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,13 +151,25 @@ impl OutboxRepository {
 
     /// Whether this table's events are delivered by the commit-order cursor, where rows stay pending in place
     /// and what is pending is what no cursor has passed (or is parked).
-    fn under_cursor(&self) -> bool {
+    pub(super) fn under_cursor(&self) -> bool {
         self.inner.config.delivery == crate::Delivery::Cursor
+    }
+
+    /// Refuses `operation`, a call of the rows design, under the cursor (see [`RepositoryError::RowsDesignOnly`]).
+    pub(super) fn rows_design_only(&self, operation: &'static str) -> Result<()> {
+        if self.under_cursor() {
+            return Err(RepositoryError::RowsDesignOnly {
+                table: self.table().to_owned(),
+                operation,
+            });
+        }
+        Ok(())
     }
 
     /// Marks one event published by row id, whoever holds it (python-outbox-core's `mark_published(id)`). Relays use the
     /// fenced [`mark_published`](Self::mark_published); this is for tools and hand-written schedules.
     pub async fn mark_event_published<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<bool> {
+        self.rows_design_only("mark_event_published")?;
         let query = format!(
             "UPDATE {{t}} SET status = {}, published_at = ?, {} WHERE id = ? AND status = {}",
             sql::PUBLISHED,
@@ -181,6 +195,7 @@ impl OutboxRepository {
         id: i64,
         error: &str,
     ) -> Result<bool> {
+        self.rows_design_only("mark_event_failed")?;
         // Take the event over under a one-off token, then fail it through the fenced path.
         let token = ClaimToken(fastrand::i64(..));
         let query = format!(

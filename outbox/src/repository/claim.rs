@@ -95,6 +95,10 @@ impl OutboxRepository {
     /// MySQL, SQLite's single writer), and an event is only handed out when every earlier pending event of its
     /// aggregate is handed out with it or already done. Rows that cannot be decoded become dead letters here,
     /// with the reason, and are reported in [`Claim::dead_lettered`]; the other events are not held up.
+    ///
+    /// The rows design's (`OUTBOX_DELIVERY=rows`, the default): under the cursor it is refused with
+    /// [`RepositoryError::RowsDesignOnly`](super::RepositoryError::RowsDesignOnly), as are
+    /// [`mark_event_published`](Self::mark_event_published) and [`mark_event_failed`](Self::mark_event_failed).
     pub async fn claim<C>(&self, db: &C, limit: u32) -> Result<Claim>
     where
         C: ConnectionTrait + TransactionTrait,
@@ -108,6 +112,7 @@ impl OutboxRepository {
     where
         C: ConnectionTrait + TransactionTrait,
     {
+        self.rows_design_only("claim")?;
         let leased = self.lease_as(db, owner, limit).await?;
         self.decode_leased(db, leased).await
     }

@@ -66,6 +66,21 @@ pub enum RepositoryError {
         /// The outbox table.
         table: String,
     },
+    /// A call of the rows design (`OUTBOX_DELIVERY=rows`) on a repository that delivers with the commit-order
+    /// cursor. There, published events stay pending in place and only the cursors say what was published, so a
+    /// claim would hand out every event the cursors passed, and a mark would change what no cursor reads. Nothing
+    /// was changed.
+    #[error(
+        "outbox table `{table}`: `{operation}` is the rows design's (OUTBOX_DELIVERY=rows), and this repository \
+         delivers with OUTBOX_DELIVERY=cursor, where only the cursors know what was published: publish with a \
+         Relay, read what waits with get_unpublished or stats, and end a poison event with the dead-letter calls"
+    )]
+    RowsDesignOnly {
+        /// The outbox table.
+        table: String,
+        /// The call refused.
+        operation: &'static str,
+    },
     /// The table's cursors were made for another number of partitions than the configuration says.
     #[error(
         "outbox table `{table}` is split into {stored} partitions but OUTBOX_PARTITIONS is {configured}: every writer \
