@@ -1,4 +1,5 @@
-//! `outbox tail`: follow events as the relays mark them published.
+//! `outbox tail`: follow events as the relays mark them published (the rows design's marks: under
+//! `OUTBOX_DELIVERY=cursor` the repository refuses it by name, as nothing is marked there).
 
 use std::time::Duration;
 

@@ -448,6 +448,14 @@ async fn the_rows_designs_claim_and_marks_are_refused(backend: Backend) {
         t.outbox.mark_event_failed(&t.db, row, "no").await.map(drop),
         "mark_event_failed",
     );
+    // What the relays marked published: nothing is marked under the cursor, so it would stay empty for good.
+    refused(
+        t.outbox
+            .published_between(&t.db, None, chrono::Utc::now(), 10)
+            .await
+            .map(drop),
+        "published_between",
+    );
     assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 1);
     while relay.publish_batch(100).await.unwrap().claimed > 0 {}
     let delivered: Vec<_> = broker.messages().iter().map(|m| m.message.id).collect();

@@ -276,7 +276,8 @@ impl OutboxRepository {
     /// `until`, at most `limit`. For following what the relays publish (`outbox tail`): pass an `until` a few
     /// seconds in the past, so that a mark still committing, or stamped by a relay whose clock is slightly behind,
     /// is not passed over. With [`delete_on_publish`](crate::OutboxConfig::delete_on_publish) there is nothing to
-    /// read.
+    /// read. Under the cursor nothing is marked published (the cursors say what went out), and this is refused with
+    /// [`RepositoryError::RowsDesignOnly`] rather than staying empty for good.
     pub async fn published_between<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -284,6 +285,7 @@ impl OutboxRepository {
         until: chrono::DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<StoredEvent>> {
+        self.rows_design_only("published_between")?;
         let (after_time, after_id) =
             after.unwrap_or((chrono::DateTime::<Utc>::UNIX_EPOCH, i64::MIN));
         let query = format!(
