@@ -265,7 +265,7 @@ async fn already_done<C: ConnectionTrait>(db: &C, statement: &str) -> Result<boo
 }
 
 /// Whether the catalog lists `name` as a schema object of kind `object`.
-async fn exists<C: ConnectionTrait>(
+pub(crate) async fn exists<C: ConnectionTrait>(
     db: &C,
     object: SchemaObject,
     name: &str,

@@ -48,6 +48,7 @@ on_cursor_backends!(
     events_pending_from_before_the_upgrade_are_delivered_first_in_order,
     a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_out_once,
     the_rows_designs_claim_and_marks_are_refused,
+    a_rows_relay_refuses_a_table_the_cursor_delivers,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does,
     a_replayed_dead_letter_goes_out_again,
@@ -464,6 +465,40 @@ async fn the_rows_designs_claim_and_marks_are_refused(backend: Backend) {
         [written[0], written[1], pending],
         "each once, in order"
     );
+    t.drop_tables().await;
+}
+
+/// Setting `OUTBOX_DELIVERY` back to `rows` on a table the cursor has delivered: its published events are still
+/// pending in place, so a rows relay would publish the table's whole history again. It refuses to start, by name.
+async fn a_rows_relay_refuses_a_table_the_cursor_delivers(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(2)).await;
+    add(&t, opened("a", 1)).await;
+    let broker = InMemoryPublisher::new();
+    let cursor = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    while cursor.publish_batch(100).await.unwrap().claimed > 0 {}
+    assert_eq!(broker.messages().len(), 1);
+
+    let rows = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(fast_config())
+        .build()
+        .unwrap();
+    let relay = Relay::builder(t.db.clone(), rows, broker.clone()).build();
+    let message = relay
+        .publish_batch(100)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("OUTBOX_DELIVERY=cursor") && message.contains(t.outbox.table()),
+        "{message:?}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(10), relay.run(std::future::pending()))
+        .await
+        .expect("the relay stops at once");
+    assert!(stopped.is_err(), "{stopped:?}");
+    assert_eq!(broker.messages().len(), 1, "nothing published again");
     t.drop_tables().await;
 }
 

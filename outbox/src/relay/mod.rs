@@ -122,18 +122,19 @@ impl Relay {
             .collect();
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
         self.store.check().await?;
-        // A partition count that disagrees with the table's, or a database the cursor does not run on, stops the
-        // relay here; anything else that keeps the cursors from being made (a busy SQLite file, relays starting
+        // A partition count that disagrees with the table's, a database the cursor does not run on, or a rows
+        // relay on a table the cursor delivers stops the relay here; anything else that keeps the cursors from being made (a busy SQLite file, relays starting
         // together) is tried again by every batch.
         match self.store.prepare().await {
             Err(
                 error @ (crate::repository::RepositoryError::PartitionMismatch { .. }
-                | crate::repository::RepositoryError::CursorUnsupported { .. }),
+                | crate::repository::RepositoryError::CursorUnsupported { .. }
+                | crate::repository::RepositoryError::DeliveredByCursor { .. }),
             ) => {
                 return Err(error.into());
             }
             Err(error) => {
-                tracing::warn!(target: "outbox", %error, "cursors not ready at start; the relay will keep trying");
+                tracing::warn!(target: "outbox", %error, "table not ready at start; the relay will keep trying");
             }
             Ok(()) => {}
         }

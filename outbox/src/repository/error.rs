@@ -81,6 +81,18 @@ pub enum RepositoryError {
         /// The call refused.
         operation: &'static str,
     },
+    /// A relay set to the rows design on a table the commit-order cursor has been delivering (its cursor rows
+    /// exist). The events the cursors published are still pending in place there, so the relay would publish the
+    /// table's history again; it does not start.
+    #[error(
+        "outbox table `{table}` is delivered by the commit-order cursor (`{table}_cursors` has rows), and this relay \
+         is set to OUTBOX_DELIVERY=rows, under which every event the cursors published would go out again: set \
+         OUTBOX_DELIVERY=cursor, with the table's OUTBOX_PARTITIONS, on every relay of the table"
+    )]
+    DeliveredByCursor {
+        /// The outbox table.
+        table: String,
+    },
     /// The table's cursors were made for another number of partitions than the configuration says.
     #[error(
         "outbox table `{table}` is split into {stored} partitions but OUTBOX_PARTITIONS is {configured}: every writer \

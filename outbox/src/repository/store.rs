@@ -5,6 +5,7 @@
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cursor::Cursors;
 use super::dialect::WakeTask;
@@ -20,6 +21,9 @@ pub(crate) struct Store {
     repository: OutboxRepository,
     /// With [`Delivery::Cursor`](crate::Delivery::Cursor): this store's partitions and batches.
     cursors: Option<Arc<Cursors>>,
+    /// Under the rows design: whether the table was found free of cursors (see
+    /// [`OutboxRepository::refuse_cursor_table`]), asked until it was once.
+    rows_checked: Arc<AtomicBool>,
 }
 
 /// Wake-ups from the database while held: see [`Store::wake_ups`].
@@ -41,6 +45,7 @@ impl Store {
             db,
             repository,
             cursors,
+            rows_checked: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -53,7 +58,10 @@ impl Store {
     pub(crate) async fn lease(&self, owner: &LeaseOwner, limit: u32) -> Result<Leased> {
         match &self.cursors {
             Some(cursors) => cursors.lease(&self.db, &self.repository, limit).await,
-            None => self.repository.lease_as(&self.db, owner, limit).await,
+            None => {
+                self.refuse_cursor_table().await?;
+                self.repository.lease_as(&self.db, owner, limit).await
+            }
         }
     }
 
@@ -127,12 +135,23 @@ impl Store {
     }
 
     /// What a relay does before its first batch: under a cursor, adopts the events stored before it and creates
-    /// the cursors, or refuses a partition count that disagrees with the table's.
+    /// the cursors, or refuses a partition count that disagrees with the table's; under the rows design, refuses
+    /// a table the cursor delivers.
     pub(crate) async fn prepare(&self) -> Result<()> {
         match &self.cursors {
             Some(cursors) => cursors.ready(&self.db, &self.repository).await,
-            None => Ok(()),
+            None => self.refuse_cursor_table().await,
         }
+    }
+
+    /// Under the rows design, before the first claim: a table the cursor delivers is refused, since its published
+    /// events are pending in place.
+    async fn refuse_cursor_table(&self) -> Result<()> {
+        if !self.rows_checked.load(Ordering::Relaxed) {
+            self.repository.refuse_cursor_table(&self.db).await?;
+            self.rows_checked.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// A relay stops cleanly, its batches settled: it gives its partitions back at once, so another relay takes

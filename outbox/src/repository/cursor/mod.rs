@@ -214,5 +214,34 @@ fn no_row(repo: &OutboxRepository, operation: &'static str, why: &str) -> Reposi
     }
 }
 
+impl OutboxRepository {
+    /// Refuses a table the commit-order cursor delivers (see [`RepositoryError::DeliveredByCursor`]): what a relay
+    /// of the rows design asks before its first claim. A schema older than the cursor has no cursor table, and
+    /// no cursor ever delivered it.
+    pub(crate) async fn refuse_cursor_table(&self, db: &sea_orm::DatabaseConnection) -> Result<()> {
+        const OPERATION: &str = "checking that no cursor delivers the table";
+        let cursors = format!("{}_cursors", self.table());
+        let made = crate::migration::exists(db, crate::repository::SchemaObject::Table, &cursors)
+            .await
+            .map_err(|e| self.db_error(OPERATION, db.get_database_backend(), e))?;
+        if made
+            && count(
+                self,
+                db,
+                OPERATION,
+                "SELECT COUNT(*) FROM {t}_cursors",
+                Vec::new(),
+            )
+            .await?
+                > 0
+        {
+            return Err(RepositoryError::DeliveredByCursor {
+                table: self.table().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(all(test, feature = "derive", feature = "sqlite"))]
 mod tests;
