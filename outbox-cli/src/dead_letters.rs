@@ -281,7 +281,7 @@ impl Action {
 }
 
 /// Asks on the terminal; without one there is nobody to ask, which is a no.
-fn confirm(question: &str) -> Result<bool, CliError> {
+pub(crate) fn confirm(question: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
         return Ok(false);
     }

@@ -9,6 +9,7 @@
 //! outbox dead-letters replay --all --dry-run      # what would be replayed; then again with --yes
 //! outbox purge-published --older-than 7d
 //! outbox tail --json                              # follow what the relays publish
+//! outbox return-to-rows                           # undo OUTBOX_DELIVERY=cursor on a table, relays stopped
 //! outbox migrate --print --backend postgres       # the schema, for a team's own migration tool
 //! outbox check --broker nats://127.0.0.1:4222     # exit code 0 only if everything answers
 //! outbox schema asyncapi --broker nats://h:4222   # the AsyncAPI 3.0 document of the linked event types
@@ -85,6 +86,13 @@ enum Command {
     },
     /// Follow events as the relays mark them published (Ctrl-C stops).
     Tail(tail::Tail),
+    /// Hand a table the commit-order cursor delivered back to the rows design: what the cursors passed is marked
+    /// published, the rest stays pending, the cursors go. Stop every relay of the table first.
+    ReturnToRows {
+        /// Do it without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Create the outbox table (idempotent), or print its schema.
     Migrate {
         /// Print the schema instead of applying it; needs no database.
@@ -196,6 +204,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             maintenance::purge_published(&cli.target().await?, *older_than, *batch).await
         }
         Command::Tail(tail) => tail.run(&cli.target().await?).await,
+        Command::ReturnToRows { yes } => {
+            maintenance::return_to_rows(&cli.target().await?, *yes).await
+        }
         Command::Migrate {
             print: true,
             backend: Some(backend),

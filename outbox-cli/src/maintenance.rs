@@ -136,6 +136,26 @@ pub(crate) async fn purge_published(
     Ok(())
 }
 
+pub(crate) async fn return_to_rows(target: &Target, yes: bool) -> Result<(), CliError> {
+    let Target { db, outbox } = target;
+    let question = format!(
+        "mark every event the cursors of `{}` passed published and delete the cursors?",
+        outbox.table()
+    );
+    if !yes && !crate::dead_letters::confirm(&question)? {
+        return Err(CliError::Refused(
+            "not confirmed: nothing done (pass --yes to return the table without asking)".into(),
+        ));
+    }
+    let marked = outbox.return_to_rows(db).await?;
+    println!(
+        "`{}` is back on the rows design: {marked} events the cursors published are marked published; start its \
+         relays with OUTBOX_DELIVERY=rows",
+        outbox.table()
+    );
+    Ok(())
+}
+
 pub(crate) fn print_schema(backend: Backend, table: &str) -> Result<(), CliError> {
     let backend = match backend {
         Backend::Postgres => sea_orm::DbBackend::Postgres,

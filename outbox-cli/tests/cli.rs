@@ -477,6 +477,42 @@ on_every_backend!(
     migrate_and_check,
 );
 
+/// `return-to-rows` asks first, is refused while a relay holds a partition, and then leaves a rows relay exactly
+/// the events the cursor had not published.
+#[tokio::test]
+async fn return_to_rows_asks_then_hands_the_rest_to_a_rows_relay() {
+    let mut config = outbox::OutboxConfig::default();
+    config.delivery = outbox::Delivery::Cursor;
+    let t = TestDb::with_config(Backend::SqliteFile, config).await;
+    t.outbox
+        .add_events(&t.db, [opened("a", 1), opened("a", 2)])
+        .await
+        .unwrap();
+    let cursor = Relay::builder(t.db.clone(), t.outbox.clone(), InMemoryPublisher::new()).build();
+    assert_eq!(cursor.publish_batch(10).await.unwrap().published, 2);
+    let rest = t.outbox.add_event(&t.db, opened("a", 3)).await.unwrap();
+
+    let refused = failed(&outbox(&t, &["return-to-rows"]));
+    assert!(refused.contains("pass --yes"), "{refused}");
+    let held = failed(&outbox(&t, &["return-to-rows", "--yes"]));
+    assert!(held.contains("held by a running cursor relay"), "{held}");
+    t.sql("UPDATE {t}_cursors SET owner = NULL, lease_until = NULL")
+        .await;
+    let done = succeeded(&outbox(&t, &["return-to-rows", "--yes"]));
+    assert!(done.contains("2 events the cursors published"), "{done}");
+
+    let rows = outbox::repository::OutboxRepository::builder()
+        .table(t.outbox.table())
+        .build()
+        .unwrap();
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), rows, publisher.clone()).build();
+    relay.publish_batch(10).await.unwrap();
+    let ids: Vec<_> = publisher.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(ids, [rest]);
+    t.drop_tables().await;
+}
+
 #[test]
 fn the_schema_prints_without_a_database() {
     let output = Command::new(env!("CARGO_BIN_EXE_outbox"))

@@ -49,6 +49,7 @@ on_cursor_backends!(
     a_dead_letter_from_before_the_upgrade_replayed_before_any_cursor_goes_out_once,
     the_rows_designs_claim_and_marks_are_refused,
     a_rows_relay_refuses_a_table_the_cursor_delivers,
+    a_table_returned_to_rows_delivers_what_the_cursor_had_not,
     a_failed_event_is_retried_after_its_backoff_with_nothing_behind_it,
     a_held_aggregate_goes_out_a_batch_at_a_time_once_its_head_does,
     a_replayed_dead_letter_goes_out_again,
@@ -499,6 +500,70 @@ async fn a_rows_relay_refuses_a_table_the_cursor_delivers(backend: Backend) {
         .expect("the relay stops at once");
     assert!(stopped.is_err(), "{stopped:?}");
     assert_eq!(broker.messages().len(), 1, "nothing published again");
+    t.drop_tables().await;
+}
+
+/// `return_to_rows`: what the cursor published is marked so, and a rows relay then delivers exactly the rest (a
+/// parked event, one after the cursor), in order; a dead letter stays one. Refused while a relay holds a partition.
+async fn a_table_returned_to_rows_delivers_what_the_cursor_had_not(backend: Backend) {
+    let t = TestDb::with_config(backend, cursor_config(2)).await;
+    let broker = InMemoryPublisher::new();
+    let cursor = Relay::builder(t.db.clone(), t.outbox.clone(), broker.clone()).build();
+    let mut published = Vec::new();
+    for seq in 1..=3 {
+        published.push(add(&t, opened("a", seq)).await);
+    }
+    while cursor.publish_batch(100).await.unwrap().claimed > 0 {}
+    broker.reject_when(|message| (message.key == "dead").then(|| "refused".to_owned()));
+    add(&t, opened("dead", 1)).await;
+    while cursor.publish_batch(100).await.unwrap().claimed > 0 {}
+    assert_eq!(t.outbox.count_dead_letters(&t.db).await.unwrap(), 1);
+    broker.reject_when(|_| None);
+    broker.fail_next(1);
+    let held = add(&t, opened("held", 1)).await;
+    cursor.publish_batch(100).await.unwrap();
+    let late = add(&t, opened("held", 2)).await;
+    assert_eq!(t.outbox.count_unpublished(&t.db).await.unwrap(), 2);
+
+    let refused = t.outbox.return_to_rows(&t.db).await;
+    assert!(
+        matches!(
+            refused,
+            Err(outbox::repository::RepositoryError::CursorsInUse { partitions: 2, .. })
+        ),
+        "{refused:?}"
+    );
+    // As a relay's clean stop leaves them.
+    t.sql("UPDATE {t}_cursors SET owner = NULL, lease_until = NULL")
+        .await;
+    assert_eq!(t.outbox.return_to_rows(&t.db).await.unwrap(), 3);
+
+    let rows = OutboxRepository::builder()
+        .table(t.outbox.table())
+        .config(fast_config())
+        .build()
+        .unwrap();
+    assert_eq!(rows.count_unpublished(&t.db).await.unwrap(), 2);
+    let after = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), rows.clone(), after.clone()).build();
+    while relay.publish_batch(100).await.unwrap().claimed > 0 {}
+    let delivered: Vec<_> = after.messages().iter().map(|m| m.message.id).collect();
+    assert_eq!(
+        delivered,
+        [held, late],
+        "the rest, in order, and nothing published before"
+    );
+    assert_eq!(rows.count_unpublished(&t.db).await.unwrap(), 0);
+    assert_eq!(rows.count_dead_letters(&t.db).await.unwrap(), 1);
+    let marked = rows
+        .published_between(&t.db, None, chrono::Utc::now(), 10)
+        .await
+        .unwrap();
+    let marked: HashSet<_> = marked.iter().map(|e| e.event_id).collect();
+    assert!(
+        published.iter().all(|id| marked.contains(id)),
+        "the cursor's are marked published"
+    );
     t.drop_tables().await;
 }
 

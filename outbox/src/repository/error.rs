@@ -87,11 +87,25 @@ pub enum RepositoryError {
     #[error(
         "outbox table `{table}` is delivered by the commit-order cursor (`{table}_cursors` has rows), and this relay \
          is set to OUTBOX_DELIVERY=rows, under which every event the cursors published would go out again: set \
-         OUTBOX_DELIVERY=cursor, with the table's OUTBOX_PARTITIONS, on every relay of the table"
+         OUTBOX_DELIVERY=cursor, with the table's OUTBOX_PARTITIONS, on every relay of the table, or return the \
+         table to the rows design first (OutboxRepository::return_to_rows)"
     )]
     DeliveredByCursor {
         /// The outbox table.
         table: String,
+    },
+    /// [`OutboxRepository::return_to_rows`](super::OutboxRepository::return_to_rows) while relays still hold
+    /// partitions of the table. Nothing was changed.
+    #[error(
+        "outbox table `{table}`: {partitions} partition(s) are held by a running cursor relay: stop every relay of \
+         the table before returning it to the rows design (a killed relay's partitions are free once its lease, \
+         OUTBOX_LEASE_DURATION, has run out)"
+    )]
+    CursorsInUse {
+        /// The outbox table.
+        table: String,
+        /// How many partitions are held.
+        partitions: u64,
     },
     /// The table's cursors were made for another number of partitions than the configuration says.
     #[error(

@@ -26,6 +26,7 @@ use sea_orm::{QueryResult, Value};
 
 use super::{OutboxRepository, RepositoryError, Result};
 
+mod leave;
 mod partitions;
 mod read;
 mod settle;
