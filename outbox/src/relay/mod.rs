@@ -123,8 +123,8 @@ impl Relay {
         tracing::info!(target: "outbox", registered = entries.len(), types = %types.join(", "), "event types registered");
         self.store.check().await?;
         // A partition count that disagrees with the table's, a database the cursor does not run on, or a rows
-        // relay on a table the cursor delivers stops the relay here; anything else that keeps the cursors from being made (a busy SQLite file, relays starting
-        // together) is tried again by every batch.
+        // relay on a table the cursor delivers stops the relay here; anything else that keeps the cursors from
+        // being made (a busy SQLite file, relays starting together) is tried again by every batch.
         match self.store.prepare().await {
             Err(
                 error @ (crate::repository::RepositoryError::PartitionMismatch { .. }

@@ -225,22 +225,16 @@ impl OutboxRepository {
         let made = crate::migration::exists(db, crate::repository::SchemaObject::Table, &cursors)
             .await
             .map_err(|e| self.db_error(OPERATION, db.get_database_backend(), e))?;
-        if made
-            && count(
-                self,
-                db,
-                OPERATION,
-                "SELECT COUNT(*) FROM {t}_cursors",
-                Vec::new(),
-            )
-            .await?
-                > 0
-        {
-            return Err(RepositoryError::DeliveredByCursor {
-                table: self.table().to_owned(),
-            });
+        if !made {
+            return Ok(());
         }
-        Ok(())
+        let rows = "SELECT COUNT(*) FROM {t}_cursors";
+        match count(self, db, OPERATION, rows, Vec::new()).await? {
+            0 => Ok(()),
+            _ => Err(RepositoryError::DeliveredByCursor {
+                table: self.table().to_owned(),
+            }),
+        }
     }
 }
 
