@@ -286,6 +286,7 @@ impl OutboxRepository {
         limit: u64,
     ) -> Result<Vec<StoredEvent>> {
         self.rows_design_only("published_between")?;
+        self.refuse_cursor_table(db).await?;
         let (after_time, after_id) =
             after.unwrap_or((chrono::DateTime::<Utc>::UNIX_EPOCH, i64::MIN));
         let query = format!(

@@ -98,7 +98,10 @@ impl OutboxRepository {
     ///
     /// The rows design's (`OUTBOX_DELIVERY=rows`, the default): under the cursor it is refused with
     /// [`RepositoryError::RowsDesignOnly`](super::RepositoryError::RowsDesignOnly), as are
-    /// [`mark_event_published`](Self::mark_event_published) and [`mark_event_failed`](Self::mark_event_failed).
+    /// [`mark_event_published`](Self::mark_event_published) and [`mark_event_failed`](Self::mark_event_failed);
+    /// on a table the cursor delivers, whatever this repository is set to, with
+    /// [`RepositoryError::DeliveredByCursor`](super::RepositoryError::DeliveredByCursor) (one look at the
+    /// catalog and the cursor table per call).
     pub async fn claim<C>(&self, db: &C, limit: u32) -> Result<Claim>
     where
         C: ConnectionTrait + TransactionTrait,
@@ -113,6 +116,7 @@ impl OutboxRepository {
         C: ConnectionTrait + TransactionTrait,
     {
         self.rows_design_only("claim")?;
+        self.refuse_cursor_table(db).await?;
         let leased = self.lease_as(db, owner, limit).await?;
         self.decode_leased(db, leased).await
     }

@@ -83,7 +83,8 @@ pub enum RepositoryError {
     },
     /// A relay set to the rows design on a table the commit-order cursor has been delivering (its cursor rows
     /// exist). The events the cursors published are still pending in place there, so the relay would publish the
-    /// table's history again; it does not start.
+    /// table's history again; it does not start. A claim and `published_between` of the rows design are refused
+    /// the same way.
     #[error(
         "outbox table `{table}` is delivered by the commit-order cursor (`{table}_cursors` has rows), and this relay \
          is set to OUTBOX_DELIVERY=rows, under which every event the cursors published would go out again: set \

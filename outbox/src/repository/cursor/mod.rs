@@ -217,9 +217,13 @@ fn no_row(repo: &OutboxRepository, operation: &'static str, why: &str) -> Reposi
 
 impl OutboxRepository {
     /// Refuses a table the commit-order cursor delivers (see [`RepositoryError::DeliveredByCursor`]): what a relay
-    /// of the rows design asks before its first claim. A schema older than the cursor has no cursor table, and
-    /// no cursor ever delivered it.
-    pub(crate) async fn refuse_cursor_table(&self, db: &sea_orm::DatabaseConnection) -> Result<()> {
+    /// of the rows design asks before its first claim, and the rows design's own calls that read what is
+    /// published from the rows (a claim, `published_between`) ask each time. A schema older than the cursor has
+    /// no cursor table, and no cursor ever delivered it.
+    pub(crate) async fn refuse_cursor_table<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+    ) -> Result<()> {
         const OPERATION: &str = "checking that no cursor delivers the table";
         let cursors = format!("{}_cursors", self.table());
         let made = crate::migration::exists(db, crate::repository::SchemaObject::Table, &cursors)
