@@ -1,14 +1,12 @@
 //! `outbox dead-letters`: see what gave up and why, then replay or purge it.
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use outbox::repository::{DeadLetterFilter, StoredEvent};
 use uuid::Uuid;
 
 use crate::render::{Table, event_json};
-use crate::{CliError, Target};
+use crate::{CliError, Target, confirm};
 
 /// How many dead letters one replay or purge statement takes.
 const CHUNK: u64 = 500;
@@ -278,18 +276,6 @@ impl Action {
         }
         Ok(())
     }
-}
-
-/// Asks on the terminal; without one there is nobody to ask, which is a no.
-pub(crate) fn confirm(question: &str) -> Result<bool, CliError> {
-    if !std::io::stdin().is_terminal() {
-        return Ok(false);
-    }
-    print!("{question} [y/N] ");
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn table(rows: &[StoredEvent]) -> Table {

@@ -37,6 +37,7 @@ mod schema;
 mod tail;
 
 use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -147,6 +148,18 @@ impl Cli {
         let db = outbox::repository::connect(url).await?;
         Ok(Target { db, outbox })
     }
+}
+
+/// Asks on the terminal (before a replay, a purge, a return to the rows design); without one there is nobody to ask, which is a no.
+pub(crate) fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// The relay's `OUTBOX_*` settings, as the relay beside this command reads them (with the variables a service

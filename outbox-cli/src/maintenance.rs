@@ -142,7 +142,7 @@ pub(crate) async fn return_to_rows(target: &Target, yes: bool) -> Result<(), Cli
         "mark every event the cursors of `{}` passed published and delete the cursors?",
         outbox.table()
     );
-    if !yes && !crate::dead_letters::confirm(&question)? {
+    if !yes && !crate::confirm(&question)? {
         return Err(CliError::Refused(
             "not confirmed: nothing done (pass --yes to return the table without asking)".into(),
         ));

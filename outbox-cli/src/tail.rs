@@ -1,5 +1,5 @@
-//! `outbox tail`: follow events as the relays mark them published (the rows design's marks: under
-//! `OUTBOX_DELIVERY=cursor` the repository refuses it by name, as nothing is marked there).
+//! `outbox tail`: follow events as the relays mark them published (the rows design's marks: on a table the
+//! commit-order cursor delivers the repository refuses it by name, as nothing is marked there).
 
 use std::time::Duration;
 

@@ -151,7 +151,7 @@ impl OutboxRepository {
 
     /// Whether this table's events are delivered by the commit-order cursor, where rows stay pending in place
     /// and what is pending is what no cursor has passed (or is parked).
-    pub(super) fn under_cursor(&self) -> bool {
+    fn under_cursor(&self) -> bool {
         self.inner.config.delivery == crate::Delivery::Cursor
     }
 
@@ -662,7 +662,9 @@ impl OutboxRepository {
     /// Pending count, oldest pending time and dead-letter count, for health checks and metrics.
     pub async fn stats<C: ConnectionTrait>(&self, db: &C) -> Result<OutboxStats> {
         let query = if self.under_cursor() {
-            Dialect::of(db).cursor.pending(self.inner.config.partitions)
+            Dialect::of(db)
+                .cursor
+                .pending_statement(self.inner.config.partitions)
         } else {
             format!(
                 "SELECT COUNT(*), MIN(occurred_at) FROM {{t}} WHERE status = {}",

@@ -32,7 +32,8 @@ impl OutboxRepository {
         const OPERATION: &str = "returning the table to the rows design";
         let backend = db.get_database_backend();
         let txn = self.begin(db).await?;
-        let cursor = Dialect::of(db).cursor;
+        let dialect = Dialect::of(db);
+        let cursor = dialect.cursor;
         let held = count(
             self,
             &txn,
@@ -71,7 +72,7 @@ impl OutboxRepository {
             if ids.is_empty() {
                 break;
             }
-            let (within, mut values) = Dialect::of(db).id_in(&ids);
+            let (within, mut values) = dialect.id_in(&ids);
             values.insert(0, now.into());
             let mark = format!(
                 "UPDATE {{t}} SET status = {}, published_at = ? WHERE status = {} AND {within}",

@@ -85,7 +85,7 @@ pub(crate) struct CursorSql {
     pub(crate) unpark: &'static str,
     /// Events not yet published (behind a cursor, parked, not adopted yet, or all pending ones before any
     /// cursor exists), and when the oldest of them occurred; `{parked}` stands for the parked ones not counted
-    /// by the other terms. Run through [`pending`](Self::pending) (a method), which fills it in.
+    /// by the other terms. Run through [`pending_statement`](Self::pending_statement), which fills it in.
     pub(crate) pending: &'static str,
     /// The condition that pending event `o` has no place in commit order yet (stored before the upgrade, or by
     /// an older writer): what the next adoption takes.
@@ -193,7 +193,7 @@ impl CursorSql {
     }
 
     /// [`pending`](Self::pending) for a table of `partitions` partitions, each pending event counted once.
-    pub(crate) fn pending(&self, partitions: u16) -> String {
+    pub(crate) fn pending_statement(&self, partitions: u16) -> String {
         let parked = format!(
             "((SELECT COUNT(*) FROM {{t}}_parked) \
               - (SELECT COUNT(*) FROM {{t}}_parked p JOIN {{t}} o ON o.id = p.id WHERE {}))",
